@@ -1,0 +1,58 @@
+"""modeopt-masks: circuit discovery and pruning masks as Model-Optimizer-style modes.
+
+Example:
+    >>> import torch, torch.nn as nn, modeopt_masks as mm
+    >>> net = mm.convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)),
+    ...                  "continuous_sparsification")
+    >>> loss = net(torch.randn(4, 8)).sum() + 1e-3 * mm.l0_loss(net)
+    >>> loss.backward()
+"""
+
+from . import modes as _modes  # noqa: F401  (registers the built-in modes)
+from .conversion import ModeState, convert, export, mode_history, unconvert
+from .layer_kinds import LAYER_KINDS, LayerKind, register_layer_kind
+from .mask_controls import (
+    get_temperature,
+    l0_loss,
+    l0_stats,
+    masked_modules,
+    set_ablation,
+    set_temperature,
+    use_masks,
+)
+from .masking import ABLATIONS, MaskedLayer, MaskTechnique
+from .persistence import StateError, restore, save
+from .registry import ModeDescriptor, available_modes, get_mode, register_mode
+from .rules import ModeConfig, Rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABLATIONS",
+    "LAYER_KINDS",
+    "LayerKind",
+    "MaskTechnique",
+    "MaskedLayer",
+    "ModeConfig",
+    "ModeDescriptor",
+    "ModeState",
+    "Rule",
+    "StateError",
+    "available_modes",
+    "convert",
+    "export",
+    "get_mode",
+    "get_temperature",
+    "l0_loss",
+    "l0_stats",
+    "masked_modules",
+    "mode_history",
+    "register_layer_kind",
+    "register_mode",
+    "restore",
+    "save",
+    "set_ablation",
+    "set_temperature",
+    "unconvert",
+    "use_masks",
+]

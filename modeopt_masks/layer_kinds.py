@@ -1,0 +1,116 @@
+"""Layer kinds: what a mask mode needs to know about each supported layer type.
+
+A layer kind names its config type key, says which weight axis holds the output
+units, runs the layer's own forward on given (masked) tensors and draws a fresh
+weight with the layer's usual initialisation. Adding a layer type is one
+``LayerKind`` and one ``register_layer_kind`` call.
+
+Example:
+    >>> import torch.nn as nn
+    >>> from modeopt_masks.layer_kinds import kind_of
+    >>> kind_of(nn.Linear(3, 4)).key, kind_of(nn.Linear(3, 4)).out_dim
+    ('nn.Linear', 0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """One supported layer type.
+
+    Example:
+        >>> from modeopt_masks.layer_kinds import LAYER_KINDS
+        >>> sorted(LAYER_KINDS)
+        ['hf.Conv1D', 'nn.Conv1d', 'nn.Conv2d', 'nn.Linear']
+    """
+
+    key: str
+    cls: type[nn.Module]
+    #: the weight axis of output units (``Conv1D`` stores ``[in, out]``).
+    out_dim: int
+    forward: Forward
+    init_weight: Callable[[torch.Tensor], None]
+
+    def unit_shape(self, weight: torch.Tensor) -> tuple[int, ...]:
+        """Shape of a per-output-unit mask that broadcasts against ``weight``."""
+        shape = [1] * weight.dim()
+        shape[self.out_dim] = weight.shape[self.out_dim]
+        return tuple(shape)
+
+    def unit_scores(self, weight: torch.Tensor) -> torch.Tensor:
+        """L2 norm of each output unit's weights, in the unit mask's shape."""
+        dims = [d for d in range(weight.dim()) if d != self.out_dim]
+        return weight.detach().float().norm(dim=dims, keepdim=True)
+
+
+def _kaiming_uniform(weight: torch.Tensor) -> None:
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+def _linear_forward(m: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    return F.linear(x, w, b)
+
+
+def _conv_forward(m: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    return m._conv_forward(x, w, b)  # type: ignore[operator]  # keeps padding modes
+
+
+def _hf_conv1d_forward(m: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    size_out = x.size()[:-1] + (w.shape[1],)
+    flat = x.reshape(-1, x.size(-1))
+    out = torch.addmm(b, flat, w) if b is not None else flat @ w
+    return out.view(size_out)
+
+
+LAYER_KINDS: dict[str, LayerKind] = {}
+
+
+def register_layer_kind(kind: LayerKind) -> LayerKind:
+    """Make a layer type maskable by every mask mode.
+
+    Example:
+        >>> from modeopt_masks.layer_kinds import LAYER_KINDS, register_layer_kind
+        >>> register_layer_kind(LAYER_KINDS["nn.Linear"]).key
+        'nn.Linear'
+    """
+    LAYER_KINDS[kind.key] = kind
+    return kind
+
+
+def kind_of(module: nn.Module) -> LayerKind | None:
+    """The layer kind whose class is exactly ``type(module)`` (or its original class)."""
+    cls = getattr(type(module), "_mm_original_cls", type(module))
+    for kind in LAYER_KINDS.values():
+        if cls is kind.cls:
+            return kind
+    return None
+
+
+register_layer_kind(LayerKind("nn.Linear", nn.Linear, 0, _linear_forward, _kaiming_uniform))
+register_layer_kind(LayerKind("nn.Conv1d", nn.Conv1d, 0, _conv_forward, _kaiming_uniform))
+register_layer_kind(LayerKind("nn.Conv2d", nn.Conv2d, 0, _conv_forward, _kaiming_uniform))
+
+try:  # transformers is optional
+    from transformers.pytorch_utils import Conv1D as _HFConv1D
+except ImportError:  # pragma: no cover - exercised only without transformers
+    _HFConv1D = None
+if _HFConv1D is not None:
+    register_layer_kind(
+        LayerKind(
+            "hf.Conv1D", _HFConv1D, 1, _hf_conv1d_forward, lambda w: nn.init.normal_(w, std=0.02)
+        )
+    )
+
+#: The type keys every mask mode accepts (fixed, so configs validate without transformers).
+MASKABLE_KEYS: tuple[str, ...] = ("nn.Linear", "nn.Conv1d", "nn.Conv2d", "hf.Conv1D")

@@ -1,0 +1,282 @@
+"""Masked layers: the machinery shared by every unstructured mask mode.
+
+A converted layer keeps its own parameters and gains a ``weight_mask`` (and,
+with ``mask_bias``, a ``bias_mask``) child: a :class:`MaskTechnique` that holds
+the mask's parameters. The layer's forward runs its original computation on
+``weight * mask``. Ablations and per-layer switches live here, once, for every
+technique and every layer kind.
+
+Ablation modes (evaluation only, on the hard circuit ``c``):
+
+* ``none``: the mask as learned (soft in training, hard in eval);
+* ``zero_ablate``: ``w * (1 - c)``: the circuit removed;
+* ``random_ablate``: the circuit's weights replaced by a fresh draw of the
+  layer's usual init (drawn once, never written over the original);
+* ``randomly_sampled``: ``|c|`` entries drawn from the whole tensor removed;
+* ``complement_sampled``: ``|c|`` entries drawn from outside the circuit removed.
+
+Example:
+    >>> import torch, torch.nn as nn, modeopt_masks as mm
+    >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning")
+    >>> layer = net[0]
+    >>> torch.equal(layer.effective_weight(), layer.weight * layer.weight_mask.mask())
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from .layer_kinds import LayerKind, kind_of
+
+Ablation = Literal["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]
+ABLATIONS: tuple[str, ...] = (
+    "none",
+    "zero_ablate",
+    "random_ablate",
+    "randomly_sampled",
+    "complement_sampled",
+)
+
+
+class MaskTechnique(nn.Module):
+    """A mask over one tensor. Subclasses hold the parameters and define the mask.
+
+    ``mask()`` is soft while ``self.training`` (learnable techniques) and hard in
+    eval; ``circuit()`` is the hard boolean subnetwork; ``l0()`` the expected
+    number of kept entries, differentiable where the technique learns.
+
+    Example:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> net = mm.convert(nn.Sequential(nn.Linear(3, 2)), "continuous_sparsification")
+        >>> isinstance(net[0].weight_mask, mm.MaskTechnique)
+        True
+    """
+
+    #: whether ``temperature`` means something for this technique.
+    has_temperature: bool = False
+    #: whether the mask has trainable parameters.
+    learnable: bool = True
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.temperature = 1.0
+        self.rule: Any = None  # the merged rule that created this mask
+
+    def mask(self) -> torch.Tensor:
+        """The mask in the current train/eval state, float, broadcastable to the tensor."""
+        raise NotImplementedError
+
+    def circuit(self) -> torch.Tensor:
+        """The hard subnetwork as a bool tensor of ``self.shape``."""
+        raise NotImplementedError
+
+    def l0(self) -> torch.Tensor:
+        """Expected number of kept entries (float32 scalar)."""
+        raise NotImplementedError
+
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever a mask tensor changes in place (used by the eval cache)."""
+        return tuple(t._version for t in self._mask_tensors())
+
+    def _mask_tensors(self) -> list[torch.Tensor]:
+        return [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+
+    def extra_repr(self) -> str:
+        temp = f", temperature={self.temperature:g}" if self.has_temperature else ""
+        return f"shape={self.shape}{temp}"
+
+
+class MaskedLayer:
+    """Mixin put in front of a layer's class by ``convert`` (see :mod:`modeopt_masks.dynamic`).
+
+    Example:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> net = mm.convert(nn.Sequential(nn.Linear(3, 2)), "hard_concrete")
+        >>> isinstance(net[0], mm.MaskedLayer), isinstance(net[0], nn.Linear)
+        (True, True)
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    weight_mask: MaskTechnique
+    bias_mask: MaskTechnique | None
+    training: bool
+
+    # -- set up / tear down -------------------------------------------------------------
+    def _mm_init(self, weight_mask: MaskTechnique, bias_mask: MaskTechnique | None) -> None:
+        self.weight_mask = weight_mask
+        self.bias_mask = bias_mask
+        self._mm_use_masks = True
+        self._mm_ablation: str = "none"
+        self._mm_cache: tuple[Any, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        self._mm_sampled: dict[tuple[str, str], tuple[Any, torch.Tensor]] = {}
+        self._mm_random: dict[str, torch.Tensor] = {}
+
+    def _mm_teardown(self) -> None:
+        for name in ("weight_mask", "bias_mask"):
+            if name in self._modules:
+                del self._modules[name]
+            self.__dict__.pop(name, None)
+        for attr in ("_mm_use_masks", "_mm_ablation", "_mm_cache", "_mm_sampled", "_mm_random"):
+            self.__dict__.pop(attr, None)
+
+    @property
+    def layer_kind(self) -> LayerKind:
+        kind = kind_of(self)  # type: ignore[arg-type]
+        assert kind is not None
+        return kind
+
+    # -- switches ----------------------------------------------------------------------
+    @property
+    def ablation(self) -> str:
+        """The current ablation mode (one of ``ABLATIONS``)."""
+        return self._mm_ablation
+
+    def set_ablation(self, ablation: str, force_resample: bool = False) -> None:
+        """Choose the ablation mode; ``force_resample`` redraws sampled/random tensors."""
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+        self._mm_ablation = ablation
+        if force_resample:
+            self._mm_sampled.clear()
+            self._mm_random.clear()
+
+    @property
+    def use_masks(self) -> bool:
+        """``False`` makes the layer compute exactly its original output."""
+        return self._mm_use_masks
+
+    @use_masks.setter
+    def use_masks(self, value: bool) -> None:
+        self._mm_use_masks = bool(value)
+
+    def _mask_modules(self) -> list[tuple[str, MaskTechnique]]:
+        out = [("weight", self.weight_mask)]
+        if self.bias_mask is not None:
+            out.append(("bias", self.bias_mask))
+        return out
+
+    # -- the masked tensors ------------------------------------------------------------
+    def _masks_soft(self) -> bool:
+        return self.weight_mask.training and self.weight_mask.learnable
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward uses now (masked, ablated or original)."""
+        return self._effective_tensors()[0]
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """The bias the forward uses now."""
+        return self._effective_tensors()[1]
+
+    def _effective_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self._mm_use_masks:
+            return self.weight, self.bias
+        if self._mm_ablation != "none" and self._masks_soft():
+            raise RuntimeError(
+                f"ablation {self._mm_ablation!r} needs hard masks: call model.eval() first "
+                "(ablations are for evaluating a discovered circuit)"
+            )
+        cacheable = not self._masks_soft() and not torch.compiler.is_compiling()
+        if cacheable and torch.is_grad_enabled():
+            cacheable = not any(
+                t.requires_grad for t in (self.weight, self.bias) if t is not None
+            ) and not any(p.requires_grad for _, m in self._mask_modules() for p in m.parameters())
+        if not cacheable:
+            return self._compute_tensors()
+        key = (
+            self._mm_ablation,
+            self.weight._version,
+            self.weight.data_ptr(),
+            None if self.bias is None else (self.bias._version, self.bias.data_ptr()),
+            tuple(m.version() for _, m in self._mask_modules()),
+            self.weight.dtype,
+        )
+        if self._mm_cache is not None and self._mm_cache[0] == key:
+            return self._mm_cache[1]
+        with torch.no_grad():
+            tensors = self._compute_tensors()
+        self._mm_cache = (key, tensors)
+        return tensors
+
+    def _compute_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = self._apply_mask("weight", self.weight, self.weight_mask)
+        bias = self.bias
+        if bias is not None and self.bias_mask is not None:
+            bias = self._apply_mask("bias", bias, self.bias_mask)
+        return weight, bias
+
+    def _apply_mask(self, name: str, tensor: torch.Tensor, technique: MaskTechnique) -> torch.Tensor:
+        ablation = self._mm_ablation
+        if ablation == "none":
+            return tensor * technique.mask().to(tensor.dtype)
+        circuit = technique.circuit()
+        if ablation == "zero_ablate":
+            return tensor * (~circuit).to(tensor.dtype)
+        if ablation == "random_ablate":
+            return torch.where(circuit, self._random_tensor(name, tensor), tensor)
+        return tensor * self._sampled_mask(name, ablation, technique, circuit).to(tensor.dtype)
+
+    def _random_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        cached = self._mm_random.get(name)
+        if cached is None or cached.shape != tensor.shape or cached.device != tensor.device:
+            with torch.no_grad():
+                fresh = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+                if name == "weight":
+                    self.layer_kind.init_weight(fresh)
+                else:
+                    fan_in = self.weight.numel() // self.weight.shape[self.layer_kind.out_dim]
+                    bound = 1 / fan_in**0.5 if fan_in > 0 else 0.0
+                    nn.init.uniform_(fresh, -bound, bound)
+            cached = self._mm_random[name] = fresh
+        return cached.to(tensor.dtype)
+
+    def _sampled_mask(
+        self, name: str, ablation: str, technique: MaskTechnique, circuit: torch.Tensor
+    ) -> torch.Tensor:
+        key = (name, ablation)  # one draw per tensor *and* mode: modes never share a draw
+        entry = self._mm_sampled.get(key)
+        version = technique.version()
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        flat = circuit.reshape(-1)
+        k = int(flat.sum())
+        if ablation == "randomly_sampled":
+            pool = torch.arange(flat.numel(), device=flat.device)
+        else:
+            pool = torch.nonzero(~flat).reshape(-1)
+            if k > pool.numel():
+                raise ValueError(
+                    f"complement_sampled needs |circuit| <= |complement| but {name} of this layer "
+                    f"has {k} circuit entries and {pool.numel()} outside it; use randomly_sampled"
+                )
+        choice = pool[torch.randperm(pool.numel(), device="cpu")[:k].to(pool.device)]
+        keep = torch.ones_like(flat)
+        keep[choice] = False
+        sampled = keep.reshape(circuit.shape)
+        self._mm_sampled[key] = (version, sampled)
+        return sampled
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._effective_tensors()
+        return self.layer_kind.forward(self, x, weight, bias)  # type: ignore[arg-type]
+
+    def train(self, mode: bool = True):  # noqa: D102 - nn.Module.train
+        super().train(mode)  # type: ignore[misc]
+        self._mm_cache = None
+        return self
+
+    def _apply(self, fn, recurse=True):  # noqa: D102 - cached tensors follow .to()/.half()
+        self._mm_cache = None
+        self._mm_random = {k: fn(v) for k, v in self._mm_random.items()}
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        techniques = dict(self._mask_modules())  # draws stay valid: re-stamp their versions
+        self._mm_sampled = {
+            k: (techniques[k[0]].version(), fn(v[1])) for k, v in self._mm_sampled.items()
+        }
+        return out

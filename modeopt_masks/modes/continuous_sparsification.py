@@ -1,0 +1,94 @@
+"""``continuous_sparsification``: learned masks ``sigmoid(beta * s)`` (Savarese et al. 2020).
+
+In training the mask is soft, ``sigmoid(temperature * logits)``; in eval it is
+hard, ``logits > 0``. Anneal ``temperature`` upward (``mm.set_temperature``),
+e.g. multiply by ``final_temp ** (1 / epochs)`` each epoch with ``final_temp``
+around 200, and add ``lambda * mm.l0_loss(model)`` (``lambda`` ~ 1e-8 for a
+cross-entropy loss) to the loss.
+
+Note: with the default ``mask_init_value=0.0`` every logit sits at the
+threshold, so the *eval* mask ``logits > 0`` is all zeros until training moves
+the logits. Use a small positive value (e.g. ``0.1``) to start from the full
+network in eval.
+
+Example:
+    >>> import torch, torch.nn as nn, modeopt_masks as mm
+    >>> net = mm.convert(nn.Sequential(nn.Linear(4, 2)),
+    ...                  ("continuous_sparsification", {"nn.Linear": {"mask_init_value": 1.0}}))
+    >>> x = torch.randn(3, 4)
+    >>> _ = net.eval()
+    >>> torch.equal(net(x), torch.nn.functional.linear(x, net[0].weight, net[0].bias))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, field_validator
+
+from ..layer_kinds import LayerKind
+from ..masking import MaskTechnique
+from ..registry import register_mode
+from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
+
+
+class ContinuousSparsificationRule(MaskRule):
+    """Per-layer settings: ``mask_init_value`` (logit start) and ``temperature`` (beta)."""
+
+    mask_init_value: float = 0.0
+    temperature: float = Field(1.0, gt=0)
+
+    @field_validator("mask_init_value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("mask_init_value must be finite")
+        return v
+
+
+class ContinuousSparsificationConfig(MaskModeConfig):
+    """Rule config of ``continuous_sparsification`` (type keys + ``freeze_base``)."""
+
+    rule_class: ClassVar = ContinuousSparsificationRule
+
+
+class ContinuousSparsificationMask(MaskTechnique):
+    """Logits ``s``; soft mask ``sigmoid(T s)`` in training, ``s > 0`` in eval."""
+
+    has_temperature = True
+
+    def __init__(self, shape: tuple[int, ...], init: float, temperature: float) -> None:
+        super().__init__(shape)
+        self.logits = torch.nn.Parameter(torch.full(shape, float(init)))
+        self.temperature = float(temperature)
+
+    def mask(self) -> torch.Tensor:
+        if self.training:
+            return torch.sigmoid(self.temperature * self.logits.float())
+        return self.circuit().float()
+
+    def circuit(self) -> torch.Tensor:
+        return self.logits > 0
+
+    def l0(self) -> torch.Tensor:
+        if self.training:
+            return torch.sigmoid(self.temperature * self.logits.float()).sum()
+        return self.circuit().sum().float()
+
+
+class ContinuousSparsificationMode(MaskModeDescriptor):
+    """Descriptor of ``continuous_sparsification``."""
+
+    name = "continuous_sparsification"
+    config_class = ContinuousSparsificationConfig
+
+    def make_technique(
+        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> MaskTechnique:
+        return ContinuousSparsificationMask(shape, rule.mask_init_value, rule.temperature)
+
+
+register_mode(ContinuousSparsificationMode())

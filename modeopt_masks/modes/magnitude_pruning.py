@@ -1,0 +1,125 @@
+"""``magnitude_pruning``: fixed masks that remove the smallest ``|w|``.
+
+``prune_percentage`` of the entries with the smallest absolute value are
+removed (exactly ``round(p * n)`` of them), per layer (``scope="layer"``) or
+over all converted layers together (``scope="global"``, one percentage for all).
+With ``mask_unit="neuron"`` whole output units are ranked by their L2 norm and
+a bias mask follows its units.
+
+Example:
+    >>> import torch, torch.nn as nn, modeopt_masks as mm
+    >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)),
+    ...                  ("magnitude_pruning", {"nn.Linear": {"prune_percentage": 0.3}}))
+    >>> int(net[0].weight_mask.keep.sum())
+    70
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from ..layer_kinds import LayerKind
+from ..masking import MaskedLayer, MaskTechnique
+from ..registry import register_mode
+from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
+
+
+class MagnitudePruningRule(MaskRule):
+    """Per-layer settings: the fraction of entries to remove."""
+
+    prune_percentage: float = Field(0.5, ge=0, le=1)
+
+
+class MagnitudePruningConfig(MaskModeConfig):
+    """Rule config of ``magnitude_pruning``: type keys, ``scope`` and ``freeze_base``."""
+
+    rule_class: ClassVar = MagnitudePruningRule
+    scope: Literal["layer", "global"] = "layer"
+
+
+class MagnitudeMask(MaskTechnique):
+    """A fixed boolean ``keep`` buffer (saved with the model)."""
+
+    learnable = False
+
+    def __init__(self, keep: torch.Tensor) -> None:
+        super().__init__(tuple(keep.shape))
+        self.register_buffer("keep", keep.bool())
+
+    def mask(self) -> torch.Tensor:
+        return self.keep.float()
+
+    def circuit(self) -> torch.Tensor:
+        return self.keep
+
+    def l0(self) -> torch.Tensor:
+        return self.keep.sum().float()
+
+
+def keep_largest(scores: torch.Tensor, prune_fraction: float) -> torch.Tensor:
+    """Boolean mask that drops exactly ``round(prune_fraction * n)`` smallest scores.
+
+    Example:
+        >>> import torch
+        >>> keep_largest(torch.tensor([3.0, -5.0, 1.0, 4.0]).abs(), 0.5).tolist()
+        [True, True, False, False]
+    """
+    flat = scores.reshape(-1)
+    k = round(prune_fraction * flat.numel())
+    keep = torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
+    keep[torch.argsort(flat, stable=True)[:k]] = False
+    return keep.reshape(scores.shape)
+
+
+def _scores(layer: MaskedLayer, shape: tuple[int, ...]) -> torch.Tensor:
+    if shape != tuple(layer.weight.shape):
+        return layer.layer_kind.unit_scores(layer.weight)
+    return layer.weight.detach().float().abs()
+
+
+class MagnitudePruningMode(MaskModeDescriptor):
+    """Descriptor of ``magnitude_pruning``."""
+
+    name = "magnitude_pruning"
+    config_class = MagnitudePruningConfig
+
+    def make_technique(
+        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> MaskTechnique:
+        if shape == tuple(tensor.shape):
+            scores = tensor.detach().float().abs()
+        else:  # neuron unit: rank whole output units by their norm
+            scores = kind.unit_scores(tensor)
+        return MagnitudeMask(keep_largest(scores, rule.prune_percentage))
+
+    def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
+        if config.scope == "global":
+            self._prune_globally(layers)
+        for layer in layers.values():
+            bias_tech = layer.bias_mask
+            if bias_tech is not None and layer.weight_mask.rule.mask_unit == "neuron":
+                bias_tech.keep.copy_(layer.weight_mask.keep.reshape(bias_tech.keep.shape))
+
+    def _prune_globally(self, layers: dict[str, MaskedLayer]) -> None:
+        rules = {(t.rule.prune_percentage, t.rule.mask_unit) for t in
+                 (layer.weight_mask for layer in layers.values())}
+        if len(rules) != 1:
+            raise ValueError(
+                "scope='global' needs one prune_percentage and mask_unit for every layer, got "
+                f"{sorted(rules)}; use scope='layer' for per-layer percentages"
+            )
+        ((fraction, _unit),) = rules
+        scores = [_scores(layer, layer.weight_mask.shape) for layer in layers.values()]
+        flat = torch.cat([s.reshape(-1).cpu() for s in scores])
+        keep = keep_largest(flat, fraction)
+        offset = 0
+        for layer, score in zip(layers.values(), scores, strict=True):
+            n = score.numel()
+            layer.weight_mask.keep.copy_(keep[offset : offset + n].reshape(score.shape))
+            offset += n
+
+
+register_mode(MagnitudePruningMode())

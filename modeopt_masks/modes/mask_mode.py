@@ -1,0 +1,204 @@
+"""What the three unstructured mask modes share: rule fields, config, convert/export.
+
+A concrete mode subclasses :class:`MaskRule`, :class:`MaskModeConfig` and
+:class:`MaskModeDescriptor` and supplies its :class:`~modeopt_masks.masking.MaskTechnique`.
+
+Example:
+    >>> import torch.nn as nn, modeopt_masks as mm
+    >>> net = mm.convert(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)),
+    ...                  ("continuous_sparsification", {"freeze_base": True}))
+    >>> sorted(mm.masked_modules(net))
+    ['0', '2']
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn as nn
+
+from ..dynamic import is_dynamic, swap_class, unswap_class
+from ..layer_kinds import MASKABLE_KEYS, LayerKind, kind_of
+from ..masking import MaskedLayer, MaskTechnique
+from ..registry import Metadata, ModeDescriptor
+from ..rules import ModeConfig, Rule, match_modules
+
+
+class MaskRule(Rule):
+    """Fields every mask mode has.
+
+    ``mask_unit="neuron"`` gives one mask entry per output unit (a row of a
+    Linear, a column of a ``Conv1D``, an output channel of a conv);
+    ``mask_bias`` masks the bias too.
+    """
+
+    mask_unit: Literal["weight", "neuron"] = "weight"
+    mask_bias: bool = False
+
+
+class MaskModeConfig(ModeConfig):
+    """Config of a mask mode: the layer type keys plus ``freeze_base``.
+
+    ``freeze_base=True`` freezes every base parameter and keeps the base in eval
+    mode when ``model.train()`` is called: only the masks train.
+    """
+
+    layer_keys: ClassVar[tuple[str, ...]] = MASKABLE_KEYS
+    freeze_base: bool = False
+
+
+class FrozenBase:
+    """Root mixin for ``freeze_base``: ``train()`` keeps the base in eval, masks follow ``mode``."""
+
+    def train(self, mode: bool = True):  # noqa: D102
+        super().train(False)  # type: ignore[misc]
+        for module in self.modules():  # type: ignore[attr-defined]
+            if isinstance(module, MaskTechnique):
+                module.training = mode
+        return self
+
+
+class MaskModeDescriptor(ModeDescriptor):
+    """Converts every matching layer to a :class:`MaskedLayer` with the mode's technique."""
+
+    config_class: ClassVar[type[MaskModeConfig]] = MaskModeConfig  # type: ignore[misc]
+
+    def make_technique(
+        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> MaskTechnique:
+        """A technique of ``shape`` for ``tensor`` (a weight or bias of a ``kind`` layer)."""
+        raise NotImplementedError
+
+    def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
+        """Hook run once every layer is converted (e.g. global magnitude pruning)."""
+
+    # -- convert ------------------------------------------------------------------------
+    def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:
+        assert isinstance(config, MaskModeConfig)
+        plan = match_modules(model, config, lambda _n, m: _kind_key(m))
+        if not plan:
+            raise ValueError(
+                f"{self.name}: the config converts no module. Supported layer types: "
+                f"{list(MASKABLE_KEYS)}; the model's modules: "
+                f"{[(n, type(m).__name__) for n, m in model.named_modules()]}"
+            )
+        for name, module, _key, _rule in plan:
+            if is_dynamic(module):
+                raise ValueError(f"{name!r} is already converted; export or unconvert first")
+        techniques = {name: self._techniques(m, rule) for name, m, _k, rule in plan}
+        layers: dict[str, MaskedLayer] = {}
+        for name, module, _key, _rule in plan:
+            swap_class(module, MaskedLayer)
+            assert isinstance(module, MaskedLayer)
+            module._mm_init(*techniques[name])
+            layers[name] = module
+        metadata: Metadata = {"layers": list(layers), "temperatures": {}}
+        try:
+            self.after_convert(layers, config)
+        except Exception:
+            self.revert(model, config, metadata)
+            raise
+        if config.freeze_base:
+            metadata["frozen"] = _freeze_base(model)
+        return model, metadata
+
+    def _techniques(
+        self, module: nn.Module, rule: MaskRule
+    ) -> tuple[MaskTechnique, MaskTechnique | None]:
+        kind = kind_of(module)
+        assert kind is not None
+        weight = module.weight
+        neuron = rule.mask_unit == "neuron"
+        w_shape = kind.unit_shape(weight) if neuron else tuple(weight.shape)
+        weight_mask = self.make_technique(kind, weight, w_shape, rule)
+        bias = getattr(module, "bias", None)
+        bias_mask = None
+        if rule.mask_bias and bias is not None:
+            bias_mask = self.make_technique(kind, bias, tuple(bias.shape), rule)
+        for tech, tensor in ((weight_mask, weight), (bias_mask, bias)):
+            if tech is not None and tensor is not None:
+                tech.rule = rule
+                tech.to(device=tensor.device)
+        return weight_mask, bias_mask
+
+    # -- state ---------------------------------------------------------------------------
+    def update_metadata(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
+        layers = dict(model.named_modules())
+        metadata["temperatures"] = {
+            name: layers[name].weight_mask.temperature
+            for name in metadata["layers"]
+            if layers[name].weight_mask.has_temperature
+        }
+
+    def restore(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        model, new_meta = self.convert(model, config)
+        if new_meta["layers"] != metadata["layers"]:
+            self.revert(model, config, new_meta)
+            raise ValueError(
+                f"{self.name}: the model does not fit the saved state: saved masked layers "
+                f"{metadata['layers']}, this model gives {new_meta['layers']}"
+            )
+        layers = dict(model.named_modules())
+        for name, temperature in metadata.get("temperatures", {}).items():
+            for _, tech in layers[name]._mask_modules():
+                tech.temperature = float(temperature)
+        return model
+
+    def revert(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        return self._remove(model, metadata, bake=False)
+
+    def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        return self._remove(model, metadata, bake=True)
+
+    def _remove(self, model: nn.Module, metadata: Metadata, bake: bool) -> nn.Module:
+        modules = dict(model.named_modules())
+        for name in metadata["layers"]:
+            layer = modules[name]
+            assert isinstance(layer, MaskedLayer)
+            if bake:
+                techniques = [tech for _, tech in layer._mask_modules()]
+                was_training = [tech.training for tech in techniques]
+                for tech in techniques:
+                    tech.training = False
+                with torch.no_grad():
+                    weight, bias = layer._compute_tensors() if layer.use_masks else (
+                        layer.weight, layer.bias)
+                    layer.weight.copy_(weight)
+                    if bias is not None and layer.bias is not None:
+                        layer.bias.copy_(bias)
+                for tech, flag in zip(techniques, was_training, strict=True):
+                    tech.training = flag
+            layer._mm_teardown()
+            unswap_class(layer)
+        if "frozen" in metadata:
+            _unfreeze_base(model, metadata["frozen"])
+        return model
+
+
+def _kind_key(module: nn.Module) -> str | None:
+    kind: LayerKind | None = kind_of(module)
+    return None if kind is None else kind.key
+
+
+def _freeze_base(model: nn.Module) -> list[str]:
+    frozen = []
+    mask_params = {
+        id(p) for m in model.modules() if isinstance(m, MaskTechnique) for p in m.parameters()
+    }
+    for name, param in model.named_parameters():
+        if id(param) not in mask_params and param.requires_grad:
+            param.requires_grad_(False)
+            frozen.append(name)
+    if not isinstance(model, MaskedLayer):
+        swap_class(model, FrozenBase)
+    model.train(model.training)
+    return frozen
+
+
+def _unfreeze_base(model: nn.Module, names: list[str]) -> None:
+    params = dict(model.named_parameters())
+    for name in names:
+        params[name].requires_grad_(True)
+    if is_dynamic(model, FrozenBase):
+        unswap_class(model)

@@ -1,0 +1,231 @@
+"""Rule configs: which modules a mode converts, and with which settings.
+
+A mode config has one entry per module *type key* (``"nn.Linear"``,
+``"hf.Conv1D"``, ...) plus the mode's global options. A type key's value is
+
+* ``None``: modules of that type are left alone;
+* a rule (a dict of the rule's fields, or the rule object): applies to ``"*"``;
+* an ordered mapping ``{glob: rule | None}`` on the full dotted module name.
+
+Every matching pattern applies in order. A later rule overrides only the fields
+it sets explicitly; ``None`` switches the module off and a later rule switches
+it back on. A user's entry for a type key replaces the mode's default entry for
+that key (the defaults keep output heads such as ``*lm_head*`` off).
+
+Example:
+    >>> import modeopt_masks as mm
+    >>> cfg = mm.get_mode("hard_concrete").config_class.model_validate(
+    ...     {"nn.Linear": {"*": {"mask_init_percentage": 0.9}, "*.out*": {"mask_unit": "neuron"}}})
+    >>> r = cfg.rule_for("nn.Linear", "encoder.out")
+    >>> (r.mask_init_percentage, r.mask_unit)
+    (0.9, 'neuron')
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch.nn as nn
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Output heads are left alone by every mode's default config.
+DEFAULT_EXCLUDED_PATTERNS: tuple[str, ...] = ("*lm_head*", "*classifier*", "*score*", "*pooler*")
+
+
+class Rule(BaseModel):
+    """Per-module settings of a mode. Subclasses declare the fields.
+
+    Unknown fields raise a validation error naming the valid fields.
+
+    Example:
+        >>> from modeopt_masks.rules import Rule
+        >>> try:
+        ...     Rule.model_validate({"nope": 1})
+        ... except ValueError as e:
+        ...     print("valid fields" in str(e))
+        True
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_valid_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    f"unknown field(s) {unknown} for {cls.__name__}; "
+                    f"valid fields: {sorted(cls.model_fields)}"
+                )
+        return data
+
+    def explicit_fields(self) -> dict[str, Any]:
+        """The fields the user set explicitly (what a later glob may override)."""
+        return {k: getattr(self, k) for k in self.model_fields_set}
+
+
+RuleMapping = dict[str, Rule | None]
+
+
+class ModeConfig(BaseModel):
+    """Base of every mode's rule config: type keys mapped to glob rules, plus options.
+
+    Subclasses set ``rule_class`` (the per-module rule) and ``layer_keys`` (the
+    type keys the mode understands) and declare global options as fields.
+
+    Example:
+        >>> import modeopt_masks as mm
+        >>> cfg = mm.get_mode("continuous_sparsification").config_class.model_validate(
+        ...     {"nn.Linear": {"mask_init_value": -1.0}})
+        >>> cfg.rule_for("nn.Linear", "bert.encoder.layer.0.output.dense").mask_init_value
+        -1.0
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    rule_class: ClassVar[type[Rule]] = Rule
+    layer_keys: ClassVar[tuple[str, ...]] = ()
+    #: The rules, one ordered ``{glob: rule | None}`` (or ``None``) per type key.
+    rules: dict[str, RuleMapping | None] = {}
+
+    #: type keys the user gave explicitly (the others hold the defaults).
+    user_keys: frozenset[str] = Field(default=frozenset(), exclude=True)
+
+    @classmethod
+    def default_rules(cls) -> dict[str, Any]:
+        """Default spec: every layer kind on, output heads off."""
+        spec: dict[str, Any] = {"*": {}}
+        spec.update(dict.fromkeys(DEFAULT_EXCLUDED_PATTERNS))
+        return {key: dict(spec) for key in cls.layer_keys}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_type_keys(cls, data: Any) -> Any:
+        if isinstance(data, ModeConfig):
+            return data
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"a {cls.__name__} is a dict of type keys and options, got {data!r}")
+        options = {k: v for k, v in data.items() if k in cls.model_fields and k not in ("rules", "user_keys")}
+        given = dict(data.get("rules") or {})
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            if key not in cls.layer_keys:
+                raise ValueError(
+                    f"unknown key {key!r} for {cls.__name__}; valid type keys: "
+                    f"{list(cls.layer_keys)}; valid options: "
+                    f"{sorted(k for k in cls.model_fields if k not in ('rules', 'user_keys'))}"
+                )
+            given[key] = value
+        for key in given:
+            if key not in cls.layer_keys:
+                raise ValueError(f"unknown type key {key!r}; valid type keys: {list(cls.layer_keys)}")
+        rules = cls.default_rules()
+        rules.update({k: cls._normalise_spec(k, v) for k, v in given.items()})
+        options["rules"] = rules
+        options["user_keys"] = frozenset(given)
+        return options
+
+    @classmethod
+    def _normalise_spec(cls, key: str, spec: Any) -> RuleMapping | None:
+        rule_fields = set(cls.rule_class.model_fields)
+        if spec is None:
+            return None
+        if isinstance(spec, Rule):
+            return {"*": cls._validate_rule(key, "*", spec)}
+        if not isinstance(spec, dict):
+            raise ValueError(f"{key!r}: expected None, a rule dict or {{glob: rule}}, got {spec!r}")
+        looks_like_rule = not spec or all(k in rule_fields for k in spec) or any(
+            v is not None and not isinstance(v, dict | Rule) for v in spec.values()
+        )
+        if looks_like_rule:
+            return {"*": cls._validate_rule(key, "*", spec)}
+        return {
+            str(pattern): None if rule is None else cls._validate_rule(key, pattern, rule)
+            for pattern, rule in spec.items()
+        }
+
+    @classmethod
+    def _validate_rule(cls, key: str, pattern: str, rule: Any) -> Rule:
+        if isinstance(rule, cls.rule_class):
+            return rule
+        if isinstance(rule, Rule):
+            rule = rule.explicit_fields()
+        try:
+            return cls.rule_class.model_validate(rule)
+        except ValueError as e:
+            raise ValueError(f"rule {key!r} -> {pattern!r}: {e}") from e
+
+    def rule_for(self, key: str, name: str) -> Rule | None:
+        """The merged rule for module ``name`` of type ``key``, or ``None`` if it is off."""
+        spec = self.rules.get(key)
+        if not spec:
+            return None
+        on, fields = False, {}
+        for pattern, rule in spec.items():
+            if not fnmatchcase(name, pattern):
+                continue
+            if rule is None:
+                on = False
+            else:
+                on = True
+                fields.update(rule.explicit_fields())
+        return self.rule_class(**fields) if on else None
+
+    def user_patterns(self) -> list[tuple[str, str]]:
+        """``(type key, glob)`` of every rule the user gave (not the defaults, not ``None``)."""
+        out = []
+        for key in sorted(self.user_keys):
+            for pattern, rule in (self.rules.get(key) or {}).items():
+                if rule is not None:
+                    out.append((key, pattern))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form that validates back to an equal config (keeps explicit fields only)."""
+        out: dict[str, Any] = self.model_dump(exclude={"rules", "user_keys"})
+        for key in sorted(self.user_keys):
+            spec = self.rules.get(key)
+            out[key] = None if spec is None else {
+                p: None if r is None else r.model_dump(exclude_unset=True) for p, r in spec.items()
+            }
+        return out
+
+
+def match_modules(
+    model: nn.Module,
+    config: ModeConfig,
+    key_of: Callable[[str, nn.Module], str | None],
+) -> list[tuple[str, nn.Module, str, Rule]]:
+    """Plan a conversion: ``(name, module, type key, merged rule)`` for every module switched on.
+
+    ``key_of`` gives a module's type key (or ``None`` for unsupported modules). A
+    user rule that matches no module raises an error listing the model's modules.
+    """
+    planned, seen = [], []
+    for name, module in model.named_modules():
+        key = key_of(name, module)
+        if key is None:
+            continue
+        seen.append((name, key))
+        rule = config.rule_for(key, name)
+        if rule is not None:
+            planned.append((name, module, key, rule))
+    unmatched = [
+        (key, pattern)
+        for key, pattern in config.user_patterns()
+        if not any(k == key and fnmatchcase(n, pattern) for n, k in seen)
+    ]
+    if unmatched:
+        listing = "\n".join(f"  {n or '<root>'}: {type(m).__name__}" for n, m in model.named_modules())
+        raise ValueError(
+            f"rule(s) {unmatched} match no module of their type. Supported modules found: "
+            f"{[(n, k) for n, k in seen] or 'none'}. All modules:\n{listing}"
+        )
+    return planned
