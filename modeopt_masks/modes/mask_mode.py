@@ -120,6 +120,7 @@ class MaskModeDescriptor(ModeDescriptor):
             if tech is not None and tensor is not None:
                 tech.rule = rule
                 tech.to(device=tensor.device)
+                tech.train(module.training)  # new children follow the layer's train/eval state
         return weight_mask, bias_mask
 
     # -- state ---------------------------------------------------------------------------
