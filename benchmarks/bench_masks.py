@@ -1,0 +1,142 @@
+"""Mask-training and eval overhead of continuous sparsification vs the plain model.
+
+Workload (issue 2): 4-layer BERT and GPT-2, hidden 256, batch 16 x 128, 2 threads.
+* train: a masked training step (masks on every linear layer, base frozen, Adam on
+  the masks) vs a full fine-tuning step of the plain model (Adam on all weights);
+* eval: masked eval forward (cached hard masks) vs plain eval forward;
+* memory: peak RSS of each training loop, each in a fresh process.
+
+Run: ``python -m benchmarks.bench_masks [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import modeopt_masks as mm
+from benchmarks.common import current_rss_mb, interleaved_ratio, peak_rss_mb, run_isolated
+
+HIDDEN, LAYERS, HEADS, VOCAB = 256, 4, 4, 1000
+
+
+def build(family: str, quick: bool):
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    seq = 32 if quick else 128
+    if family == "bert":
+        model = BertForMaskedLM(BertConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, intermediate_size=4 * HIDDEN, max_position_embeddings=seq,
+        ))
+        key = "nn.Linear"
+    else:
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=seq,
+        ))
+        key = "hf.Conv1D"
+    ids = torch.randint(0, VOCAB, (16, seq))
+    return model, ids, key
+
+
+def _loss(model, ids):
+    logits = model(input_ids=ids).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))
+
+
+def _train_step(model, ids, opt, l0_weight: float = 0.0):
+    def step():
+        loss = _loss(model, ids)
+        if l0_weight:
+            loss = loss + l0_weight * mm.l0_loss(model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _masked(model, key: str):
+    # every linear layer of the kind, output heads included
+    return mm.convert(model, ("continuous_sparsification", {
+        "freeze_base": True, key: {"*": {"mask_init_value": 0.5}},
+        **({"nn.Linear": {"*": {"mask_init_value": 0.5}}} if key != "nn.Linear" else {}),
+    }))
+
+
+def memory_probe(family: str, variant: str, quick: str) -> dict:
+    """Peak RSS of a few training steps of one variant (run in a fresh process)."""
+    torch.set_num_threads(2)
+    baseline = current_rss_mb()  # after imports: what the workload itself adds is measured
+    model, ids, key = build(family, quick == "1")
+    if variant == "masked":
+        model = _masked(model, key).train()
+    else:
+        model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
+    step = _train_step(model, ids, opt, 1e-8 if variant == "masked" else 0.0)
+    for _ in range(3):
+        step()
+    return {"peak_rss_mb": peak_rss_mb() - baseline}
+
+
+def run(quick: bool = False) -> dict:
+    """All figures as a dict (ratios: masked / plain, same process)."""
+    torch.set_num_threads(2)
+    rounds = 3 if quick else 7
+    results: dict = {"threads": 2, "batch": [16, 32 if quick else 128]}
+    for family in ("bert", "gpt2"):
+        plain, ids, key = build(family, quick)
+        masked, _, _ = build(family, quick)
+        masked = _masked(masked, key)
+        plain.train()
+        masked.train()
+        opt_plain = torch.optim.Adam(plain.parameters(), 1e-4)
+        opt_masked = torch.optim.Adam([p for p in masked.parameters() if p.requires_grad], 1e-2)
+        train = interleaved_ratio(
+            _train_step(masked, ids, opt_masked, 1e-8), _train_step(plain, ids, opt_plain),
+            rounds, per_round=2,
+        )
+        plain.eval()
+        masked.eval()
+
+        def fwd(m):
+            def f():
+                with torch.no_grad():
+                    m(input_ids=ids)
+            return f
+
+        evaluation = interleaved_ratio(fwd(masked), fwd(plain), rounds, per_round=3)
+        mem = {
+            v: run_isolated("benchmarks.bench_masks", "memory_probe", family, v,
+                            "1" if quick else "0")["peak_rss_mb"]
+            for v in ("plain", "masked")
+        }
+        results[family] = {
+            "train_step_ratio": round(train["ratio"], 3),
+            "train_step_plain_s": round(train["baseline_s"], 4),
+            "eval_forward_ratio": round(evaluation["ratio"], 3),
+            "eval_forward_plain_s": round(evaluation["baseline_s"], 4),
+            "peak_rss_mb": {k: round(v, 1) for k, v in mem.items()},
+            "peak_rss_ratio": round(mem["masked"] / mem["plain"], 3),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short sequences, fewer rounds")
+    args = parser.parse_args(argv)
+    json.dump(run(args.quick), sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
