@@ -63,6 +63,13 @@ def _train_step(model, ids, opt, l0_weight: float = 0.0):
     return step
 
 
+def _eval_forward(model, ids):
+    def forward():
+        with torch.no_grad():
+            model(input_ids=ids)
+    return forward
+
+
 def _masked(model, key: str):
     # every linear layer of the kind, output heads included
     return mm.convert(model, ("continuous_sparsification", {
@@ -107,13 +114,9 @@ def run(quick: bool = False) -> dict:
         plain.eval()
         masked.eval()
 
-        def fwd(m):
-            def f():
-                with torch.no_grad():
-                    m(input_ids=ids)
-            return f
-
-        evaluation = interleaved_ratio(fwd(masked), fwd(plain), rounds, per_round=3)
+        evaluation = interleaved_ratio(
+            _eval_forward(masked, ids), _eval_forward(plain, ids), rounds, per_round=3
+        )
         mem = {
             v: run_isolated("benchmarks.bench_masks", "memory_probe", family, v,
                             "1" if quick else "0")["peak_rss_mb"]

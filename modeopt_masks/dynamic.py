@@ -30,7 +30,7 @@ _CLASS_CACHE: dict[tuple[type, type], type] = {}
 
 def _rebuild(original: type, mixin: type) -> Any:
     cls = dynamic_class(original, mixin)
-    return cls.__new__(cls)
+    return object.__new__(cls)
 
 
 def _reduce_ex(self: Any, protocol: Any) -> Any:
@@ -59,7 +59,8 @@ def swap_class(module: nn.Module, mixin: type) -> nn.Module:
     """Make ``module`` an instance of ``mixin + type(module)`` in place and return it."""
     if is_dynamic(module):
         raise TypeError(
-            f"{type(module).__name__} is already converted ({type(module)._mm_mixin.__name__}); "
+            f"{type(module).__name__} is already converted "
+            f"({type(module).__dict__['_mm_mixin'].__name__}); "
             "export or unconvert it first"
         )
     module.__class__ = dynamic_class(type(module), mixin)
@@ -69,7 +70,7 @@ def swap_class(module: nn.Module, mixin: type) -> nn.Module:
 def unswap_class(module: nn.Module) -> nn.Module:
     """Give ``module`` its original class back and return it."""
     if is_dynamic(module):
-        module.__class__ = type(module)._mm_original_cls
+        module.__class__ = type(module).__dict__["_mm_original_cls"]
     return module
 
 

@@ -40,7 +40,7 @@ class LayerKind:
     #: the weight axis of output units (``Conv1D`` stores ``[in, out]``).
     out_dim: int
     forward: Forward
-    init_weight: Callable[[torch.Tensor], None]
+    init_weight: Callable[[torch.Tensor], object]
 
     def unit_shape(self, weight: torch.Tensor) -> tuple[int, ...]:
         """Shape of a per-output-unit mask that broadcasts against ``weight``."""
@@ -101,6 +101,7 @@ register_layer_kind(LayerKind("nn.Linear", nn.Linear, 0, _linear_forward, _kaimi
 register_layer_kind(LayerKind("nn.Conv1d", nn.Conv1d, 0, _conv_forward, _kaiming_uniform))
 register_layer_kind(LayerKind("nn.Conv2d", nn.Conv2d, 0, _conv_forward, _kaiming_uniform))
 
+_HFConv1D: type[nn.Module] | None
 try:  # transformers is optional
     from transformers.pytorch_utils import Conv1D as _HFConv1D
 except ImportError:  # pragma: no cover - exercised only without transformers

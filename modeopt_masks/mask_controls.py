@@ -52,7 +52,7 @@ def l0_loss(model: nn.Module) -> torch.Tensor:
     Example:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "continuous_sparsification")
-        >>> float(mm.l0_loss(net))  # sigmoid(0) * 4 entries
+        >>> float(mm.l0_loss(net).detach())  # sigmoid(0) * 4 entries
         2.0
     """
     terms = [

@@ -106,6 +106,7 @@ class MaskedLayer:
     weight_mask: MaskTechnique
     bias_mask: MaskTechnique | None
     training: bool
+    _modules: dict[str, nn.Module | None]
 
     # -- set up / tear down -------------------------------------------------------------
     def _mm_init(self, weight_mask: MaskTechnique, bias_mask: MaskTechnique | None) -> None:
@@ -206,7 +207,7 @@ class MaskedLayer:
 
     def _compute_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = self._apply_mask("weight", self.weight, self.weight_mask)
-        bias = self.bias
+        bias: torch.Tensor | None = self.bias
         if bias is not None and self.bias_mask is not None:
             bias = self._apply_mask("bias", bias, self.bias_mask)
         return weight, bias

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn as nn
 
@@ -31,12 +31,12 @@ class ModeDescriptor:
         'MagnitudePruningConfig'
     """
 
-    name: str = ""
-    config_class: type[ModeConfig] = ModeConfig
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[ModeConfig]] = ModeConfig
     #: names of modes that may be converted on top of this one (``()`` = none).
-    next_modes: tuple[str, ...] = ()
+    next_modes: ClassVar[tuple[str, ...]] = ()
     #: name of the searcher ``prune`` uses for this mode, or ``None``.
-    search_algorithm: str | None = None
+    search_algorithm: ClassVar[str | None] = None
 
     def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:
         """Make the matching modules dynamic. Must leave the model unchanged on error."""
@@ -84,7 +84,7 @@ def register_mode(descriptor: ModeDescriptor) -> ModeDescriptor:
     return descriptor
 
 
-def get_mode(name: str) -> ModeDescriptor:
+def get_mode(name: str | ModeDescriptor) -> ModeDescriptor:
     """The descriptor registered under ``name``; an unknown name lists the registered modes.
 
     Example:
@@ -107,7 +107,7 @@ def available_modes() -> list[str]:
 
     Example:
         >>> import modeopt_masks as mm
-        >>> "gradnas" in mm.available_modes()
+        >>> "hard_concrete" in mm.available_modes()
         True
     """
     return sorted(_REGISTRY)

@@ -23,12 +23,11 @@ Example:
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 import torch.nn as nn
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Output heads are left alone by every mode's default config.

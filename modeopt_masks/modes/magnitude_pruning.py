@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field
@@ -44,6 +44,7 @@ class MagnitudeMask(MaskTechnique):
     """A fixed boolean ``keep`` buffer (saved with the model)."""
 
     learnable = False
+    keep: torch.Tensor
 
     def __init__(self, keep: torch.Tensor) -> None:
         super().__init__(tuple(keep.shape))
@@ -65,13 +66,17 @@ def keep_largest(scores: torch.Tensor, prune_fraction: float) -> torch.Tensor:
     Example:
         >>> import torch
         >>> keep_largest(torch.tensor([3.0, -5.0, 1.0, 4.0]).abs(), 0.5).tolist()
-        [True, True, False, False]
+        [False, True, False, True]
     """
     flat = scores.reshape(-1)
     k = round(prune_fraction * flat.numel())
     keep = torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
     keep[torch.argsort(flat, stable=True)[:k]] = False
     return keep.reshape(scores.shape)
+
+
+def _keep(tech: MaskTechnique) -> torch.Tensor:
+    return cast(MagnitudeMask, tech).keep
 
 
 def _scores(layer: MaskedLayer, shape: tuple[int, ...]) -> torch.Tensor:
@@ -99,9 +104,9 @@ class MagnitudePruningMode(MaskModeDescriptor):
         if config.scope == "global":
             self._prune_globally(layers)
         for layer in layers.values():
-            bias_tech = layer.bias_mask
-            if bias_tech is not None and layer.weight_mask.rule.mask_unit == "neuron":
-                bias_tech.keep.copy_(layer.weight_mask.keep.reshape(bias_tech.keep.shape))
+            if layer.bias_mask is not None and layer.weight_mask.rule.mask_unit == "neuron":
+                bias_keep = _keep(layer.bias_mask)
+                bias_keep.copy_(_keep(layer.weight_mask).reshape(bias_keep.shape))
 
     def _prune_globally(self, layers: dict[str, MaskedLayer]) -> None:
         rules = {(t.rule.prune_percentage, t.rule.mask_unit) for t in
@@ -118,7 +123,7 @@ class MagnitudePruningMode(MaskModeDescriptor):
         offset = 0
         for layer, score in zip(layers.values(), scores, strict=True):
             n = score.numel()
-            layer.weight_mask.keep.copy_(keep[offset : offset + n].reshape(score.shape))
+            _keep(layer.weight_mask).copy_(keep[offset : offset + n].reshape(score.shape))
             offset += n
 
 

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -86,7 +86,7 @@ class MaskModeDescriptor(ModeDescriptor):
         for name, module, _key, _rule in plan:
             if is_dynamic(module):
                 raise ValueError(f"{name!r} is already converted; export or unconvert first")
-        techniques = {name: self._techniques(m, rule) for name, m, _k, rule in plan}
+        techniques = {name: self._techniques(m, cast(MaskRule, rule)) for name, m, _k, rule in plan}
         layers: dict[str, MaskedLayer] = {}
         for name, module, _key, _rule in plan:
             swap_class(module, MaskedLayer)
@@ -108,11 +108,11 @@ class MaskModeDescriptor(ModeDescriptor):
     ) -> tuple[MaskTechnique, MaskTechnique | None]:
         kind = kind_of(module)
         assert kind is not None
-        weight = module.weight
+        weight = cast(torch.Tensor, module.weight)
         neuron = rule.mask_unit == "neuron"
         w_shape = kind.unit_shape(weight) if neuron else tuple(weight.shape)
         weight_mask = self.make_technique(kind, weight, w_shape, rule)
-        bias = getattr(module, "bias", None)
+        bias = cast(torch.Tensor | None, getattr(module, "bias", None))
         bias_mask = None
         if rule.mask_bias and bias is not None:
             bias_mask = self.make_technique(kind, bias, tuple(bias.shape), rule)
@@ -171,7 +171,7 @@ class MaskModeDescriptor(ModeDescriptor):
                 for tech, flag in zip(techniques, was_training, strict=True):
                     tech.training = flag
             layer._mm_teardown()
-            unswap_class(layer)
+            unswap_class(cast(nn.Module, layer))
         if "frozen" in metadata:
             _unfreeze_base(model, metadata["frozen"])
         return model
