@@ -1,6 +1,6 @@
 """modeopt-masks: circuit discovery and pruning masks as Model-Optimizer-style modes.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)),
     ...                  "continuous_sparsification")

@@ -1,6 +1,6 @@
 """Command line: ``modeopt-masks demo`` runs the main job on data that needs no download.
 
-Example:
+Examples:
     >>> from modeopt_masks.cli import build_parser
     >>> build_parser().parse_args(["demo", "--quick"]).quick
     True

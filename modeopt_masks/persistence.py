@@ -7,7 +7,7 @@ names, configs, metadata, and a SHA-256 of the tensor file) and
 architecture and loads the tensors; anything that does not fit raises a clear
 error and leaves the model as it was.
 
-Example:
+Examples:
     >>> import tempfile, torch, torch.nn as nn, modeopt_masks as mm
     >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 4))
     >>> net = mm.convert(net, "hard_concrete").eval()

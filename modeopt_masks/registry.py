@@ -4,7 +4,7 @@ A *mode* is one technique (``continuous_sparsification``, ``gradnas``, ...). Its
 descriptor says how to convert a model, how to replay that conversion on a fresh
 model (``restore``), how to undo it (``revert``) and how to export a plain model.
 
-Example:
+Examples:
     >>> import modeopt_masks as mm
     >>> mm.get_mode("hard_concrete").name
     'hard_concrete'
@@ -24,7 +24,7 @@ Metadata = dict[str, Any]
 class ModeDescriptor:
     """Describes one mode. Subclass it, set the class attributes, register an instance.
 
-    Example:
+    Examples:
         >>> import modeopt_masks as mm
         >>> desc = mm.get_mode("magnitude_pruning")
         >>> desc.config_class.__name__
@@ -68,7 +68,7 @@ _REGISTRY: dict[str, ModeDescriptor] = {}
 def register_mode(descriptor: ModeDescriptor) -> ModeDescriptor:
     """Add a mode to the registry (one call per mode file).
 
-    Example:
+    Examples:
         >>> import modeopt_masks as mm
         >>> class Noop(mm.ModeDescriptor):
         ...     name = "doc_noop"
@@ -87,7 +87,7 @@ def register_mode(descriptor: ModeDescriptor) -> ModeDescriptor:
 def get_mode(name: str | ModeDescriptor) -> ModeDescriptor:
     """The descriptor registered under ``name``; an unknown name lists the registered modes.
 
-    Example:
+    Examples:
         >>> import modeopt_masks as mm
         >>> mm.get_mode("continuous_sparsification").search_algorithm is None
         True
@@ -105,7 +105,7 @@ def get_mode(name: str | ModeDescriptor) -> ModeDescriptor:
 def available_modes() -> list[str]:
     """Names of all registered modes, sorted.
 
-    Example:
+    Examples:
         >>> import modeopt_masks as mm
         >>> "hard_concrete" in mm.available_modes()
         True

@@ -12,7 +12,7 @@ it sets explicitly; ``None`` switches the module off and a later rule switches
 it back on. A user's entry for a type key replaces the mode's default entry for
 that key (the defaults keep output heads such as ``*lm_head*`` off).
 
-Example:
+Examples:
     >>> import modeopt_masks as mm
     >>> cfg = mm.get_mode("hard_concrete").config_class.model_validate(
     ...     {"nn.Linear": {"*": {"mask_init_percentage": 0.9}, "*.out*": {"mask_unit": "neuron"}}})
@@ -39,7 +39,7 @@ class Rule(BaseModel):
 
     Unknown fields raise a validation error naming the valid fields.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.rules import Rule
         >>> try:
         ...     Rule.model_validate({"nope": 1})
@@ -76,7 +76,7 @@ class ModeConfig(BaseModel):
     Subclasses set ``rule_class`` (the per-module rule) and ``layer_keys`` (the
     type keys the mode understands) and declare global options as fields.
 
-    Example:
+    Examples:
         >>> import modeopt_masks as mm
         >>> cfg = mm.get_mode("continuous_sparsification").config_class.model_validate(
         ...     {"nn.Linear": {"mask_init_value": -1.0}})

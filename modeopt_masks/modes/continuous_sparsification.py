@@ -11,7 +11,7 @@ threshold, so the *eval* mask ``logits > 0`` is all zeros until training moves
 the logits. Use a small positive value (e.g. ``0.1``) to start from the full
 network in eval.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(4, 2)),
     ...                  ("continuous_sparsification", {"nn.Linear": {"mask_init_value": 1.0}}))

@@ -7,7 +7,7 @@ circuit ``log_alpha > 0`` (the deterministic gate ``> 0.5``). The expected L0 is
 ``sum(sigmoid(log_alpha - beta log(-gamma / zeta)))``. ``mask_init_percentage``
 ``p`` initialises ``log_alpha ~ N(log(p / (1 - p)), 0.01)``.
 
-Example:
+Examples:
     >>> import torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(100, 100)),
     ...                  ("hard_concrete", {"nn.Linear": {"mask_init_percentage": 0.9}}))

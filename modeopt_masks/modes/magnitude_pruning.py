@@ -6,7 +6,7 @@ over all converted layers together (``scope="global"``, one percentage for all).
 With ``mask_unit="neuron"`` whole output units are ranked by their L2 norm and
 a bias mask follows its units.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)),
     ...                  ("magnitude_pruning", {"nn.Linear": {"prune_percentage": 0.3}}))
@@ -63,7 +63,7 @@ class MagnitudeMask(MaskTechnique):
 def keep_largest(scores: torch.Tensor, prune_fraction: float) -> torch.Tensor:
     """Boolean mask that drops exactly ``round(prune_fraction * n)`` smallest scores.
 
-    Example:
+    Examples:
         >>> import torch
         >>> keep_largest(torch.tensor([3.0, -5.0, 1.0, 4.0]).abs(), 0.5).tolist()
         [False, True, False, True]

@@ -3,7 +3,7 @@
 A concrete mode subclasses :class:`MaskRule`, :class:`MaskModeConfig` and
 :class:`MaskModeDescriptor` and supplies its :class:`~modeopt_masks.masking.MaskTechnique`.
 
-Example:
+Examples:
     >>> import torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)),
     ...                  ("continuous_sparsification", {"freeze_base": True}))
