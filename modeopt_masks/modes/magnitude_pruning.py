@@ -70,8 +70,14 @@ def keep_largest(scores: torch.Tensor, prune_fraction: float) -> torch.Tensor:
     """
     flat = scores.reshape(-1)
     k = round(prune_fraction * flat.numel())
-    keep = torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
-    keep[torch.argsort(flat, stable=True)[:k]] = False
+    if k == 0:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    # O(n) selection instead of a sort: the k-th smallest value, then ties broken by index
+    threshold = flat.kthvalue(k).values
+    keep = flat > threshold
+    ties = torch.nonzero(flat == threshold).reshape(-1)
+    drop_from_ties = k - int((flat < threshold).sum())
+    keep[ties[drop_from_ties:]] = True
     return keep.reshape(scores.shape)
 
 
