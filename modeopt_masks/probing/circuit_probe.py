@@ -96,7 +96,8 @@ class CircuitProbe(MaskedProbe):
         chosen, chosen_labels, _ = self.select(vectors, labels, token_mask)
         logits = None
         if self.probe is not None:
-            logits = self.probe(chosen.to(self.probe.weight.dtype))  # type: ignore[union-attr]
+            dtype = next(self.probe.parameters()).dtype
+            logits = self.probe(chosen.to(dtype))
         loss = None
         if chosen_labels is not None:
             if logits is not None:
