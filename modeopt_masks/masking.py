@@ -145,6 +145,7 @@ class MaskedLayer:
         if force_resample:
             self._mm_sampled.clear()
             self._mm_random.clear()
+            self._mm_cache = None  # the cached eval tensors hold the old draw
 
     @property
     def use_masks(self) -> bool:
