@@ -201,6 +201,15 @@ def test_probe_config_errors():
     probe = SubnetworkProbe({"probe_vector": "mlp_update_0", "n_classes": 2}, bert)
     with pytest.raises(ValueError, match="token_mask"):
         probe(input_ids=_ids(2, 3, 0), labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="valid fields.*n_classes"):
+        SubnetworkProbeConfig(probe_vector="mlp_update_0", n_classes=2, n_clases=3)
+    with pytest.raises(ValueError, match="mask_init_value"):  # a bad mask rule field
+        SubnetworkProbe({"probe_vector": "mlp_update_0", "n_classes": 2, "target_layers": ["*"],
+                         "mask_hparams": {"mask_init": 1.0}}, bert)
+    assert not mm.masked_modules(bert) and not mm.mode_history(bert)
+    # NeuroSurgeon spellings
+    ns = SubnetworkProbeConfig(probe_vectors="mlp_update_0", n_classes=2, intermediate_size=-1)
+    assert (ns.probe_vector, ns.intermediate_size) == ("mlp_update_0", None)
     with pytest.raises(ValueError, match="target_layers"):
         CircuitProbeConfig(probe_vector="mlp_update_0")
     with pytest.raises(ValueError, match="n_classes"):

@@ -24,12 +24,16 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..conversion import convert
 from ..mask_controls import l0_loss, l0_stats, masked_modules
 from .mask_plan import MaskMethod, mask_mode_spec
-from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
+from .residual_update_model import (
+    ResidualUpdateModel,
+    ResidualUpdateModelConfig,
+    reject_unknown_fields,
+)
 
 IGNORE_INDEX = -100
 _VECTOR = re.compile(r"^(attn|mlp)_(update|stream)_(\d+)$")
@@ -46,9 +50,12 @@ class MaskedProbeConfig(BaseModel):
     probed vector's size, read from the model's config when ``None``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    probe_vector: str
+    #: NeuroSurgeon's names ``probe_vectors`` / ``probe_activations`` are accepted too.
+    probe_vector: str = Field(
+        validation_alias=AliasChoices("probe_vector", "probe_vectors", "probe_activations")
+    )
     target_layers: list[str] = []
     mask_method: MaskMethod = "continuous_sparsification"
     mask_hparams: dict[str, Any] = {}
@@ -58,6 +65,11 @@ class MaskedProbeConfig(BaseModel):
     labeling: Literal["sequence", "token"] = "sequence"
     model_type: str | None = None
     hidden_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown(cls, data: Any) -> Any:
+        return reject_unknown_fields(cls, data)
 
     @field_validator("probe_vector")
     @classmethod

@@ -57,6 +57,11 @@ class ResidualUpdateModelConfig(BaseModel):
     updates: bool = True
     stream: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown(cls, data: Any) -> Any:
+        return reject_unknown_fields(cls, data)
+
     @field_validator("target_layers")
     @classmethod
     def _layers(cls, v: list[int]) -> list[int]:
@@ -79,6 +84,22 @@ class ResidualUpdateModelConfig(BaseModel):
         blocks = [b for b, on in (("attn", self.attn), ("mlp", self.mlp)) if on]
         kinds = [k for k, on in (("update", self.updates), ("stream", self.stream)) if on]
         return [f"{b}_{k}_{i}" for i in self.target_layers for b in blocks for k in kinds]
+
+
+def reject_unknown_fields(cls: type[BaseModel], data: Any) -> Any:
+    """Raise naming the valid fields (and aliases) when ``data`` has keys ``cls`` lacks."""
+    if isinstance(data, dict):
+        valid = set()
+        for name, field in cls.model_fields.items():
+            valid.add(name)
+            choices = getattr(field.validation_alias, "choices", None) or []
+            valid.update(c for c in choices if isinstance(c, str))
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(valid)}"
+            )
+    return data
 
 
 def find_model_type(model: nn.Module) -> str:

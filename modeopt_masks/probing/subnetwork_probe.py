@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .masked_probe import IGNORE_INDEX, MaskedProbe, MaskedProbeConfig
 from .probe_output import ProbeOutput
@@ -43,6 +43,11 @@ class SubnetworkProbeConfig(MaskedProbeConfig):
 
     n_classes: int = Field(gt=1)
     intermediate_size: int | None = Field(None, gt=0)
+
+    @field_validator("intermediate_size", mode="before")
+    @classmethod
+    def _neurosurgeon_linear(cls, v: object) -> object:
+        return None if v == -1 else v  # NeuroSurgeon spelled "linear probe" as -1
 
 
 class SubnetworkProbe(MaskedProbe):
