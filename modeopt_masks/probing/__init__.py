@@ -1,0 +1,40 @@
+"""Circuit and probing tools over residual-stream vectors (see DESIGN.md part 9).
+
+* :class:`ResidualUpdateModel` caches attention/MLP updates and residual streams;
+* :class:`SubnetworkProbe` trains a mask and a probe on one cached vector;
+* :class:`CircuitProbe` trains a mask so that a cached vector clusters by label;
+* :mod:`~modeopt_masks.probing.evaluation` scores vectors and ablated circuits.
+"""
+
+from .circuit_probe import CircuitProbe, CircuitProbeConfig
+from .evaluation import collect_vectors, compare_ablations, knn_accuracy, nearest_centroid_accuracy
+from .mask_plan import mask_mode_spec
+from .masked_probe import MaskedProbe, MaskedProbeConfig
+from .probe_output import ProbeOutput
+from .residual_layouts import LAYOUTS, MODEL_TYPE_TO_FAMILY, HookPoint, ResidualLayout, layout_for
+from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
+from .snn_loss import soft_nearest_neighbour_loss
+from .subnetwork_probe import SubnetworkProbe, SubnetworkProbeConfig
+
+__all__ = [
+    "LAYOUTS",
+    "MODEL_TYPE_TO_FAMILY",
+    "CircuitProbe",
+    "CircuitProbeConfig",
+    "HookPoint",
+    "MaskedProbe",
+    "MaskedProbeConfig",
+    "ProbeOutput",
+    "ResidualLayout",
+    "ResidualUpdateModel",
+    "ResidualUpdateModelConfig",
+    "SubnetworkProbe",
+    "SubnetworkProbeConfig",
+    "collect_vectors",
+    "compare_ablations",
+    "knn_accuracy",
+    "layout_for",
+    "mask_mode_spec",
+    "nearest_centroid_accuracy",
+    "soft_nearest_neighbour_loss",
+]

@@ -1,0 +1,112 @@
+"""``CircuitProbe``: find the subnetwork that computes an intermediate variable (Lepori et al. 2023).
+
+Masks on ``target_layers`` are trained so that the cached ``probe_vector``
+clusters by label: the loss is the soft-nearest-neighbour loss on cosine
+distance (same label = neighbours, see :mod:`~modeopt_masks.probing.snn_loss`)
+plus ``l0_lambda * L0``. ``objective="linear"`` trains a linear probe on the
+vector instead (cross-entropy). Evaluate the found circuit with
+:func:`~modeopt_masks.probing.evaluation.nearest_centroid_accuracy` on
+collected vectors, and ablate it with ``mm.set_ablation(probe.model, ...)``
+(compare with :func:`~modeopt_masks.probing.evaluation.compare_ablations`).
+
+Example:
+    >>> import torch, transformers
+    >>> from modeopt_masks.probing import CircuitProbe, CircuitProbeConfig
+    >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
+    ...     n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16))
+    >>> cp = CircuitProbe(CircuitProbeConfig(
+    ...     probe_vector="mlp_update_0", target_layers=["h.0.mlp.*"],
+    ...     mask_hparams={"mask_init_value": 0.5}), gpt)
+    >>> ids = torch.randint(0, 50, (4, 3)); last = torch.zeros(4, 3, dtype=torch.bool)
+    >>> last[:, -1] = True
+    >>> out = cp(input_ids=ids, labels=torch.tensor([0, 1, 0, 1]), token_mask=last)
+    >>> out.loss.backward(); cp.model.h[0].mlp.c_fc.weight_mask.logits.grad is not None
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from .masked_probe import MaskedProbe, MaskedProbeConfig
+from .probe_output import ProbeOutput
+from .snn_loss import soft_nearest_neighbour_loss
+
+
+class CircuitProbeConfig(MaskedProbeConfig):
+    """:class:`MaskedProbeConfig` plus the objective.
+
+    ``objective``: ``"snn"`` (soft nearest neighbours, ``snn_temperature``) or
+    ``"linear"`` (a linear probe with ``n_classes`` outputs). ``target_layers``
+    must name at least one module: circuit probing trains masks.
+
+    Example:
+        >>> from modeopt_masks.probing import CircuitProbeConfig
+        >>> CircuitProbeConfig(probe_vector="mlp_update_0", target_layers=["*"]).objective
+        'snn'
+    """
+
+    objective: Literal["snn", "linear"] = "snn"
+    snn_temperature: float = Field(1.0, gt=0)
+    n_classes: int | None = Field(None, gt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CircuitProbeConfig:
+        if not self.target_layers:
+            raise ValueError("circuit probing trains masks: give target_layers (names or globs)")
+        if self.objective == "linear" and self.n_classes is None:
+            raise ValueError("objective='linear' needs n_classes")
+        return self
+
+
+class CircuitProbe(MaskedProbe):
+    """Mask training against the SNN (or linear-probe) loss on one cached vector.
+
+    ``forward`` returns :class:`ProbeOutput`: ``loss`` (with ``l0_lambda * L0``
+    in training), ``hidden_states`` (the selected vectors ``[n, hidden]``),
+    ``labels`` and, for the linear objective, ``logits``.
+    """
+
+    config: CircuitProbeConfig
+
+    def __init__(self, config: CircuitProbeConfig | dict, model: nn.Module) -> None:
+        if isinstance(config, dict):
+            config = CircuitProbeConfig.model_validate(config)
+        super().__init__(config, model)
+        self.probe: nn.Module | None = None
+        if config.objective == "linear":
+            assert config.n_classes is not None
+            device = next(iter(model.parameters()), torch.zeros(())).device
+            self.probe = nn.Linear(self.hidden_size, config.n_classes).to(device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> ProbeOutput:
+        """Run the model and score ``probe_vector`` against ``labels``."""
+        vectors = self._run(input_ids, kwargs)
+        chosen, chosen_labels, _ = self.select(vectors, labels, token_mask)
+        logits = None
+        if self.probe is not None:
+            dtype = next(self.probe.parameters()).dtype
+            logits = self.probe(chosen.to(dtype))
+        loss = None
+        if chosen_labels is not None:
+            if logits is not None:
+                loss = F.cross_entropy(logits.float(), chosen_labels.long())
+            else:
+                loss = soft_nearest_neighbour_loss(
+                    chosen, chosen_labels, self.config.snn_temperature
+                )
+            l0 = self.l0_term()
+            if l0 is not None:
+                loss = loss + l0.to(loss.device)
+        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)

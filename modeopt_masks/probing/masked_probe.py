@@ -1,0 +1,210 @@
+"""What subnetwork probing and circuit probing share: masks on chosen layers + one cached vector.
+
+:class:`MaskedProbeConfig` says which layers get a mask (through
+:func:`modeopt_masks.convert`; no second masking implementation), which cached
+vector is probed (``probe_vector``, e.g. ``"mlp_update_3"``; see
+:class:`~modeopt_masks.probing.ResidualUpdateModel`) and how labels map to
+positions (``labeling``). :class:`MaskedProbe` wraps the model and picks, on
+each forward, one vector per label.
+
+Label layouts:
+
+* ``labeling="sequence"``: ``labels`` ``[batch]``; ``token_mask`` ``[batch, seq]``
+  (bool) with exactly one ``True`` per row, the position whose vector is probed
+  (e.g. the CLS token, or the last token of a decoder).
+* ``labeling="token"``: ``labels`` ``[batch, seq]`` with ``-100`` where there is
+  no label; an optional ``token_mask`` restricts the positions further. Labels
+  may also be given flat, one per ``True`` of ``token_mask``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..conversion import convert
+from ..mask_controls import l0_loss, l0_stats, masked_modules
+from .mask_plan import MaskMethod, mask_mode_spec
+from .residual_update_model import (
+    ResidualUpdateModel,
+    ResidualUpdateModelConfig,
+    reject_unknown_fields,
+)
+
+IGNORE_INDEX = -100
+_VECTOR = re.compile(r"^(attn|mlp)_(update|stream)_(\d+)$")
+
+
+class MaskedProbeConfig(BaseModel):
+    """Shared probe settings (see the module docstring).
+
+    ``target_layers``: exact names or globs of the modules to mask (``[]``: no
+    mask). ``mask_method`` / ``mask_hparams``: the mask mode and its rule
+    fields (e.g. ``{"mask_init_value": 0.5}``). ``freeze_base``: only masks and
+    probe train; the base stays in eval. ``add_l0`` / ``l0_lambda``: add
+    ``l0_lambda * mm.l0_loss`` to the loss in training. ``hidden_size``: the
+    probed vector's size, read from the model's config when ``None``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    #: NeuroSurgeon's names ``probe_vectors`` / ``probe_activations`` are accepted too.
+    probe_vector: str = Field(
+        validation_alias=AliasChoices("probe_vector", "probe_vectors", "probe_activations")
+    )
+    target_layers: list[str] = []
+    mask_method: MaskMethod = "continuous_sparsification"
+    mask_hparams: dict[str, Any] = {}
+    freeze_base: bool = True
+    add_l0: bool = True
+    l0_lambda: float = Field(1e-8, ge=0)
+    labeling: Literal["sequence", "token"] = "sequence"
+    model_type: str | None = None
+    hidden_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown(cls, data: Any) -> Any:
+        return reject_unknown_fields(cls, data)
+
+    @field_validator("probe_vector")
+    @classmethod
+    def _vector(cls, v: str) -> str:
+        if not _VECTOR.match(v):
+            raise ValueError(
+                f"probe_vector {v!r} must look like attn_update_3, mlp_update_0, attn_stream_1 "
+                "or mlp_stream_2"
+            )
+        return v
+
+    def resid_config(self) -> ResidualUpdateModelConfig:
+        """The :class:`ResidualUpdateModelConfig` that caches exactly ``probe_vector``."""
+        match = _VECTOR.match(self.probe_vector)
+        assert match is not None
+        block, kind, layer = match.groups()
+        return ResidualUpdateModelConfig(
+            model_type=self.model_type,
+            target_layers=[int(layer)],
+            attn=block == "attn",
+            mlp=block == "mlp",
+            updates=kind == "update",
+            stream=kind == "stream",
+        )
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    """``hidden_size`` (or ``n_embd``) of the first submodule with an HF config."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        for attr in ("hidden_size", "n_embd"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int):
+                return value
+    raise ValueError("cannot read the hidden size from the model; set hidden_size in the config")
+
+
+class MaskedProbe(nn.Module):
+    """Base of :class:`SubnetworkProbe` and :class:`CircuitProbe` (not used directly).
+
+    ``wrapped_model`` is the :class:`ResidualUpdateModel` around the (masked)
+    model; ``model`` is the model itself. A new probe is in training mode; call
+    ``.eval()`` for hard masks (ablations, evaluation).
+    """
+
+    def __init__(self, config: MaskedProbeConfig, model: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        resid = ResidualUpdateModel(config.resid_config(), model)  # validates before converting
+        resid.remove_hooks()
+        self.hidden_size = config.hidden_size or hidden_size_of(model)
+        self.has_masks = bool(config.target_layers)
+        if self.has_masks:
+            spec = mask_mode_spec(
+                model, config.mask_method, config.target_layers, config.mask_hparams,
+                config.freeze_base,
+            )
+            model = convert(model, spec)
+        elif config.freeze_base:
+            for param in model.parameters():
+                param.requires_grad_(False)
+        resid.wrapped_model = model
+        resid.add_hooks()
+        self.wrapped_model = resid
+        self.train()  # a new module trains, as nn.Module does (the base stays eval if frozen)
+
+    @property
+    def model(self) -> nn.Module:
+        """The probed (masked) model."""
+        return self.wrapped_model.wrapped_model
+
+    def train(self, mode: bool = True) -> MaskedProbe:  # noqa: D102 - nn.Module.train
+        super().train(mode)
+        if self.config.freeze_base and not self.has_masks:
+            self.model.train(False)  # with masks, freeze_base keeps the base in eval already
+        return self
+
+    def l0_term(self) -> torch.Tensor | None:
+        """``l0_lambda * L0`` when it belongs in the loss (training, masks, ``add_l0``)."""
+        if not (self.training and self.has_masks and self.config.add_l0):
+            return None
+        return self.config.l0_lambda * l0_loss(self.model)
+
+    def compute_l0_statistics(self) -> dict:
+        """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the masks."""
+        if not masked_modules(self.model):
+            raise ValueError("this probe has no masked layers (target_layers is empty)")
+        return l0_stats(self.model)
+
+    # -- the probed vectors -----------------------------------------------------------------
+    def _run(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:
+        if input_ids is not None:
+            kwargs = {"input_ids": input_ids, **kwargs}
+        self.wrapped_model(**kwargs)
+        name = self.config.probe_vector
+        if name not in self.wrapped_model.vector_cache:
+            raise RuntimeError(f"the forward cached no {name!r}; were the hooks removed?")
+        return self.wrapped_model.vector_cache[name]
+
+    def select(
+        self,
+        vectors: torch.Tensor,
+        labels: torch.Tensor | None,
+        token_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(vectors [n, hidden], labels [n] or None, positions [batch, seq] bool)``."""
+        batch, seq = vectors.shape[:2]
+        if token_mask is not None:
+            token_mask = token_mask.to(device=vectors.device).bool()
+            if token_mask.shape != (batch, seq):
+                raise ValueError(
+                    f"token_mask must be [batch, seq] = {(batch, seq)}, got {tuple(token_mask.shape)}"
+                )
+        if self.config.labeling == "sequence":
+            if token_mask is None:
+                raise ValueError(
+                    "labeling='sequence' needs token_mask [batch, seq] with one True per row "
+                    "(the position to probe, e.g. the CLS or the last token)"
+                )
+            if not bool((token_mask.sum(dim=1) == 1).all()):
+                raise ValueError("labeling='sequence': token_mask needs exactly one True per row")
+            positions = token_mask
+            if labels is not None and labels.shape != (batch,):
+                raise ValueError(f"sequence labels must be [batch] = [{batch}], got {tuple(labels.shape)}")
+            return vectors[positions], labels, positions
+        # token labelling
+        if labels is not None and labels.dim() == 1:
+            if token_mask is None or int(token_mask.sum()) != labels.numel():
+                raise ValueError("flat token labels need a token_mask with one True per label")
+            return vectors[token_mask], labels, token_mask
+        if labels is not None and labels.shape != (batch, seq):
+            raise ValueError(f"token labels must be [batch, seq] = {(batch, seq)}, got {tuple(labels.shape)}")
+        positions = torch.ones(batch, seq, dtype=torch.bool, device=vectors.device)
+        if labels is not None:
+            positions = positions & (labels != IGNORE_INDEX)
+        if token_mask is not None:
+            positions = positions & token_mask
+        return vectors[positions], None if labels is None else labels[positions], positions

@@ -1,0 +1,290 @@
+"""``ResidualUpdateModel``: forward hooks that cache attention/MLP updates and residual streams.
+
+On every forward the chosen vectors are put in ``vector_cache`` under
+``attn_update_{i}``, ``mlp_update_{i}``, ``attn_stream_{i}``, ``mlp_stream_{i}``
+(``[batch, seq, hidden]``, still attached to the autograd graph so masks and
+probes can train through them). What "update" and "stream" mean for post-LN
+(BERT-family) and pre-LN (GPT-2, GPT-NeoX, Llama-style, ViT) models is defined
+in :mod:`modeopt_masks.probing.residual_layouts`.
+
+Example:
+    >>> import torch, transformers
+    >>> from modeopt_masks.probing import ResidualUpdateModel, ResidualUpdateModelConfig
+    >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
+    ...     n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16))
+    >>> rum = ResidualUpdateModel(ResidualUpdateModelConfig(target_layers=[1], stream=True), gpt)
+    >>> _ = rum(input_ids=torch.tensor([[1, 2, 3]]))
+    >>> sorted(rum.vector_cache), tuple(rum.vector_cache["mlp_update_1"].shape)
+    (['attn_stream_1', 'attn_update_1', 'mlp_stream_1', 'mlp_update_1'], (1, 3, 32))
+    >>> rum.remove_hooks(); _ = rum(input_ids=torch.tensor([[1, 2]])); rum.vector_cache
+    {}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from .residual_layouts import HookPoint, ResidualLayout, layout_for
+
+
+class ResidualUpdateModelConfig(BaseModel):
+    """Which vectors :class:`ResidualUpdateModel` caches.
+
+    ``model_type``: a family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``,
+    ``llama``, ``vit``) or an HF ``config.model_type`` such as ``roberta``;
+    ``None`` reads it from the model. ``target_layers``: layer indices.
+    ``attn`` / ``mlp``: which sub-blocks; ``updates`` / ``stream``: cache the
+    updates and/or the residual stream after each sub-block.
+
+    Example:
+        >>> from modeopt_masks.probing import ResidualUpdateModelConfig
+        >>> ResidualUpdateModelConfig(target_layers=[0, 2], attn=False).vector_names()
+        ['mlp_update_0', 'mlp_update_2']
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_type: str | None = None
+    target_layers: list[int]
+    mlp: bool = True
+    attn: bool = True
+    updates: bool = True
+    stream: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown(cls, data: Any) -> Any:
+        return reject_unknown_fields(cls, data)
+
+    @field_validator("target_layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("target_layers must name at least one layer index")
+        if any(i < 0 for i in v):
+            raise ValueError(f"target_layers must be non-negative layer indices, got {v}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _something(self) -> ResidualUpdateModelConfig:
+        if not (self.mlp or self.attn):
+            raise ValueError("choose at least one of attn=True, mlp=True")
+        if not (self.updates or self.stream):
+            raise ValueError("choose at least one of updates=True, stream=True")
+        return self
+
+    def vector_names(self) -> list[str]:
+        """The ``vector_cache`` keys one forward produces."""
+        blocks = [b for b, on in (("attn", self.attn), ("mlp", self.mlp)) if on]
+        kinds = [k for k, on in (("update", self.updates), ("stream", self.stream)) if on]
+        return [f"{b}_{k}_{i}" for i in self.target_layers for b in blocks for k in kinds]
+
+
+def reject_unknown_fields(cls: type[BaseModel], data: Any) -> Any:
+    """Raise naming the valid fields (and aliases) when ``data`` has keys ``cls`` lacks."""
+    if isinstance(data, dict):
+        valid = set()
+        for name, field in cls.model_fields.items():
+            valid.add(name)
+            choices = getattr(field.validation_alias, "choices", None) or []
+            valid.update(c for c in choices if isinstance(c, str))
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(valid)}"
+            )
+    return data
+
+
+def find_model_type(model: nn.Module) -> str:
+    """The HF ``config.model_type`` of ``model`` or of the first submodule that has one."""
+    for module in model.modules():
+        model_type = getattr(getattr(module, "config", None), "model_type", None)
+        if isinstance(model_type, str) and model_type:
+            return model_type
+    raise ValueError(
+        "cannot detect the model type (no submodule has config.model_type); pass model_type="
+        "one of bert, mpnet, gpt2, gpt_neox, llama, vit"
+    )
+
+
+def find_layers(model: nn.Module, layout: ResidualLayout) -> tuple[str, nn.ModuleList]:
+    """The (shallowest) ``nn.ModuleList`` of transformer layers named by ``layout.layers``."""
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and any(name == s or name.endswith("." + s) for s in layout.layers)
+    ]
+    if not found:
+        lists = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+        raise ValueError(
+            f"no layer list {list(layout.layers)} for family {layout.family!r} in this model "
+            f"(module lists: {lists}); is model_type right?"
+        )
+    return min(found, key=lambda item: item[0].count("."))
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+class ResidualUpdateModel(nn.Module):
+    """Wraps ``model`` and caches residual updates/streams of ``config.target_layers``.
+
+    Mirrors NeuroSurgeon's ``ResidualUpdateModel``: ``wrapped_model``,
+    ``vector_cache``, ``hooks``. ``forward`` clears the cache and calls the
+    wrapped model; the hooks also fire when the model is called directly.
+    ``remove_hooks()`` removes them (nothing is cached afterwards),
+    ``add_hooks()`` puts them back, ``with rum.disabled():`` pauses them.
+
+    Example:
+        >>> import torch, transformers
+        >>> from modeopt_masks.probing import ResidualUpdateModel, ResidualUpdateModelConfig
+        >>> bert = transformers.BertModel(transformers.BertConfig(
+        ...     hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...     intermediate_size=64, vocab_size=50)).eval()
+        >>> rum = ResidualUpdateModel(ResidualUpdateModelConfig(target_layers=[1], stream=True), bert)
+        >>> out = rum(input_ids=torch.tensor([[1, 2, 3]]))
+        >>> torch.equal(rum.vector_cache["mlp_stream_1"], out.last_hidden_state)
+        True
+    """
+
+    def __init__(self, config: ResidualUpdateModelConfig | dict, model: nn.Module) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = ResidualUpdateModelConfig.model_validate(config)
+        self.config = config
+        self.wrapped_model = model
+        self.layout = layout_for(config.model_type or find_model_type(model))
+        self.layers_name, layers = find_layers(model, self.layout)
+        bad = [i for i in config.target_layers if i >= len(layers)]
+        if bad:
+            raise ValueError(
+                f"target_layers {bad} out of range: the model has {len(layers)} layers "
+                f"(0..{len(layers) - 1})"
+            )
+        for i in config.target_layers:
+            self._check_layer(i, layers[i])
+        self.vector_cache: dict[str, torch.Tensor] = {}
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._enabled = True
+        self.add_hooks()
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _layers(self) -> nn.ModuleList:
+        return self.wrapped_model.get_submodule(self.layers_name)  # type: ignore[return-value]
+
+    def _check_layer(self, index: int, layer: nn.Module) -> None:
+        chunk = getattr(getattr(self.wrapped_model, "config", None), "chunk_size_feed_forward", 0)
+        if self.layout.post_ln and chunk:
+            raise ValueError("chunk_size_feed_forward > 0 calls the MLP per chunk; set it to 0")
+        points = [self.layout.attn_update, self.layout.mlp_update, self.layout.mlp_stream]
+        if self.layout.attn_stream is not None:
+            points.append(self.layout.attn_stream)
+        for point in points:
+            try:
+                layer.get_submodule(point.path)
+            except AttributeError:
+                children = [n for n, _ in layer.named_modules() if n]
+                raise ValueError(
+                    f"layer {index} ({type(layer).__name__}) has no submodule {point.path!r} "
+                    f"expected for family {self.layout.family!r} (transformers 5 layout); "
+                    f"its submodules: {children}"
+                ) from None
+
+    def add_hooks(self) -> None:
+        """Register the hooks (a no-op if they are registered already)."""
+        if self.hooks:
+            return
+        cfg, lay = self.config, self.layout
+        for i in cfg.target_layers:
+            layer = self._layers()[i]
+            state: dict[str, Any] = {}
+            self.hooks.append(layer.register_forward_pre_hook(self._layer_start(state), with_kwargs=True))
+            wanted: dict[str, HookPoint | None] = {}
+            if cfg.attn:
+                if cfg.updates or (cfg.stream and lay.attn_stream is None):
+                    wanted[f"attn_update_{i}"] = lay.attn_update
+                if cfg.stream:
+                    wanted[f"attn_stream_{i}"] = lay.attn_stream  # None: input + update
+            if cfg.mlp:
+                if cfg.updates:
+                    wanted[f"mlp_update_{i}"] = lay.mlp_update
+                if cfg.stream:
+                    wanted[f"mlp_stream_{i}"] = lay.mlp_stream
+            keep = set(cfg.vector_names())
+            by_module: dict[str, list[tuple[str, HookPoint]]] = {}
+            for key, point in wanted.items():
+                if point is not None:
+                    by_module.setdefault(point.path, []).append((key, point))
+            for path, points in by_module.items():
+                module = layer.get_submodule(path)
+                hook = self._make_hook(state, path, points, keep, i)
+                self.hooks.append(module.register_forward_hook(hook))
+
+    def remove_hooks(self) -> None:
+        """Remove every hook and clear the cache; the model computes as if never wrapped."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+        self.vector_cache = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks are registered and not paused."""
+        return bool(self.hooks) and self._enabled
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Pause caching inside a ``with`` block (the hooks stay registered)."""
+        previous, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = previous
+
+    def _layer_start(self, state: dict[str, Any]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            state.clear()
+            if self._enabled:
+                state["input"] = args[0] if args else kwargs.get("hidden_states")
+                state["calls"] = {}
+
+        return hook
+
+    def _make_hook(
+        self,
+        state: dict[str, Any],
+        path: str,
+        points: list[tuple[str, HookPoint]],
+        keep: set[str],
+        index: int,
+    ):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self._enabled or "calls" not in state:
+                return
+            call = state["calls"][path] = state["calls"].get(path, -1) + 1
+            for key, point in points:
+                if point.call != call:
+                    continue
+                value = _first(output)
+                if key in keep:
+                    self.vector_cache[key] = value
+                if key == f"attn_update_{index}" and self.config.stream and self.layout.attn_stream is None:
+                    # pre-LN: the stream after attention is the layer input plus the update
+                    self.vector_cache[f"attn_stream_{index}"] = state["input"] + value
+
+        return hook
+
+    # -- nn.Module --------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Clear ``vector_cache`` and run the wrapped model."""
+        self.vector_cache = {}
+        return self.wrapped_model(*args, **kwargs)

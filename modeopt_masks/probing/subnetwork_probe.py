@@ -1,0 +1,103 @@
+"""``SubnetworkProbe``: a mask over chosen layers trained jointly with a probe (Cao et al. 2021).
+
+A linear probe (or, with ``intermediate_size``, a one-hidden-layer MLP) reads
+one cached vector (``probe_vector``). The masks come from
+:func:`modeopt_masks.convert`; with no ``target_layers`` it is plain probing of
+a frozen model.
+
+Example:
+    >>> import torch, transformers
+    >>> from modeopt_masks.probing import SubnetworkProbe, SubnetworkProbeConfig
+    >>> bert = transformers.BertModel(transformers.BertConfig(
+    ...     hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...     intermediate_size=64, vocab_size=50))
+    >>> probe = SubnetworkProbe(SubnetworkProbeConfig(
+    ...     probe_vector="mlp_update_1", n_classes=3, labeling="token",
+    ...     target_layers=["encoder.layer.1.*"], l0_lambda=1e-4), bert)
+    >>> out = probe(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[0, 2, -100]]))
+    >>> tuple(out.logits.shape), out.loss.requires_grad
+    ((1, 3, 3), True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from .masked_probe import IGNORE_INDEX, MaskedProbe, MaskedProbeConfig
+from .probe_output import ProbeOutput
+
+
+class SubnetworkProbeConfig(MaskedProbeConfig):
+    """:class:`MaskedProbeConfig` plus ``n_classes`` and ``intermediate_size`` (``None``: linear).
+
+    Example:
+        >>> from modeopt_masks.probing import SubnetworkProbeConfig
+        >>> SubnetworkProbeConfig(probe_vector="attn_update_0", n_classes=2).target_layers
+        []
+    """
+
+    n_classes: int = Field(gt=1)
+    intermediate_size: int | None = Field(None, gt=0)
+
+    @field_validator("intermediate_size", mode="before")
+    @classmethod
+    def _neurosurgeon_linear(cls, v: object) -> object:
+        return None if v == -1 else v  # NeuroSurgeon spelled "linear probe" as -1
+
+
+class SubnetworkProbe(MaskedProbe):
+    """Masks + probe; ``forward`` returns :class:`ProbeOutput` (``loss``, ``logits``).
+
+    ``logits`` are ``[batch, n_classes]`` for sequence labelling and
+    ``[batch, seq, n_classes]`` (every position) for token labelling; the loss is
+    the cross-entropy over the labelled positions, plus ``l0_lambda * L0`` in
+    training. Train ``[p for p in probe.parameters() if p.requires_grad]``.
+    """
+
+    config: SubnetworkProbeConfig
+
+    def __init__(self, config: SubnetworkProbeConfig | dict, model: nn.Module) -> None:
+        if isinstance(config, dict):
+            config = SubnetworkProbeConfig.model_validate(config)
+        super().__init__(config, model)
+        size, n = self.hidden_size, config.n_classes
+        device = next(iter(model.parameters()), torch.zeros(())).device
+        if config.intermediate_size is None:
+            self.probe: nn.Module = nn.Linear(size, n)
+        else:
+            self.probe = nn.Sequential(
+                nn.Linear(size, config.intermediate_size), nn.ReLU(),
+                nn.Linear(config.intermediate_size, n),
+            )
+        self.probe.to(device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> ProbeOutput:
+        """Run the model, probe ``probe_vector``; ``labels``/``token_mask`` as in the module doc."""
+        vectors = self._run(input_ids, kwargs)
+        chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
+        head_dtype = next(self.probe.parameters()).dtype
+        if self.config.labeling == "sequence":
+            logits = selected = self.probe(chosen.to(head_dtype))
+        else:
+            logits = self.probe(vectors.to(head_dtype))
+            selected = logits[positions]
+        loss = None
+        if chosen_labels is not None:
+            loss = F.cross_entropy(
+                selected.float(), chosen_labels.long(), ignore_index=IGNORE_INDEX
+            )
+            l0 = self.l0_term()
+            if l0 is not None:
+                loss = loss + l0.to(loss.device)
+        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
