@@ -23,9 +23,10 @@ MODES = ("continuous_sparsification", "hard_concrete", "magnitude_pruning")
 
 def convert_probe(mode: str, quick: str) -> dict:
     """Build the model, convert it with ``mode``; seconds and MiB added (fresh process)."""
-    import modeopt_masks as mm
     from transformers import BertConfig, BertModel
     from transformers.utils import logging
+
+    import modeopt_masks as mm
 
     logging.set_verbosity_error()
     torch.set_num_threads(2)

@@ -22,6 +22,20 @@ from .mask_controls import (
 )
 from .masking import ABLATIONS, MaskedLayer, MaskTechnique
 from .persistence import StateError, restore, save
+from .probing import (
+    CircuitProbe,
+    CircuitProbeConfig,
+    ProbeOutput,
+    ResidualUpdateModel,
+    ResidualUpdateModelConfig,
+    SubnetworkProbe,
+    SubnetworkProbeConfig,
+    collect_vectors,
+    compare_ablations,
+    knn_accuracy,
+    nearest_centroid_accuracy,
+    soft_nearest_neighbour_loss,
+)
 from .registry import ModeDescriptor, available_modes, get_mode, register_mode
 from .rules import ModeConfig, Rule
 
@@ -29,6 +43,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABLATIONS",
+    "CircuitProbe",
+    "CircuitProbeConfig",
+    "ProbeOutput",
+    "ResidualUpdateModel",
+    "ResidualUpdateModelConfig",
+    "SubnetworkProbe",
+    "SubnetworkProbeConfig",
+    "collect_vectors",
+    "compare_ablations",
+    "knn_accuracy",
+    "nearest_centroid_accuracy",
+    "soft_nearest_neighbour_loss",
     "LAYER_KINDS",
     "LayerKind",
     "MaskTechnique",

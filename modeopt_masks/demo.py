@@ -60,8 +60,9 @@ def build_digits_vit(seed: int = 0, layers: int = 2, heads: int = 8, hidden: int
     config = ViTConfig(
         image_size=8, patch_size=2, num_channels=1, hidden_size=hidden,
         num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=2 * hidden,
-        num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
+    config.num_labels = 10
     return ViTForImageClassification(config)
 
 
@@ -352,7 +353,7 @@ def run_demo(
     if not minilm:
         log("  skipped (--no-minilm)")
 
-    report = {
+    report: dict[str, Any] = {
         "dense_accuracy": dense,
         "gradnas": gradnas,
         "circuit": circuit,

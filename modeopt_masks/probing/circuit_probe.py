@@ -9,7 +9,7 @@ vector instead (cross-entropy). Evaluate the found circuit with
 collected vectors, and ablate it with ``mm.set_ablation(probe.model, ...)``
 (compare with :func:`~modeopt_masks.probing.evaluation.compare_ablations`).
 
-Example:
+Examples:
     >>> import torch, transformers
     >>> from modeopt_masks.probing import CircuitProbe, CircuitProbeConfig
     >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
@@ -45,7 +45,7 @@ class CircuitProbeConfig(MaskedProbeConfig):
     ``"linear"`` (a linear probe with ``n_classes`` outputs). ``target_layers``
     must name at least one module: circuit probing trains masks.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.probing import CircuitProbeConfig
         >>> CircuitProbeConfig(probe_vector="mlp_update_0", target_layers=["*"]).objective
         'snn'

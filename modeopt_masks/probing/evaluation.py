@@ -1,6 +1,6 @@
 """Evaluating probed vectors and circuits: collection, nearest-centroid / kNN accuracy, ablations.
 
-Example:
+Examples:
     >>> import torch
     >>> from modeopt_masks.probing.evaluation import nearest_centroid_accuracy, knn_accuracy
     >>> x = torch.tensor([[1.0, 0.1], [0.9, 0.0], [0.0, 1.0], [0.1, 0.8]])
@@ -99,7 +99,7 @@ def compare_ablations(
     random ablations are redrawn ``n_samples`` times (seeded). The model is left
     in ablation ``none`` and its previous train/eval state.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.probing.evaluation import compare_ablations
         >>> net = mm.convert(nn.Sequential(nn.Linear(8, 1)), "magnitude_pruning")

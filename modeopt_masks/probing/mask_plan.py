@@ -4,7 +4,7 @@ The probes mask through :func:`modeopt_masks.convert` only; this module just
 builds the mode config: for every layer type key, the user's globs that match
 modules of that type switch masking on, everything else stays off.
 
-Example:
+Examples:
     >>> import torch.nn as nn
     >>> from modeopt_masks.probing.mask_plan import mask_mode_spec
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))

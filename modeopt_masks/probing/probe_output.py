@@ -1,6 +1,6 @@
 """``ProbeOutput``: an HF-style output (attribute, key and index access) without needing HF.
 
-Example:
+Examples:
     >>> import torch
     >>> from modeopt_masks.probing.probe_output import ProbeOutput
     >>> out = ProbeOutput(loss=torch.tensor(1.0), logits=torch.zeros(2, 3))

@@ -30,7 +30,7 @@ Definitions (``x`` is the layer's input, i.e. ``hidden_states[i]``):
 
 Only self-attention is covered (cross-attention of encoder-decoder BERTs is not).
 
-Example:
+Examples:
     >>> from modeopt_masks.probing.residual_layouts import layout_for
     >>> layout_for("roberta").family, layout_for("gpt2").post_ln
     ('bert', False)
@@ -138,7 +138,7 @@ MODEL_TYPE_TO_FAMILY: dict[str, str] = {
 def layout_for(model_type: str) -> ResidualLayout:
     """The layout of a family or HF ``model_type``; an error naming the supported ones.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.probing.residual_layouts import layout_for
         >>> layout_for("mistral").family
         'llama'

@@ -7,7 +7,7 @@ probes can train through them). What "update" and "stream" mean for post-LN
 (BERT-family) and pre-LN (GPT-2, GPT-NeoX, Llama-style, ViT) models is defined
 in :mod:`modeopt_masks.probing.residual_layouts`.
 
-Example:
+Examples:
     >>> import torch, transformers
     >>> from modeopt_masks.probing import ResidualUpdateModel, ResidualUpdateModelConfig
     >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
@@ -42,7 +42,7 @@ class ResidualUpdateModelConfig(BaseModel):
     ``attn`` / ``mlp``: which sub-blocks; ``updates`` / ``stream``: cache the
     updates and/or the residual stream after each sub-block.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.probing import ResidualUpdateModelConfig
         >>> ResidualUpdateModelConfig(target_layers=[0, 2], attn=False).vector_names()
         ['mlp_update_0', 'mlp_update_2']
@@ -144,7 +144,7 @@ class ResidualUpdateModel(nn.Module):
     ``remove_hooks()`` removes them (nothing is cached afterwards),
     ``add_hooks()`` puts them back, ``with rum.disabled():`` pauses them.
 
-    Example:
+    Examples:
         >>> import torch, transformers
         >>> from modeopt_masks.probing import ResidualUpdateModel, ResidualUpdateModelConfig
         >>> bert = transformers.BertModel(transformers.BertConfig(

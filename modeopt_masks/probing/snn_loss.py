@@ -5,7 +5,7 @@ For each anchor ``i`` with at least one other same-label point,
 with ``d_ij = 1 - cos(x_i, x_j)``; the loss is the mean over those anchors
 (anchors without a same-label partner are skipped, not rewarded).
 
-Example:
+Examples:
     >>> import torch
     >>> from modeopt_masks.probing.snn_loss import soft_nearest_neighbour_loss
     >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])

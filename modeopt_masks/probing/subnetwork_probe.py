@@ -5,7 +5,7 @@ one cached vector (``probe_vector``). The masks come from
 :func:`modeopt_masks.convert`; with no ``target_layers`` it is plain probing of
 a frozen model.
 
-Example:
+Examples:
     >>> import torch, transformers
     >>> from modeopt_masks.probing import SubnetworkProbe, SubnetworkProbeConfig
     >>> bert = transformers.BertModel(transformers.BertConfig(
@@ -35,7 +35,7 @@ from .probe_output import ProbeOutput
 class SubnetworkProbeConfig(MaskedProbeConfig):
     """:class:`MaskedProbeConfig` plus ``n_classes`` and ``intermediate_size`` (``None``: linear).
 
-    Example:
+    Examples:
         >>> from modeopt_masks.probing import SubnetworkProbeConfig
         >>> SubnetworkProbeConfig(probe_vector="attn_update_0", n_classes=2).target_layers
         []
