@@ -145,6 +145,7 @@ class MaskedLayer:
         if force_resample:
             self._mm_sampled.clear()
             self._mm_random.clear()
+            self._mm_cache = None  # the eval cache holds tensors made from the old draws
 
     @property
     def use_masks(self) -> bool:
