@@ -222,6 +222,9 @@ class MaskedLayer:
             return torch.where(circuit, self._random_tensor(name, tensor), tensor)
         return tensor * self._sampled_mask(name, ablation, technique, circuit).to(tensor.dtype)
 
+    # Draws run eagerly even inside torch.compile: traced, the draw became part of the
+    # graph (a fresh draw every call, and ``Tensor._version`` is not the real one there).
+    @torch.compiler.disable
     def _random_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         cached = self._mm_random.get(name)
         if cached is None or cached.shape != tensor.shape or cached.device != tensor.device:
@@ -236,6 +239,7 @@ class MaskedLayer:
             cached = self._mm_random[name] = fresh
         return cached.to(tensor.dtype)
 
+    @torch.compiler.disable
     def _sampled_mask(
         self, name: str, ablation: str, technique: MaskTechnique, circuit: torch.Tensor
     ) -> torch.Tensor:
