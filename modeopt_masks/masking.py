@@ -276,6 +276,14 @@ class MaskedLayer:
         self._mm_cache = None
         return self
 
+    def __setstate__(self, state):  # noqa: D105 - deepcopy/pickle keep the ablation draws
+        super().__setstate__(state)  # type: ignore[misc]
+        self._mm_cache = None
+        techniques = dict(self._mask_modules())  # copied tensors restart their versions
+        self._mm_sampled = {
+            k: (techniques[k[0]].version(), v[1]) for k, v in self._mm_sampled.items()
+        }
+
     def _apply(self, fn, recurse=True):  # noqa: D102 - cached tensors follow .to()/.half()
         self._mm_cache = None
         self._mm_random = {k: fn(v) for k, v in self._mm_random.items()}
