@@ -4,13 +4,16 @@ Every scenario is a function ``scenario(rank, world_size) -> {name: tensor}``
 in ``SCENARIOS``. One spawn runs all of them on 2 ranks; the test compares the
 ranks with each other and, where the scenario is deterministic given the seed,
 with a single-process run of the same function (``world_size=1``, the whole
-global batch). Adding a case (e.g. gradnas score all-reduce) = one function
+global batch). ``cs_accelerate`` runs the ``cs`` training through
+``accelerate.Accelerator`` (which the HF Trainer uses to wrap models) in the
+same processes. Adding a case (e.g. gradnas score all-reduce) = one function
 and one ``SCENARIOS`` entry (plus ``SINGLE_PROCESS_EQUAL`` if it must also
 equal the single-process run).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
@@ -40,13 +43,22 @@ def _mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
 
 
-def _train(mode, rank: int, world: int) -> dict[str, torch.Tensor]:
+def _train(mode, rank: int, world: int, use_accelerate: bool = False) -> dict[str, torch.Tensor]:
     """Train ``mode`` for a few steps on this rank's share of the global batch."""
     model = mm.convert(_mlp(), mode)
     net: nn.Module = model
-    if world > 1:
+    if world > 1 and not use_accelerate:
         net = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.3)
+    backward = torch.Tensor.backward
+    if use_accelerate:  # accelerate finds the process group from the env and wraps in DDP
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=True)
+        assert accelerator.num_processes == world
+        net, opt = accelerator.prepare(model, opt)
+        assert isinstance(net, nn.parallel.DistributedDataParallel)
+        backward = accelerator.backward
     x, y = _data()
     n = GLOBAL_BATCH // world
     x, y = x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
@@ -57,7 +69,7 @@ def _train(mode, rank: int, world: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(100 + step)
         opt.zero_grad()
         loss = F.mse_loss(net(x), y) + 1e-3 * mm.l0_loss(model)
-        loss.backward()
+        backward(loss)
         opt.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -71,6 +83,12 @@ def cs_frozen_neuron(rank: int, world: int) -> dict[str, torch.Tensor]:
     return _train(("continuous_sparsification", {
         "nn.Linear": {"mask_init_value": 0.05, "mask_unit": "neuron", "mask_bias": True},
         "freeze_base": True}), rank, world)
+
+
+def cs_accelerate(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The same training as ``cs``, with accelerate preparing the model and optimizer."""
+    return _train(("continuous_sparsification", {"nn.Linear": {"mask_init_value": 0.05}}),
+                  rank, world, use_accelerate=True)
 
 
 def hc(rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -115,13 +133,16 @@ SCENARIOS = {
 }
 #: scenarios whose DDP result must equal a single process on the global batch
 SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude")
+if importlib.util.find_spec("accelerate") is not None:
+    SCENARIOS["cs_accelerate"] = cs_accelerate
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
+    # the variables a launcher (torchrun, accelerate launch) sets; accelerate reads them
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=WORLD)
     try:
         results = {name: fn(rank, WORLD) for name, fn in SCENARIOS.items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -178,6 +199,12 @@ def test_training_moved_what_it_trains(ranks, name, mode, key):
     """The comparisons above are meaningful: the trained tensors left their init."""
     fresh = mm.convert(_mlp(), mode).state_dict()[key]
     assert (ranks[0][name][key] - fresh).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="needs accelerate")
+def test_accelerate_equals_plain_ddp(ranks):
+    for key, value in ranks[0]["cs"].items():
+        torch.testing.assert_close(ranks[0]["cs_accelerate"][key], value, rtol=1e-6, atol=1e-7)
 
 
 def test_unsynced_draws_differ_and_sync_takes_rank0(ranks):
