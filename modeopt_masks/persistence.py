@@ -9,7 +9,7 @@ error and leaves the model as it was.
 
 Example:
     >>> import tempfile, torch, torch.nn as nn, modeopt_masks as mm
-    >>> torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 4))
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 4))
     >>> net = mm.convert(net, "hard_concrete").eval()
     >>> d = tempfile.mkdtemp(); mm.save(net, d)
     >>> fresh = mm.restore(nn.Sequential(nn.Linear(4, 4)), d).eval()
