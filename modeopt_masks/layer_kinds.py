@@ -51,7 +51,8 @@ class LayerKind:
     def unit_scores(self, weight: torch.Tensor) -> torch.Tensor:
         """L2 norm of each output unit's weights, in the unit mask's shape."""
         dims = [d for d in range(weight.dim()) if d != self.out_dim]
-        return weight.detach().float().norm(dim=dims, keepdim=True)
+        # vector_norm: Tensor.norm(dim=[3 dims]) is a matrix-norm error for conv2d weights
+        return torch.linalg.vector_norm(weight.detach().float(), dim=dims, keepdim=True)
 
 
 def _kaiming_uniform(weight: torch.Tensor) -> None:

@@ -146,7 +146,7 @@ class MaskedLayer:
         if force_resample:
             self._mm_sampled.clear()
             self._mm_random.clear()
-            self._mm_cache = None
+            self._mm_cache = None  # the eval cache holds tensors made from the old draws
 
     @property
     def use_masks(self) -> bool:
@@ -223,6 +223,9 @@ class MaskedLayer:
             return torch.where(circuit, self._random_tensor(name, tensor), tensor)
         return tensor * self._sampled_mask(name, ablation, technique, circuit).to(tensor.dtype)
 
+    # Draws run eagerly even inside torch.compile: traced, the draw became part of the
+    # graph (a fresh draw every call, and ``Tensor._version`` is not the real one there).
+    @torch.compiler.disable
     def _random_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         cached = self._mm_random.get(name)
         if cached is None or cached.shape != tensor.shape or cached.device != tensor.device:
@@ -237,6 +240,7 @@ class MaskedLayer:
             cached = self._mm_random[name] = fresh
         return cached.to(tensor.dtype)
 
+    @torch.compiler.disable
     def _sampled_mask(
         self, name: str, ablation: str, technique: MaskTechnique, circuit: torch.Tensor
     ) -> torch.Tensor:
@@ -272,6 +276,14 @@ class MaskedLayer:
         super().train(mode)  # type: ignore[misc]
         self._mm_cache = None
         return self
+
+    def __setstate__(self, state):  # noqa: D105 - deepcopy/pickle keep the ablation draws
+        super().__setstate__(state)  # type: ignore[misc]
+        self._mm_cache = None
+        techniques = dict(self._mask_modules())  # copied tensors restart their versions
+        self._mm_sampled = {
+            k: (techniques[k[0]].version(), v[1]) for k, v in self._mm_sampled.items()
+        }
 
     def _apply(self, fn, recurse=True):  # noqa: D102 - cached tensors follow .to()/.half()
         self._mm_cache = None

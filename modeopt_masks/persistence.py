@@ -98,15 +98,46 @@ def load_state_document(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _check_tensor_shapes(model: nn.Module, tensor_path: Path) -> None:
-    expected = model.state_dict()
+    """Check names and shapes before loading: a failed load must not half-write the model."""
+    expected = model.state_dict(keep_vars=True)
     with safe_open(str(tensor_path), framework="pt") as f:
         saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     unexpected = sorted(set(saved) - set(expected))
     wrong = sorted(k for k in saved if k in expected and tuple(expected[k].shape) != saved[k])
-    if unexpected or wrong:
+    # save_model writes a tied (shared) tensor once: a name absent from the file is fine
+    # when it shares storage with one that is there
+    loaded = {expected[k].untyped_storage().data_ptr() for k in saved if k in expected}
+    missing = sorted(
+        k for k in expected
+        if k not in saved and expected[k].untyped_storage().data_ptr() not in loaded
+    )
+    if unexpected or wrong or missing:
         details = [f"unexpected tensors {unexpected[:10]}"] if unexpected else []
+        details += [f"missing tensors {missing[:10]}"] if missing else []
         details += [f"{k}: saved {saved[k]}, model {tuple(expected[k].shape)}" for k in wrong[:10]]
         raise StateError("the model does not fit the saved state: " + "; ".join(details))
+
+
+def _parse_modes(document: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``[(mode name, validated config, metadata)]`` of a state document, or ``StateError``."""
+    modes = document.get("modes")
+    if not isinstance(modes, list):
+        raise StateError(f"the state file's 'modes' must be a list of entries, got {modes!r:.80}")
+    parsed = []
+    for i, entry in enumerate(modes):
+        try:
+            if not isinstance(entry, dict):
+                raise TypeError(f"an entry is an object, got {entry!r:.80}")
+            name = get_mode(entry["mode"]).name
+            config = validate_config(name, entry["config"])
+            metadata = entry["metadata"]
+            if not isinstance(metadata, dict):
+                raise TypeError(f"'metadata' must be an object, got {metadata!r:.80}")
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+            raise StateError(f"mode entry {i} of the state file is invalid: {what}") from e
+        parsed.append((name, config, metadata))
+    return parsed
 
 
 def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
@@ -116,28 +147,27 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     or the model does not fit.
     """
     document = load_state_document(directory)
+    entries = _parse_modes(document)
     if mode_history(model):
         raise StateError("restore needs a model without modes; this one is already converted")
     history: list[ModeState] = []
     try:
-        for entry in document["modes"]:
-            name = get_mode(entry["mode"]).name
-            config = validate_config(name, entry["config"])
+        for name, config, metadata in entries:
             try:
-                model = get_mode(name).restore(model, config, entry["metadata"])
+                model = get_mode(name).restore(model, config, metadata)
             except StateError:
                 raise
             except Exception as e:
                 raise StateError(f"the model does not fit the saved state: {e}") from e
-            history.append(ModeState(name, config, entry["metadata"]))
+            history.append(ModeState(name, config, metadata))
             _set_history(model, history)
         tensor_path = Path(directory) / TENSOR_FILE
         _check_tensor_shapes(model, tensor_path)
         missing, unexpected = load_model(model, str(tensor_path), strict=False)
         if missing or unexpected:
             raise StateError(
-                f"the model does not fit the saved state: missing {missing[:10]}, "
-                f"unexpected {unexpected[:10]}"
+                f"the model does not fit the saved state: missing {sorted(missing)[:10]}, "
+                f"unexpected {sorted(unexpected)[:10]}"
             )
     except Exception:
         _undo(model, history, 0)

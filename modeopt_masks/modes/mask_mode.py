@@ -52,6 +52,7 @@ class FrozenBase:
     """Root mixin for ``freeze_base``: ``train()`` keeps the base in eval, masks follow ``mode``."""
 
     def train(self, mode: bool = True):  # noqa: D102
+        self.__dict__["_mm_train_mode"] = mode  # given back by unconvert/export
         super().train(False)  # type: ignore[misc]
         for module in self.modules():  # type: ignore[attr-defined]
             if isinstance(module, MaskTechnique):
@@ -202,4 +203,6 @@ def _unfreeze_base(model: nn.Module, names: list[str]) -> None:
     for name in names:
         params[name].requires_grad_(True)
     if is_dynamic(model, FrozenBase):
+        mode = model.__dict__.pop("_mm_train_mode", model.training)
         unswap_class(model)
+        model.train(mode)  # the train/eval state the user last asked for

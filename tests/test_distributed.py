@@ -1,0 +1,230 @@
+"""Masks under DDP: 2 CPU processes (gloo) spawned from the test.
+
+Every scenario is a function ``scenario(rank, world_size) -> {name: tensor}``
+in ``SCENARIOS``. One spawn runs all of them on 2 ranks; the test compares the
+ranks with each other and, where the scenario is deterministic given the seed,
+with a single-process run of the same function (``world_size=1``, the whole
+global batch). ``cs_accelerate`` runs the ``cs`` training through
+``accelerate.Accelerator`` (which the HF Trainer uses to wrap models) in the
+same processes. Adding a case (e.g. gradnas score all-reduce) = one function
+and one ``SCENARIOS`` entry (plus ``SINGLE_PROCESS_EQUAL`` if it must also
+equal the single-process run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+import modeopt_masks as mm
+from modeopt_masks.distributed import sync_ablation_draws
+
+WORLD = 2
+GLOBAL_BATCH = 8
+STEPS = 6
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(GLOBAL_BATCH, 6, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g)
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _train(mode, rank: int, world: int, use_accelerate: bool = False) -> dict[str, torch.Tensor]:
+    """Train ``mode`` for a few steps on this rank's share of the global batch."""
+    model = mm.convert(_mlp(), mode)
+    net: nn.Module = model
+    if world > 1 and not use_accelerate:
+        net = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.3)
+    backward = torch.Tensor.backward
+    if use_accelerate:  # accelerate finds the process group from the env and wraps in DDP
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=True)
+        assert accelerator.num_processes == world
+        net, opt = accelerator.prepare(model, opt)
+        assert isinstance(net, nn.parallel.DistributedDataParallel)
+        backward = accelerator.backward
+    x, y = _data()
+    n = GLOBAL_BATCH // world
+    x, y = x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
+    for step in range(STEPS):
+        # Hard concrete samples noise per mask entry in every forward: the same
+        # seed on every rank (and in the single-process run) gives the same noise,
+        # so the runs are comparable entry by entry.
+        torch.manual_seed(100 + step)
+        opt.zero_grad()
+        loss = F.mse_loss(net(x), y) + 1e-3 * mm.l0_loss(model)
+        backward(loss)
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def cs(rank: int, world: int) -> dict[str, torch.Tensor]:
+    return _train(("continuous_sparsification", {"nn.Linear": {"mask_init_value": 0.05}}),
+                  rank, world)
+
+
+def cs_frozen_neuron(rank: int, world: int) -> dict[str, torch.Tensor]:
+    return _train(("continuous_sparsification", {
+        "nn.Linear": {"mask_init_value": 0.05, "mask_unit": "neuron", "mask_bias": True},
+        "freeze_base": True}), rank, world)
+
+
+def cs_accelerate(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The same training as ``cs``, with accelerate preparing the model and optimizer."""
+    return _train(("continuous_sparsification", {"nn.Linear": {"mask_init_value": 0.05}}),
+                  rank, world, use_accelerate=True)
+
+
+def hc(rank: int, world: int) -> dict[str, torch.Tensor]:
+    return _train(("hard_concrete", {"nn.Linear": {"mask_init_percentage": 0.6}}), rank, world)
+
+
+def magnitude(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Fixed bool ``keep`` buffers go through DDP's buffer broadcast; base weights train."""
+    return _train(("magnitude_pruning", {"nn.Linear": {"prune_percentage": 0.4}}), rank, world)
+
+
+def sampled_draws(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Ablation draws: differ across ranks when unseeded, agree after ``sync_ablation_draws``."""
+    model = mm.convert(_mlp(), ("continuous_sparsification", {"nn.Linear": {"mask_init_value": 0.1}}))
+    with torch.no_grad():
+        for layer in mm.masked_modules(model).values():
+            logits = layer.weight_mask.logits.view(-1)
+            logits[1::3] = logits[2::3] = -1.0  # a circuit of every third entry
+    model.eval()
+    torch.manual_seed(1000 + rank)  # deliberately different generators per rank
+    out: dict[str, torch.Tensor] = {}
+    x, _ = _data()
+    for ablation in ("randomly_sampled", "complement_sampled", "random_ablate"):
+        mm.set_ablation(model, ablation, force_resample=True)
+        with torch.no_grad():
+            out[f"{ablation}.unsynced"] = model(x)
+            sync_ablation_draws(model)
+            out[f"{ablation}.synced"] = model(x)
+            # a resample is a new local draw again; syncing again agrees again
+            mm.set_ablation(model, ablation, force_resample=True)
+            sync_ablation_draws(model)
+            out[f"{ablation}.resynced"] = model(x)
+    return out
+
+
+SCENARIOS = {
+    "cs": cs,
+    "cs_frozen_neuron": cs_frozen_neuron,
+    "hc": hc,
+    "magnitude": magnitude,
+    "sampled_draws": sampled_draws,
+}
+#: scenarios whose DDP result must equal a single process on the global batch
+SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude")
+if importlib.util.find_spec("accelerate") is not None:
+    SCENARIOS["cs_accelerate"] = cs_accelerate
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    # the variables a launcher (torchrun, accelerate launch) sets; accelerate reads them
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=WORLD)
+    try:
+        results = {name: fn(rank, WORLD) for name, fn in SCENARIOS.items()}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    out = tmp_path_factory.mktemp("ddp")
+    # spawn re-imports this module in the children: make its directory importable there
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_ranks_identical(ranks, name):
+    a, b = ranks[0][name], ranks[1][name]
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith(".unsynced"):
+            continue
+        assert torch.equal(a[key], b[key]), f"{name}: {key} differs between ranks"
+
+
+@pytest.mark.parametrize("name", SINGLE_PROCESS_EQUAL)
+def test_ddp_equals_single_process_on_global_batch(ranks, name):
+    torch.set_num_threads(1)
+    single = SCENARIOS[name](0, 1)
+    assert single.keys() == ranks[0][name].keys()
+    for key, value in single.items():
+        torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, key=key: f"{name}: {key}: {m}")
+
+
+@pytest.mark.parametrize(("name", "mode", "key"), [
+    ("cs", "continuous_sparsification", "0.weight_mask.logits"),
+    ("hc", "hard_concrete", "0.weight_mask.log_alpha"),
+    ("magnitude", "magnitude_pruning", "0.weight"),
+])
+def test_training_moved_what_it_trains(ranks, name, mode, key):
+    """The comparisons above are meaningful: the trained tensors left their init."""
+    fresh = mm.convert(_mlp(), mode).state_dict()[key]
+    assert (ranks[0][name][key] - fresh).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="needs accelerate")
+def test_accelerate_equals_plain_ddp(ranks):
+    for key, value in ranks[0]["cs"].items():
+        torch.testing.assert_close(ranks[0]["cs_accelerate"][key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_unsynced_draws_differ_and_sync_takes_rank0(ranks):
+    a, b = ranks[0]["sampled_draws"], ranks[1]["sampled_draws"]
+    for ablation in ("randomly_sampled", "complement_sampled", "random_ablate"):
+        assert not torch.equal(a[f"{ablation}.unsynced"], b[f"{ablation}.unsynced"]), ablation
+        # rank 0 keeps its own draw: its synced output equals its unsynced output
+        assert torch.equal(a[f"{ablation}.synced"], a[f"{ablation}.unsynced"]), ablation
+        assert torch.equal(b[f"{ablation}.synced"], a[f"{ablation}.unsynced"]), ablation
+
+
+def test_sync_without_process_group_is_local_and_draws():
+    model = mm.convert(_mlp(), "magnitude_pruning").eval()
+    mm.set_ablation(model, "randomly_sampled")
+    assert sync_ablation_draws(model) == 0
+    assert all(layer._mm_sampled for layer in mm.masked_modules(model).values())
+
+
+def test_sync_in_training_mode_raises_clearly():
+    model = mm.convert(_mlp(), "continuous_sparsification")
+    mm.set_ablation(model, "randomly_sampled")
+    with pytest.raises(RuntimeError, match="model.eval"):
+        sync_ablation_draws(model)

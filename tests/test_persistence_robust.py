@@ -1,0 +1,275 @@
+"""Converted models survive deepcopy, pickle and state_dict round trips; ``restore`` of a
+corrupted, truncated or mismatched checkpoint raises ``StateError`` and leaves the model as it was.
+
+A new mode = one entry in ``MODES``; a new way to break a checkpoint = one entry in
+``CORRUPTIONS``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import modeopt_masks as mm
+from modeopt_masks.persistence import STATE_FILE, TENSOR_FILE, _sha256
+
+MODES = {
+    "continuous_sparsification": {"nn.Linear": {"mask_init_value": 0.1, "mask_bias": True}},
+    "hard_concrete": {"nn.Linear": {"mask_init_percentage": 0.6, "mask_unit": "neuron"}},
+    "magnitude_pruning": {"nn.Linear": {"prune_percentage": 0.3}, "scope": "global"},
+    "cs_frozen": {"nn.Linear": {"*": {"mask_init_value": 0.1}, "2": None}, "freeze_base": True},
+}
+
+
+def _base(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _mode(key: str) -> tuple[str, dict]:
+    return ("continuous_sparsification" if key == "cs_frozen" else key, MODES[key])
+
+
+def _converted(key: str, seed: int = 0) -> nn.Module:
+    net = mm.convert(_base(seed), _mode(key))
+    with torch.no_grad():  # move the masks off their init so a lost mask shows
+        for layer in mm.masked_modules(net).values():
+            for p in layer.weight_mask.parameters():
+                p.add_(torch.randn_like(p))
+    mm.set_temperature(net, 3.0) if key != "magnitude_pruning" else None
+    return net
+
+
+def _eval_out(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    net.train(was)
+    return out
+
+
+def _fingerprint(net: nn.Module) -> dict:
+    """Everything a failed restore must leave alone."""
+    return {
+        "classes": [(n, type(m)) for n, m in net.named_modules()],
+        "history": mm.mode_history(net),
+        "tensors": {k: v.clone() for k, v in net.state_dict().items()},
+        "requires_grad": {n: p.requires_grad for n, p in net.named_parameters()},
+        "training": [m.training for m in net.modules()],
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["classes"] == b["classes"]
+    assert a["history"] == b["history"] == []
+    assert a["tensors"].keys() == b["tensors"].keys()
+    for k in a["tensors"]:
+        assert torch.equal(a["tensors"][k], b["tensors"][k]), k
+    assert a["requires_grad"] == b["requires_grad"]
+    assert a["training"] == b["training"]
+
+
+# -- deepcopy / pickle / state_dict ---------------------------------------------------------
+@pytest.mark.parametrize("key", MODES)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copy_and_pickle_round_trip(key, how):
+    net = _converted(key)
+    x = torch.randn(4, 6)
+    net.eval()
+    mm.set_ablation(net, "randomly_sampled")  # a draw is state too
+    ref_ablated = _eval_out(net, x)
+    mm.set_ablation(net, "none")
+    ref = _eval_out(net, x)
+    clone = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert [type(m) for m in clone.modules()] == [type(m) for m in net.modules()]
+    assert [(s.mode, s.config, s.metadata) for s in mm.mode_history(clone)] == [
+        (s.mode, s.config, s.metadata) for s in mm.mode_history(net)]
+    assert torch.equal(_eval_out(clone, x), ref)
+    mm.set_ablation(clone, "randomly_sampled")
+    assert torch.equal(_eval_out(clone, x), ref_ablated)  # the same draw, not a new one
+    mm.set_ablation(clone, "none")
+    # independent: changing the copy's masks leaves the original alone
+    with torch.no_grad():
+        for layer in mm.masked_modules(clone).values():
+            for t in layer.weight_mask.state_dict(keep_vars=True).values():
+                t.copy_(~t if t.dtype == torch.bool else -t)
+    assert torch.equal(_eval_out(net, x), ref)
+    assert not torch.equal(_eval_out(clone, x), ref)
+    # the copy still trains (freeze_base included) and still exports to plain modules
+    clone.train()
+    expected_trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert {n for n, p in clone.named_parameters() if p.requires_grad} == expected_trainable
+    if key == "cs_frozen":
+        assert not clone[0].training and clone[0].weight_mask.training
+    clone(x).sum().backward()
+    plain = mm.export(clone)
+    assert all(type(m) in (nn.Sequential, nn.Linear, nn.ReLU) for m in plain.modules())
+
+
+@pytest.mark.parametrize("key", MODES)
+def test_state_dict_round_trip(key):
+    src, dst = _converted(key, seed=0), _converted(key, seed=1)
+    x = torch.randn(4, 6)
+    assert not torch.equal(_eval_out(src, x), _eval_out(dst, x))
+    sd = src.state_dict()
+    assert any("_mask." in k for k in sd), "masks must be in the state dict"
+    missing, unexpected = dst.load_state_dict(sd)
+    assert not missing and not unexpected
+    assert torch.equal(_eval_out(dst, x), _eval_out(src, x))
+    # loading a converted state dict into a plain model fails and names the mask tensors
+    with pytest.raises(RuntimeError, match="_mask"):
+        _base().load_state_dict(sd)
+
+
+# -- save / restore of broken checkpoints ------------------------------------------------
+def _rewrite_json(fn: Callable[[dict], object]) -> Callable[[Path], None]:
+    def corrupt(d: Path) -> None:
+        doc = json.loads((d / STATE_FILE).read_text())
+        result = fn(doc)
+        (d / STATE_FILE).write_text(json.dumps(doc if result is None else result))
+    return corrupt
+
+
+def _replace_tensors(fn: Callable[[dict], dict]) -> Callable[[Path], None]:
+    """Write a consistent (checksummed) tensor file with other contents."""
+    def corrupt(d: Path) -> None:
+        from safetensors.torch import load_file
+        tensors = fn(load_file(str(d / TENSOR_FILE)))
+        save_file(tensors, str(d / TENSOR_FILE))
+        doc = json.loads((d / STATE_FILE).read_text())
+        doc["tensors_sha256"] = _sha256(d / TENSOR_FILE)
+        (d / STATE_FILE).write_text(json.dumps(doc))
+    return corrupt
+
+
+def _truncate(name: str, keep: float) -> Callable[[Path], None]:
+    def corrupt(d: Path) -> None:
+        data = (d / name).read_bytes()
+        (d / name).write_bytes(data[: int(len(data) * keep)])
+    return corrupt
+
+
+def _flip_byte(name: str, where: float) -> Callable[[Path], None]:
+    def corrupt(d: Path) -> None:
+        data = bytearray((d / name).read_bytes())
+        data[int(len(data) * where)] ^= 0xFF
+        (d / name).write_bytes(bytes(data))
+    return corrupt
+
+
+def _set_entry(field: str, value: object) -> Callable[[dict], None]:
+    def fn(doc: dict) -> None:
+        doc["modes"][0][field] = value
+    return fn
+
+
+def _drop_entry(field: str) -> Callable[[dict], None]:
+    return lambda doc: doc["modes"][0].pop(field) and None
+
+
+def _drop_one(kind: str) -> Callable[[dict], dict]:
+    def fn(tensors: dict) -> dict:
+        victim = next(k for k in sorted(tensors) if kind in k)
+        return {k: v for k, v in tensors.items() if k != victim}
+    return fn
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
+    # name: (corrupt the checkpoint directory, what the error must say)
+    "json_truncated": (_truncate(STATE_FILE, 0.5), "corrupted or truncated"),
+    "json_empty": (_truncate(STATE_FILE, 0.0), "corrupted or truncated"),
+    "json_binary": (_flip_byte(STATE_FILE, 0.0), "corrupted|not a modeopt-masks"),
+    "json_not_ours": (_rewrite_json(lambda doc: {"hello": 1}), "not a modeopt-masks"),
+    "json_a_list": (_rewrite_json(lambda doc: [1, 2]), "not a modeopt-masks"),
+    "json_future_version": (_rewrite_json(lambda doc: doc.update(format_version=99)), "version"),
+    "json_no_modes": (_rewrite_json(lambda doc: doc.pop("modes") and None), "modes"),
+    "json_modes_not_list": (_rewrite_json(lambda doc: doc.update(modes="x")), "modes"),
+    "json_unknown_mode": (_rewrite_json(_set_entry("mode", "no_such_mode")), "no_such_mode"),
+    "json_no_config": (_rewrite_json(_drop_entry("config")), "config"),
+    "json_no_metadata": (_rewrite_json(_drop_entry("metadata")), "metadata"),
+    "json_bad_config": (_rewrite_json(_set_entry("config", {"nn.Linear": {"bogus": 1}})), "bogus"),
+    "json_config_not_dict": (_rewrite_json(_set_entry("config", 7)), "config|dict"),
+    "json_wrong_layers": (_rewrite_json(_set_entry("metadata", {"layers": ["9"]})), "fit"),
+    "json_metadata_garbage": (_rewrite_json(_set_entry("metadata", "x")), "metadata|fit"),
+    "tensors_truncated": (_truncate(TENSOR_FILE, 0.6), "checksum"),
+    "tensors_empty": (_truncate(TENSOR_FILE, 0.0), "checksum"),
+    "tensors_flipped": (_flip_byte(TENSOR_FILE, 0.9), "checksum"),
+    "tensors_missing_mask": (_replace_tensors(_drop_one("_mask.")), "missing"),
+    "tensors_missing_weight": (_replace_tensors(_drop_one("2.weight")), "missing"),
+    "tensors_extra": (_replace_tensors(lambda t: {**t, "extra.weight": torch.zeros(2)}),
+                      "unexpected"),
+    "tensors_wrong_shape": (
+        _replace_tensors(lambda t: {**t, "0.weight": torch.zeros(3, 3)}), "0.weight"),
+    "tensors_checksum_lost": (_rewrite_json(lambda doc: doc.pop("tensors_sha256") and None),
+                              "checksum"),
+    "no_state_file": (lambda d: (d / STATE_FILE).unlink(), "missing"),
+    "no_tensor_file": (lambda d: (d / TENSOR_FILE).unlink(), "missing"),
+}
+
+
+@pytest.mark.parametrize("key", MODES)
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_broken_checkpoint_raises_state_error_and_leaves_model(tmp_path, key, corruption):
+    corrupt, message = CORRUPTIONS[corruption]
+    mm.save(_converted(key), tmp_path)
+    corrupt(tmp_path)
+    fresh = _base(seed=5)
+    before = _fingerprint(fresh)
+    with pytest.raises(mm.StateError, match=message):
+        mm.restore(fresh, tmp_path)
+    _assert_same(before, _fingerprint(fresh))
+    # and the model is still good for a clean conversion
+    assert mm.masked_modules(mm.convert(fresh, _mode(key)))
+
+
+def test_restore_into_a_model_with_extra_parameters_is_atomic(tmp_path):
+    """The tensor file lacks the extra module's tensors: nothing may be half-loaded."""
+    key = "continuous_sparsification"
+    mm.save(_converted(key), tmp_path)
+    torch.manual_seed(5)
+    fresh = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.LayerNorm(3))
+    before = _fingerprint(fresh)
+    with pytest.raises(mm.StateError, match="missing"):
+        mm.restore(fresh, tmp_path)
+    _assert_same(before, _fingerprint(fresh))
+
+
+@pytest.mark.parametrize("key", MODES)
+def test_clean_round_trip_still_works(tmp_path, key):
+    net = _converted(key)
+    x = torch.randn(4, 6)
+    mm.save(net, tmp_path)
+    fresh = mm.restore(_base(seed=9), tmp_path)
+    assert torch.equal(_eval_out(fresh, x), _eval_out(net, x))
+    assert [s.mode for s in mm.mode_history(fresh)] == [s.mode for s in mm.mode_history(net)]
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {
+        n for n, p in net.named_parameters() if p.requires_grad}
+
+
+def test_tied_weights_round_trip(tmp_path):
+    """A tiny GPT-2 ties ``lm_head.weight`` to ``wte``: the file holds it once, restore is fine."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16)
+
+    def fresh(seed: int):
+        torch.manual_seed(seed)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+
+    net = mm.convert(fresh(0), ("continuous_sparsification",
+                                {"hf.Conv1D": {"mask_init_value": 0.1}}))
+    assert net.lm_head.weight is net.transformer.wte.weight
+    mm.save(net, tmp_path)
+    other = mm.restore(fresh(1), tmp_path)
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(other(ids).logits, net(ids).logits)
+    assert other.lm_head.weight is other.transformer.wte.weight
