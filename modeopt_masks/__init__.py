@@ -10,6 +10,7 @@ Examples:
 
 from . import modes as _modes  # noqa: F401  (registers the built-in modes)
 from .conversion import ModeState, convert, export, mode_history, unconvert
+from .distributed import sync_ablation_draws
 from .layer_kinds import LAYER_KINDS, LayerKind, register_layer_kind
 from .mask_controls import (
     get_temperature,
@@ -55,6 +56,7 @@ __all__ = [
     "knn_accuracy",
     "nearest_centroid_accuracy",
     "soft_nearest_neighbour_loss",
+    "sync_ablation_draws",
     "LAYER_KINDS",
     "LayerKind",
     "MaskTechnique",

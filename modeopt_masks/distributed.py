@@ -12,7 +12,7 @@ they were seeded identically. :func:`sync_ablation_draws` makes every rank
 use rank ``src``'s draws (it draws where needed, then broadcasts). Call it
 after ``set_ablation`` (and again after ``force_resample=True``).
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.distributed import sync_ablation_draws
     >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning").eval()
@@ -44,7 +44,7 @@ def sync_ablation_draws(model: nn.Module, src: int = 0, group: Any = None) -> in
     an initialised process group (or with one process) it only draws and
     returns ``0``.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.distributed import sync_ablation_draws
         >>> net = mm.convert(nn.Sequential(nn.Linear(3, 3)), "hard_concrete").eval()
