@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import inspect
 import warnings
 from collections.abc import Iterable, Mapping, MutableMapping
 from fnmatch import fnmatchcase
@@ -103,6 +104,8 @@ class CircuitConfig(BaseModel):
     freeze_base: bool = True
     add_l0: bool = True
     l0_lambda: float = Field(1e-8, ge=0)
+    #: Not a setting: the HF ``Trainer`` writes ``model.config.use_cache``; kept out of dumps.
+    use_cache: bool | None = Field(None, exclude=True, repr=False)
 
     @field_validator("target_layers")
     @classmethod
@@ -196,6 +199,9 @@ class CircuitModel(nn.Module):
         self.wrapped_model = model
         self.density_controller = density_controller
         self._warned_no_loss = False
+        # ``forward`` advertises the wrapped model's signature (HF Trainer reads it to keep
+        # the dataset columns the model takes)
+        self.forward = _ForwardWithSignature(self)  # type: ignore[method-assign]
         ablation = config.mask_hparams.get("ablation", "none")
         if ablation != "none":
             set_ablation(model, ablation)
@@ -309,6 +315,20 @@ class CircuitModel(nn.Module):
     def export(self) -> nn.Module:
         """Bake the hard masks into the weights; returns the plain wrapped model."""
         return export(self.wrapped_model)
+
+
+class _ForwardWithSignature:
+    """``CircuitModel.forward`` bound to one instance, with the wrapped model's signature."""
+
+    def __init__(self, owner: CircuitModel) -> None:
+        self.owner = owner
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.owner.wrapped_model.forward)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return CircuitModel.forward(self.owner, *args, **kwargs)
 
 
 def _target_error(

@@ -40,7 +40,7 @@ from .mask_controls import get_temperature, l0_stats, masked_modules, set_temper
 __all__ = [
     "DensityController",
     "ExponentialSchedule",
-    "MaskTrainingCallback",
+    "MaskTrainingCallback",  # noqa: F822  (created on first access: see __getattr__)
     "expected_density",
 ]
 
@@ -142,6 +142,7 @@ class DensityController(nn.Module):
     lambda_1: torch.Tensor
     lambda_2: torch.Tensor
     steps: torch.Tensor
+    initial_density: torch.Tensor
 
     def __init__(
         self,
@@ -171,9 +172,9 @@ class DensityController(nn.Module):
     def target(self) -> float:
         """The target of the current step (the final target once warm-up is over)."""
         start = float(self.initial_density)
-        if self.warmup_steps == 0 or math.isnan(start):
+        if int(self.steps) >= self.warmup_steps or math.isnan(start):
             return self.target_density
-        frac = min(int(self.steps) / self.warmup_steps, 1.0)
+        frac = int(self.steps) / self.warmup_steps
         return start + (self.target_density - start) * frac
 
     def forward(self, model: nn.Module) -> torch.Tensor:
