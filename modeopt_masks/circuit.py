@@ -279,7 +279,15 @@ class CircuitModel(nn.Module):
 
     @property
     def temperature(self) -> float | None:
-        """The masks' temperature (``None`` for ``magnitude_pruning``, which has none)."""
+        """The masks' temperature (``None`` for ``magnitude_pruning``, which has none).
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+            >>> c = CircuitModel(CircuitConfig(target_layers=["0"]), nn.Sequential(nn.Linear(2, 2)))
+            >>> c.temperature = 10.0; c.temperature
+            10.0
+        """
         if self.config.mask_method == "magnitude_pruning":
             return None
         return get_temperature(self.wrapped_model)
@@ -292,7 +300,16 @@ class CircuitModel(nn.Module):
         set_temperature(self.wrapped_model, value)
 
     def set_ablate_mode(self, ablation: str, force_resample: bool = False) -> None:
-        """Set the ablation mode of every masked layer (one of ``mm.ABLATIONS``)."""
+        """Set the ablation mode of every masked layer (one of ``mm.ABLATIONS``).
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+            >>> c = CircuitModel(CircuitConfig(mask_method="magnitude_pruning",
+            ...                                target_layers=["0"]), nn.Sequential(nn.Linear(4, 4)))
+            >>> c.set_ablate_mode("zero_ablate"); c.wrapped_model[0].ablation
+            'zero_ablate'
+        """
         set_ablation(self.wrapped_model, ablation, force_resample=force_resample)
 
     def use_masks(self, value: bool, name_list: Iterable[str] | None = None) -> None:
@@ -300,6 +317,15 @@ class CircuitModel(nn.Module):
 
         Names are relative to the wrapped model; a ``"wrapped_model."`` prefix (the
         CircuitModel's own module names, as NeuroSurgeon used) is accepted too.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+            >>> c = CircuitModel(CircuitConfig(target_layers=["*"]),
+            ...                  nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+            >>> c.use_masks(False, ["wrapped_model.1"])
+            >>> [m.use_masks for m in c.wrapped_model]
+            [True, False]
         """
         names = None
         if name_list is not None:

@@ -156,10 +156,22 @@ def _family(name: str, mode: str, technique: type[MaskTechnique], positional: tu
     )
 
 
+_EXAMPLE_LAYER = {
+    "nn.Linear": ("import torch.nn as nn", "nn.Linear(4, 3)", "nn.Linear"),
+    "hf.Conv1D": ("from transformers.pytorch_utils import Conv1D", "Conv1D(3, 4)", "Conv1D"),
+    "nn.Conv1d": ("import torch.nn as nn", "nn.Conv1d(2, 3, 3)", "nn.Conv1d"),
+    "nn.Conv2d": ("import torch.nn as nn", "nn.Conv2d(2, 3, 3)", "nn.Conv2d"),
+}
+
+
 def _name(family: Any, name: str, key: str, original: str) -> Any:
+    imp, make, cls = _EXAMPLE_LAYER[key]
     doc = (
         f"``{original}`` converted by ``{family._mode}``: ``{name}.from_layer(layer, **rule)``"
-        f" or ``{name}(*{original.split('.')[-1]}_args, **rule)``."
+        f" or ``{name}(*{original.split('.')[-1]}_args, **rule)``.\n\n"
+        f"Example:\n    >>> {imp}\n    >>> from modeopt_masks.layers import {name}\n"
+        f"    >>> layer = {name}.from_layer({make})\n"
+        f"    >>> isinstance(layer, {name}), isinstance(layer, {cls})\n    (True, True)\n"
     )
     return _MaskLayerName(name, (family,), {"_key": key, "__module__": __name__, "__doc__": doc})
 

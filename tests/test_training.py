@@ -189,3 +189,21 @@ def test_trainer_callback_per_epoch_with_density_controller(tmp_path):
     assert int(ctrl.steps) == 12 and ctrl.lambda_1.item() != 0.0
     logs = [h for h in trainer.state.log_history if "mask_l0" in h]
     assert logs and all("density_target" in h and "density_lambda_1" in h for h in logs)
+
+
+def test_works_without_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "import torch.nn as nn, modeopt_masks as mm\n"
+        "from modeopt_masks.training import DensityController, ExponentialSchedule\n"
+        "from modeopt_masks.circuit import CircuitConfig, CircuitModel\n"
+        "c = CircuitModel(CircuitConfig(target_layers=['0']), nn.Sequential(nn.Linear(2, 2)))\n"
+        "ExponentialSchedule(1, 10, 5).apply(c, 5); print(c.temperature)\n"
+        "import modeopt_masks.training as t\n"
+        "try:\n    t.MaskTrainingCallback\nexcept ImportError as e:\n    print('needs transformers' in str(e))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["10.0", "True"]
