@@ -1,0 +1,399 @@
+"""``CircuitModel`` / ``CircuitConfig``: the NeuroSurgeon circuit-discovery interface on our modes.
+
+``CircuitModel(config, model)`` converts the layers named by ``config.target_layers``
+(exact module names or globs) with one of the mask modes through :func:`mm.convert`,
+so everything else (save/restore, export, ablations, ``mm.l0_loss``) works on
+``circuit.wrapped_model`` as on any converted model. In training with ``add_l0``
+its forward adds ``l0_lambda * mm.l0_loss(model)`` (or, with a
+:class:`~modeopt_masks.training.DensityController`, the controller's penalty) to
+the loss of a Hugging Face output.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+    ...     def forward(self, x, labels=None):
+    ...         logits = self.fc2(torch.relu(self.fc1(x)))
+    ...         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+    >>> cfg = CircuitConfig(mask_method="continuous_sparsification", target_layers=["fc*"],
+    ...                     mask_hparams={"mask_init_value": 0.5}, l0_lambda=1e-3)
+    >>> circuit = CircuitModel(cfg, Net()).train()
+    >>> out = circuit(torch.randn(3, 4), labels=torch.tensor([0, 1, 1]))
+    >>> sorted(circuit.compute_l0_statistics()["layer2maxl0"].items())
+    [('fc1', 32), ('fc2', 16)]
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import warnings
+from collections.abc import Iterable, Mapping, MutableMapping
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .conversion import convert, export
+from .layer_kinds import MASKABLE_KEYS, kind_of
+from .mask_controls import (
+    get_temperature,
+    l0_loss,
+    l0_stats,
+    masked_modules,
+    set_ablation,
+    set_temperature,
+    use_masks,
+)
+from .masking import ABLATIONS, MaskTechnique
+from .registry import get_mode
+
+if TYPE_CHECKING:
+    from .training import DensityController
+
+MaskMethod = Literal["continuous_sparsification", "hard_concrete", "magnitude_pruning"]
+_NOT_OPTIONS = ("rules", "user_keys", "freeze_base")
+_WRAPPED = "wrapped_model"
+
+
+def _mode_fields(method: str) -> tuple[set[str], set[str]]:
+    """(rule fields, global option fields) of a mask mode's config."""
+    cls = get_mode(method).config_class
+    options = {k for k in cls.model_fields if k not in _NOT_OPTIONS}
+    return set(cls.rule_class.model_fields), options
+
+
+class CircuitConfig(BaseModel):
+    """How :class:`CircuitModel` masks a model (NeuroSurgeon's ``CircuitConfig``).
+
+    * ``mask_method``: ``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning``.
+    * ``mask_hparams``: the mode's rule fields (e.g. ``mask_init_value``, ``temperature``,
+      ``mask_init_percentage``, ``prune_percentage``, ``mask_unit``, ``mask_bias``), the
+      mode's options (``scope`` for magnitude pruning), and ``ablation`` (the initial
+      ablation mode, as in NeuroSurgeon). Unknown keys are errors naming the valid ones.
+    * ``target_layers``: module names of the wrapped model, exact or globs (``fnmatch``;
+      ``*`` crosses dots). Globs mean exactly what they match: output heads are included
+      when a glob covers them.
+    * ``freeze_base``: base weights frozen and the base kept in eval mode (no dropout) on
+      ``.train()``; only the masks train.
+    * ``add_l0`` / ``l0_lambda``: add ``l0_lambda * L0`` to the output's loss in training.
+
+    Example:
+        >>> from modeopt_masks.circuit import CircuitConfig
+        >>> CircuitConfig(mask_method="hard_concrete", target_layers=["*.query"],
+        ...               mask_hparams={"mask_init_percentage": 0.9}).l0_lambda
+        1e-08
+        >>> try:
+        ...     CircuitConfig(mask_method="hard_concrete", target_layers=["x"],
+        ...                   mask_hparams={"mask_init_value": 0.1})
+        ... except ValueError as e:
+        ...     print("mask_init_percentage" in str(e))
+        True
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    mask_method: MaskMethod = "continuous_sparsification"
+    mask_hparams: dict[str, Any] = Field(default_factory=dict)
+    target_layers: list[str] = Field(min_length=1)
+    freeze_base: bool = True
+    add_l0: bool = True
+    l0_lambda: float = Field(1e-8, ge=0)
+    #: Not a setting: the HF ``Trainer`` writes ``model.config.use_cache``; kept out of dumps.
+    use_cache: bool | None = Field(None, exclude=True, repr=False)
+
+    @field_validator("target_layers")
+    @classmethod
+    def _no_empty_names(cls, v: list[str]) -> list[str]:
+        if any(not isinstance(t, str) or not t for t in v):
+            raise ValueError(f"target_layers must be non-empty module names or globs, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_hparams(self) -> CircuitConfig:
+        rule_fields, options = _mode_fields(self.mask_method)
+        valid = rule_fields | options | {"ablation"}
+        unknown = sorted(set(self.mask_hparams) - valid)
+        if unknown:
+            raise ValueError(
+                f"mask_hparams {unknown} are not valid for {self.mask_method!r}; "
+                f"valid keys: {sorted(valid)}"
+            )
+        ablation = self.mask_hparams.get("ablation", "none")
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+        try:  # the values (ranges, types) of the rule fields and options
+            get_mode(self.mask_method).config_class.rule_class.model_validate(self.rule_fields())
+            self.mode_config()
+        except ValueError as e:
+            raise ValueError(f"mask_hparams for {self.mask_method!r}: {e}") from e
+        return self
+
+    def rule_fields(self) -> dict[str, Any]:
+        """The ``mask_hparams`` that are per-layer rule fields of the mode."""
+        rule_fields, _ = _mode_fields(self.mask_method)
+        return {k: v for k, v in self.mask_hparams.items() if k in rule_fields}
+
+    def mode_config(self, targets: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+        """The ``mm.convert`` config dict: ``{type key: {target glob: rule}}`` plus options.
+
+        ``targets`` maps each type key to the target patterns that match modules of
+        that type (see :meth:`CircuitModel.resolve_targets`); type keys without
+        targets are switched off.
+        """
+        _, options = _mode_fields(self.mask_method)
+        targets = targets or {}
+        rule = self.rule_fields()
+        spec: dict[str, Any] = {k: v for k, v in self.mask_hparams.items() if k in options}
+        spec["freeze_base"] = self.freeze_base
+        for key in MASKABLE_KEYS:
+            patterns = targets.get(key)
+            spec[key] = {p: dict(rule) for p in patterns} if patterns else None
+        get_mode(self.mask_method).config_class.model_validate(spec)
+        return spec
+
+
+class CircuitModel(nn.Module):
+    """Wrap ``model``, converting ``config.target_layers`` with ``config.mask_method``.
+
+    The conversion is :func:`modeopt_masks.convert` (atomic: on any error the model
+    is left as it was). ``forward`` passes everything through; in training with
+    ``add_l0`` it adds ``l0_lambda * mm.l0_loss(model)`` to the output's ``loss``
+    (a ``ModelOutput``/dict ``"loss"``, or the first element of a tuple when that
+    is a scalar tensor). With ``density_controller`` the controller's penalty is
+    added instead of ``l0_lambda * L0`` (ask for a density, don't tune a lambda).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+        >>> circuit = CircuitModel(CircuitConfig(mask_method="magnitude_pruning",
+        ...                                      target_layers=["0", "2"]), net)
+        >>> _ = circuit.train()
+        >>> net[1].training, net[0].weight.requires_grad   # frozen base stays in eval
+        (False, False)
+        >>> circuit.compute_l0_statistics()["total_l0"]
+        12.0
+    """
+
+    def __init__(
+        self,
+        config: CircuitConfig | Mapping[str, Any],
+        model: nn.Module,
+        density_controller: DensityController | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, CircuitConfig):
+            config = CircuitConfig.model_validate(dict(config))
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.config = config
+        was_training = model.training
+        targets = self.resolve_targets(config.target_layers, model)
+        model = convert(model, (config.mask_method, config.mode_config(targets)))
+        self.wrapped_model = model
+        self.density_controller = density_controller
+        self._warned_no_loss = False
+        # ``forward`` advertises the wrapped model's signature (HF Trainer reads it to keep
+        # the dataset columns the model takes)
+        self.forward = _ForwardWithSignature(self)  # type: ignore[method-assign]
+        ablation = config.mask_hparams.get("ablation", "none")
+        if ablation != "none":
+            set_ablation(model, ablation)
+        self.train(was_training)
+
+    # -- targets -------------------------------------------------------------------------
+    @staticmethod
+    def resolve_targets(targets: Iterable[str], model: nn.Module) -> dict[str, list[str]]:
+        """Group target names/globs by the type key of the supported modules they match.
+
+        A target that matches no module, or only unsupported ones, raises a
+        ``ValueError`` naming it and what is there.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.Conv1d(2, 2, 1), nn.ReLU())
+            >>> CircuitModel.resolve_targets(["0", "*"], net)
+            {'nn.Linear': ['0', '*'], 'nn.Conv1d': ['*']}
+        """
+        modules = [(n, m) for n, m in model.named_modules() if n]
+        supported = [(n, k.key) for n, m in modules if (k := kind_of(m)) is not None]
+        out: dict[str, list[str]] = {}
+        for target in targets:
+            keys = [k for n, k in supported if fnmatchcase(n, target)]
+            if not keys:
+                raise ValueError(_target_error(target, modules, supported))
+            for key in dict.fromkeys(keys):
+                out.setdefault(key, []).append(target)
+        return out
+
+    # -- train / forward -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> CircuitModel:
+        """Set train/eval mode; with ``freeze_base`` the base stays in eval, masks follow ``mode``."""
+        return super().train(mode)  # the wrapped model's FrozenBase root handles freeze_base
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the wrapped model; in training with ``add_l0`` add the L0 term to its loss."""
+        output = self.wrapped_model(*args, **kwargs)
+        if not (self.training and self.config.add_l0):
+            return output
+        loss = _get_loss(output)
+        if loss is None:
+            if not self._warned_no_loss:
+                self._warned_no_loss = True
+                warnings.warn(
+                    "CircuitModel(add_l0=True) got an output without a loss (pass labels, or "
+                    "add circuit.l0_term() to your own loss); no L0 term was added",
+                    stacklevel=2,
+                )
+            return output
+        return _set_loss(output, loss + self.l0_term().to(loss.device, loss.dtype))
+
+    def l0_term(self) -> torch.Tensor:
+        """The regulariser the forward adds: ``l0_lambda * mm.l0_loss`` or the controller's."""
+        if self.density_controller is not None:
+            return self.density_controller(self.wrapped_model)
+        return self.config.l0_lambda * l0_loss(self.wrapped_model)
+
+    # -- NeuroSurgeon interface ----------------------------------------------------------
+    def compute_l0_statistics(self) -> dict[str, Any]:
+        """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the hard circuit.
+
+        Counts are hard (eval masks) whatever the train state, as in NeuroSurgeon;
+        nothing else about the model's state changes.
+        """
+        techniques = [m for m in self.wrapped_model.modules() if isinstance(m, MaskTechnique)]
+        states = [t.training for t in techniques]
+        try:
+            for t in techniques:
+                t.training = False
+            return l0_stats(self.wrapped_model)
+        finally:
+            for t, state in zip(techniques, states, strict=True):
+                t.training = state
+
+    @property
+    def temperature(self) -> float | None:
+        """The masks' temperature (``None`` for ``magnitude_pruning``, which has none).
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+            >>> c = CircuitModel(CircuitConfig(target_layers=["0"]), nn.Sequential(nn.Linear(2, 2)))
+            >>> c.temperature = 10.0; c.temperature
+            10.0
+        """
+        if self.config.mask_method == "magnitude_pruning":
+            return None
+        return get_temperature(self.wrapped_model)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if self.config.mask_method == "magnitude_pruning":
+            warnings.warn("magnitude_pruning masks have no temperature; ignored", stacklevel=2)
+            return
+        set_temperature(self.wrapped_model, value)
+
+    def set_ablate_mode(self, ablation: str, force_resample: bool = False) -> None:
+        """Set the ablation mode of every masked layer (one of ``mm.ABLATIONS``).
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+            >>> c = CircuitModel(CircuitConfig(mask_method="magnitude_pruning",
+            ...                                target_layers=["0"]), nn.Sequential(nn.Linear(4, 4)))
+            >>> c.set_ablate_mode("zero_ablate"); c.wrapped_model[0].ablation
+            'zero_ablate'
+        """
+        set_ablation(self.wrapped_model, ablation, force_resample=force_resample)
+
+    def use_masks(self, value: bool, name_list: Iterable[str] | None = None) -> None:
+        """Switch masks on/off for all, or the named (exact or glob) masked layers.
+
+        Names are relative to the wrapped model; a ``"wrapped_model."`` prefix (the
+        CircuitModel's own module names, as NeuroSurgeon used) is accepted too.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
+            >>> c = CircuitModel(CircuitConfig(target_layers=["*"]),
+            ...                  nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+            >>> c.use_masks(False, ["wrapped_model.1"])
+            >>> [m.use_masks for m in c.wrapped_model]
+            [True, False]
+        """
+        names = None
+        if name_list is not None:
+            name_list = [name_list] if isinstance(name_list, str) else list(name_list)
+            prefix = _WRAPPED + "."
+            names = [n[len(prefix):] if n.startswith(prefix) else n for n in name_list]
+        use_masks(self.wrapped_model, value, names)
+
+    def masked_layers(self) -> list[str]:
+        """Names (in the wrapped model) of the converted layers."""
+        return list(masked_modules(self.wrapped_model))
+
+    def export(self) -> nn.Module:
+        """Bake the hard masks into the weights; returns the plain wrapped model."""
+        return export(self.wrapped_model)
+
+
+class _ForwardWithSignature:
+    """``CircuitModel.forward`` bound to one instance, with the wrapped model's signature."""
+
+    def __init__(self, owner: CircuitModel) -> None:
+        self.owner = owner
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.owner.wrapped_model.forward)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return CircuitModel.forward(self.owner, *args, **kwargs)
+
+
+def _target_error(
+    target: str, modules: list[tuple[str, nn.Module]], supported: list[tuple[str, str]]
+) -> str:
+    matched = [(n, type(m).__name__) for n, m in modules if fnmatchcase(n, target)]
+    kinds = list(MASKABLE_KEYS)
+    if matched:
+        return (
+            f"target {target!r} matches only unsupported layers {matched[:10]}; supported "
+            f"layer types: {kinds}. Supported layers here: {[n for n, _ in supported][:20]}"
+        )
+    hint = ""
+    for suffix in (".weight", ".bias"):
+        if target.endswith(suffix):
+            hint = f" (target_layers are module names: drop {suffix!r})"
+    close = difflib.get_close_matches(target, [n for n, _ in supported], n=5)
+    return (
+        f"target {target!r} matches no module of the model{hint}; closest supported layers: "
+        f"{close or [n for n, _ in supported][:10]}"
+    )
+
+
+def _get_loss(output: Any) -> torch.Tensor | None:
+    if isinstance(output, Mapping):
+        loss = output.get("loss")
+        return loss if isinstance(loss, torch.Tensor) else None
+    if isinstance(output, tuple | list) and output:
+        first = output[0]
+        if isinstance(first, torch.Tensor) and first.dim() == 0 and first.is_floating_point():
+            return first
+    return None
+
+
+def _set_loss(output: Any, loss: torch.Tensor) -> Any:
+    if isinstance(output, MutableMapping):  # ModelOutput: item and attribute both updated
+        output["loss"] = loss
+        return output
+    if isinstance(output, tuple):
+        return (loss, *output[1:])
+    output[0] = loss
+    return output
