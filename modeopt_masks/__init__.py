@@ -9,9 +9,27 @@ Examples:
 """
 
 from . import modes as _modes  # noqa: F401  (registers the built-in modes)
+from .circuit import CircuitConfig, CircuitModel
 from .conversion import ModeState, convert, export, mode_history, unconvert
 from .distributed import sync_ablation_draws
 from .layer_kinds import LAYER_KINDS, LayerKind, register_layer_kind
+from .layers import (
+    ContSparseConv1d,
+    ContSparseConv2d,
+    ContSparseGPTConv1D,
+    ContSparseLayer,
+    ContSparseLinear,
+    HardConcreteConv1d,
+    HardConcreteConv2d,
+    HardConcreteGPTConv1D,
+    HardConcreteLayer,
+    HardConcreteLinear,
+    MagPruneConv1d,
+    MagPruneConv2d,
+    MagPruneGPTConv1D,
+    MagPruneLayer,
+    MagPruneLinear,
+)
 from .mask_controls import (
     get_temperature,
     l0_loss,
@@ -39,10 +57,42 @@ from .probing import (
 )
 from .registry import ModeDescriptor, available_modes, get_mode, register_mode
 from .rules import ModeConfig, Rule
+from .training import DensityController, ExponentialSchedule, expected_density
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # the HF Trainer callback loads transformers' trainer: only when asked for
+    if name == "MaskTrainingCallback":
+        from . import training
+
+        return training.MaskTrainingCallback
+    raise AttributeError(f"module 'modeopt_masks' has no attribute {name!r}")
+
+
 __all__ = [
+    "CircuitConfig",
+    "CircuitModel",
+    "ContSparseConv1d",
+    "ContSparseConv2d",
+    "ContSparseGPTConv1D",
+    "ContSparseLayer",
+    "ContSparseLinear",
+    "HardConcreteConv1d",
+    "HardConcreteConv2d",
+    "HardConcreteGPTConv1D",
+    "HardConcreteLayer",
+    "HardConcreteLinear",
+    "MagPruneConv1d",
+    "MagPruneConv2d",
+    "MagPruneGPTConv1D",
+    "MagPruneLayer",
+    "MagPruneLinear",
+    "DensityController",
+    "ExponentialSchedule",
+    "expected_density",
+    "MaskTrainingCallback",
     "ABLATIONS",
     "CircuitProbe",
     "CircuitProbeConfig",

@@ -8,7 +8,7 @@ its forward adds ``l0_lambda * mm.l0_loss(model)`` (or, with a
 :class:`~modeopt_masks.training.DensityController`, the controller's penalty) to
 the loss of a Hugging Face output.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn
     >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
     >>> class Net(nn.Module):
@@ -83,7 +83,7 @@ class CircuitConfig(BaseModel):
       ``.train()``; only the masks train.
     * ``add_l0`` / ``l0_lambda``: add ``l0_lambda * L0`` to the output's loss in training.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.circuit import CircuitConfig
         >>> CircuitConfig(mask_method="hard_concrete", target_layers=["*.query"],
         ...               mask_hparams={"mask_init_percentage": 0.9}).l0_lambda
@@ -168,7 +168,7 @@ class CircuitModel(nn.Module):
     is a scalar tensor). With ``density_controller`` the controller's penalty is
     added instead of ``l0_lambda * L0`` (ask for a density, don't tune a lambda).
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn
         >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
@@ -215,7 +215,7 @@ class CircuitModel(nn.Module):
         A target that matches no module, or only unsupported ones, raises a
         ``ValueError`` naming it and what is there.
 
-        Example:
+        Examples:
             >>> import torch.nn as nn
             >>> net = nn.Sequential(nn.Linear(2, 2), nn.Conv1d(2, 2, 1), nn.ReLU())
             >>> CircuitModel.resolve_targets(["0", "*"], net)
@@ -281,7 +281,7 @@ class CircuitModel(nn.Module):
     def temperature(self) -> float | None:
         """The masks' temperature (``None`` for ``magnitude_pruning``, which has none).
 
-        Example:
+        Examples:
             >>> import torch.nn as nn
             >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
             >>> c = CircuitModel(CircuitConfig(target_layers=["0"]), nn.Sequential(nn.Linear(2, 2)))
@@ -302,7 +302,7 @@ class CircuitModel(nn.Module):
     def set_ablate_mode(self, ablation: str, force_resample: bool = False) -> None:
         """Set the ablation mode of every masked layer (one of ``mm.ABLATIONS``).
 
-        Example:
+        Examples:
             >>> import torch.nn as nn
             >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
             >>> c = CircuitModel(CircuitConfig(mask_method="magnitude_pruning",
@@ -318,7 +318,7 @@ class CircuitModel(nn.Module):
         Names are relative to the wrapped model; a ``"wrapped_model."`` prefix (the
         CircuitModel's own module names, as NeuroSurgeon used) is accepted too.
 
-        Example:
+        Examples:
             >>> import torch.nn as nn
             >>> from modeopt_masks.circuit import CircuitConfig, CircuitModel
             >>> c = CircuitModel(CircuitConfig(target_layers=["*"]),

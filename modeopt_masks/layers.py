@@ -15,7 +15,7 @@ Besides the mode's rule fields (``mask_unit``, ``mask_bias``, ``mask_init_value`
 the initial ablation mode; NeuroSurgeon's positional order of ``from_layer``
 (``ablation, mask_unit, mask_bias, mask_init_value`` and so on) is accepted.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.layers import ContSparseLinear
     >>> lin = nn.Linear(4, 3); w = lin.weight

@@ -52,7 +52,7 @@ class ExponentialSchedule:
     ``schedule(t) = initial * (final / initial) ** min(t / total, 1)``: call it per
     step or per epoch, whichever ``t`` counts.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.training import ExponentialSchedule
         >>> s = ExponentialSchedule(initial=1.0, final=200.0, total=4)
         >>> [round(s(t), 2) for t in range(6)]
@@ -88,7 +88,7 @@ def expected_density(model: nn.Module) -> torch.Tensor:
     In training this is the expected L0 of the soft/stochastic masks; in eval the
     hard circuit's fraction.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.training import expected_density
         >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)), "magnitude_pruning")
@@ -129,7 +129,7 @@ class DensityController(nn.Module):
     are buffers (saved in ``state_dict``), never seen by the model's optimiser.
     Magnitude-pruning masks are fixed, so they cannot be controlled.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.training import DensityController
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "continuous_sparsification")
@@ -216,7 +216,7 @@ class _MaskTrainingCallbackImpl:
     ``state.log_history``; with ``density_controller`` also its target and
     ``lambda_1``. ``history`` keeps ``(global_step, temperature)`` of every change.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.training import ExponentialSchedule, MaskTrainingCallback
         >>> cb = MaskTrainingCallback(ExponentialSchedule(1.0, 200.0, total=3), unit="epoch")
         >>> cb.unit, cb.history
