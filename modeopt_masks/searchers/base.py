@@ -105,39 +105,84 @@ def count_params(model: nn.Module) -> int:
 
 
 class CostModel:
-    """Params (exact, analytic) and FLOPs (measured once, linear per unit) of a selection."""
+    """Params (exact, analytic) and FLOPs (measured once) of a selection.
+
+    Every sliced tensor (and every module's own FLOPs) scales with the product
+    of ``kept / n_units`` of the hparams that slice it: a layer between two
+    searched dimensions (``Linear -> Linear -> Linear``) shrinks on both sides,
+    so the count is exact, not a per-unit approximation.
+    """
 
     def __init__(
         self, model: nn.Module, hparams: Mapping[str, StructuredHParam], kinds: tuple[str, ...],
         dummy_input: Any = None,
     ) -> None:
-        self.original: dict[str, float] = {"params": float(count_params(model))}
-        self.per_unit: dict[str, dict[str, float]] = {
-            "params": {n: float(hp.structure.params_per_unit(model)) for n, hp in hparams.items()}
-        }
         self.n_units = {n: hp.n_units for n, hp in hparams.items()}
+        self.original: dict[str, float] = {"params": float(count_params(model))}
+        self.const: dict[str, float] = {}
+        self.terms: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        modules = dict(model.named_modules())
+        touched: dict[int, tuple[nn.Parameter, list[str]]] = {}
+        for n, hp in hparams.items():
+            for sl in hp.structure.slices:
+                tensor = getattr(modules[sl.module], sl.param, None)
+                if isinstance(tensor, nn.Parameter):
+                    touched.setdefault(id(tensor), (tensor, []))[1].append(n)
+        self.const["params"] = self.original["params"] - sum(t.numel() for t, _ in touched.values())
+        self.terms["params"] = []
+        for tensor, names in touched.values():
+            per = tensor.numel()
+            for n in names:
+                per //= self.n_units[n]
+            self.terms["params"].append((float(per), tuple(names)))
         if "flops" in kinds:
             if dummy_input is None:
                 raise ValueError("a 'flops' constraint needs dummy_input (one model input)")
             total, per_module = measure_flops(model, dummy_input)
             self.original["flops"] = float(total)
-            self.per_unit["flops"] = {}
-            for n, hp in hparams.items():
-                scope = _outermost(hp.structure.flop_scope)
-                self.per_unit["flops"][n] = sum(per_module.get(s, 0) for s in scope) / hp.n_units
+            exclusive = dict(per_module)
+            for name, value in per_module.items():
+                parent = _parent_in(name, per_module)
+                if parent is not None:
+                    exclusive[parent] -= value
+            self.const["flops"] = float(total - per_module.get("", total))
+            self.terms["flops"] = []
+            for name, value in exclusive.items():
+                names = tuple(
+                    n for n, hp in hparams.items()
+                    if any(name == s or name.startswith(s + ".") for s in hp.structure.flop_scope)
+                )
+                if not names:
+                    self.const["flops"] += value
+                    continue
+                per = float(value)
+                for n in names:
+                    per /= self.n_units[n]
+                self.terms["flops"].append((per, names))
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
         """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units."""
-        return {
-            kind: self.original[kind] - sum(
-                per[n] * (self.n_units[n] - counts[n]) for n in per
-            )
-            for kind, per in self.per_unit.items()
-        }
+        out = {}
+        for kind, terms in self.terms.items():
+            total = self.const[kind]
+            for per, names in terms:
+                for n in names:
+                    per *= counts[n]
+                total += per
+            out[kind] = total
+        return out
 
 
-def _outermost(names: list[str]) -> list[str]:
-    return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+def _parent_in(name: str, names: Mapping[str, Any]) -> str | None:
+    """The closest proper ancestor of ``name`` among ``names`` (``""`` is the root)."""
+    if name == "":
+        return None
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        cand = ".".join(parts[:i])
+        if cand in names:
+            return cand
+    return "" if "" in names else None
 
 
 def measure_flops(model: nn.Module, dummy_input: Any) -> tuple[int, dict[str, int]]:
