@@ -7,7 +7,10 @@ hparam keeps its smallest choice whose sensitivity is ``<= t``. The params
 over the sorted candidate thresholds (the sensitivities themselves) for the
 smallest ``t`` that meets every constraint. Because the candidates are the
 sensitivity values, the search is exact and independent of the scale of the
-scores (no absolute tolerance), and ends after ``log2(#choices)`` steps.
+scores (no absolute tolerance), and ends after ``log2(#choices)`` steps. The
+budget left by the last threshold step (pruning one head can free much more
+than the target asks) is then refilled greedily, one choice at a time, so the
+result lands just under the target.
 
 Params are counted analytically (units x parameters per unit); FLOPs are
 measured once with ``torch.utils.flop_counter`` on ``dummy_input``, and only
@@ -249,6 +252,33 @@ class BaseSearcher:
         raise NotImplementedError
 
     # -- the search -------------------------------------------------------------------------
+    @staticmethod
+    def _refill(counts: dict[str, int], choices: dict[str, list[int]],
+                sens: dict[str, list[float]], cost_model: CostModel,
+                targets: Mapping[str, float]) -> dict[str, int]:
+        """Spend the budget one threshold step leaves: grow, one choice at a time, the hparam
+        whose next choice recovers the most sensitivity, while every constraint still holds."""
+        counts = dict(counts)
+        blocked: set[str] = set()
+        while True:
+            best, best_gain = None, float("-inf")
+            for n, c in counts.items():
+                i = choices[n].index(c)
+                if n in blocked or i + 1 == len(choices[n]):
+                    continue
+                gain = sens[n][i] - sens[n][i + 1]
+                if gain > best_gain:
+                    best, best_gain = n, gain
+            if best is None:
+                return counts
+            trial = dict(counts)
+            trial[best] = choices[best][choices[best].index(counts[best]) + 1]
+            costs = cost_model.cost(trial)
+            if all(costs[k] <= targets[k] for k in targets):
+                counts = trial
+            else:
+                blocked.add(best)
+
     def search(
         self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
         config: Mapping[str, Any] | None = None,
@@ -311,7 +341,7 @@ class BaseSearcher:
             else:
                 lo = mid
         threshold = candidates[hi]
-        counts = counts_at(threshold)
+        counts = self._refill(counts_at(threshold), choices, sens, cost_model, targets)
         for n, hp in hparams.items():
             hp.keep(hp.top(counts[n], orders[n]))
         achieved = cost_model.cost(counts)
