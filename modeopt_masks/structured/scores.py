@@ -34,13 +34,22 @@ ScoreType = Literal["gradnas", "michel"]
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor in it (dicts, lists, tuples) moved to ``device``."""
+    """``batch`` with every tensor in it (dicts, lists, tuples) moved to ``device``.
+
+    A batch that is already there is returned as is (the same object).
+    """
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, Mapping):
-        return type(batch)({k: to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
+        moved = {k: to_device(v, device) for k, v in batch.items()}
+        if all(moved[k] is v for k, v in batch.items()):
+            return batch
+        return type(batch)(moved)  # type: ignore[call-arg]
     if isinstance(batch, list | tuple) and not hasattr(batch, "_fields"):
-        return type(batch)(to_device(v, device) for v in batch)
+        items = [to_device(v, device) for v in batch]
+        if all(a is b for a, b in zip(items, batch, strict=True)):
+            return batch
+        return type(batch)(items)
     return batch
 
 
