@@ -8,7 +8,14 @@ Example:
 
 from __future__ import annotations
 
-from .base import BaseSearcher, CostModel, SearchResult, count_params, measure_flops, parse_constraints
+from .base import (
+    BaseSearcher,
+    CostModel,
+    SearchResult,
+    count_params,
+    measure_flops,
+    parse_constraints,
+)
 from .binary import BinarySearcher
 from .gradient import GradientBinarySearcher
 

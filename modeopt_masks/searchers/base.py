@@ -133,11 +133,11 @@ class CostModel:
                     touched.setdefault(id(tensor), (tensor, []))[1].append(n)
         self.const["params"] = self.original["params"] - sum(t.numel() for t, _ in touched.values())
         self.terms["params"] = []
-        for tensor, names in touched.values():
-            per = tensor.numel()
-            for n in names:
-                per //= self.n_units[n]
-            self.terms["params"].append((float(per), tuple(names)))
+        for tensor, slicers in touched.values():
+            count = tensor.numel()
+            for n in slicers:
+                count //= self.n_units[n]
+            self.terms["params"].append((float(count), tuple(slicers)))
         if "flops" in kinds:
             if dummy_input is None:
                 raise ValueError("a 'flops' constraint needs dummy_input (one model input)")
@@ -151,27 +151,27 @@ class CostModel:
             self.const["flops"] = float(total - per_module.get("", total))
             self.terms["flops"] = []
             for name, value in exclusive.items():
-                names = tuple(
+                scaled_by = tuple(
                     n for n, hp in hparams.items()
                     if any(name == s or name.startswith(s + ".") for s in hp.structure.flop_scope)
                 )
-                if not names:
+                if not scaled_by:
                     self.const["flops"] += value
                     continue
-                per = float(value)
-                for n in names:
-                    per /= self.n_units[n]
-                self.terms["flops"].append((per, names))
+                flops = float(value)
+                for n in scaled_by:
+                    flops /= self.n_units[n]
+                self.terms["flops"].append((flops, scaled_by))
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
         """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units."""
         out = {}
         for kind, terms in self.terms.items():
             total = self.const[kind]
-            for per, names in terms:
+            for base, names in terms:
                 for n in names:
-                    per *= counts[n]
-                total += per
+                    base *= counts[n]
+                total += base
             out[kind] = total
         return out
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from .structure import AttrUpdate, Slice, Structure
+from .structure import AttrUpdate, Slice, Structure, weight_of
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module) -> Struct
         raise ValueError(f"{name}: no head-dim attribute {layout.head_dim[1]} found")
     o_name = _join(name, layout.o)
     o_mod = _get(modules, o_name, fam, name)
-    o_in = o_mod.weight.shape[1 - _out_dim(o_mod)]
+    o_in = weight_of(o_mod).shape[1 - _out_dim(o_mod)]
     n_heads = o_in // head_dim
     slices: list[Slice] = []
     kv_heads = n_heads
@@ -203,7 +203,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module) -> Struct
         q, k, v = (_join(name, p) for p in (layout.q, layout.k, layout.v))
         k_mod = _get(modules, k, fam, name)
         _get(modules, q, fam, name), _get(modules, v, fam, name)
-        kv_heads = k_mod.weight.shape[0] // head_dim
+        kv_heads = weight_of(k_mod).shape[0] // head_dim
     if n_heads % kv_heads:
         raise ValueError(f"{name}: {n_heads} query heads do not split into {kv_heads} KV groups")
     group = n_heads // kv_heads
@@ -241,7 +241,7 @@ def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
         up_name = _join(name, rel)
         up = _get(modules, up_name, layout.family, name)
         dim = _out_dim(up)
-        n_units = up.weight.shape[dim]
+        n_units = weight_of(up).shape[dim]
         slices += [Slice(up_name, "weight", dim, 1), Slice(up_name, "bias", 0, 1)]
     down_name = _join(name, layout.down)
     down = _get(modules, down_name, layout.family, name)

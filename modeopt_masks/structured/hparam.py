@@ -179,8 +179,9 @@ class StructuredHParam:
 
 def gradnas_hparams(model: nn.Module) -> dict[str, StructuredHParam]:
     """``{name: StructuredHParam}`` of a gradnas-converted model, in module order."""
-    return {
-        m._mm_struct.name: StructuredHParam(m)  # type: ignore[attr-defined]
-        for m in model.modules()
-        if is_dynamic(m, UnitMasked)
-    }
+    out: dict[str, StructuredHParam] = {}
+    for m in model.modules():
+        if is_dynamic(m, UnitMasked):
+            hp = StructuredHParam(m)
+            out[hp.name] = hp
+    return out

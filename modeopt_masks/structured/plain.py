@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .structure import Slice, Structure
+from .structure import Slice, Structure, weight_of
 
 #: module types that act channel by channel (a channel pruned before them stays pruned after)
 CHANNELWISE: tuple[type[nn.Module], ...] = (
@@ -72,8 +72,8 @@ def plain_structures(root: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, S
                 continue
             full = f"{seq_name}.{pname}" if seq_name else pname
             cons_name = f"{seq_name}.{consumer[0]}" if seq_name else consumer[0]
-            n = producer.weight.shape[0]
-            if consumer[1].weight.shape[1] != n:
+            n = weight_of(producer).shape[0]
+            if weight_of(consumer[1]).shape[1] != n:
                 continue
             slices = [Slice(full, "weight", 0, 1), Slice(full, "bias", 0, 1)]
             scope = [full, cons_name]

@@ -94,6 +94,14 @@ class Structure:
         return total
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` (typed as a tensor)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
 def _sync_dims(module: nn.Module) -> None:
     """Make a module's size attributes agree with its (sliced) weight."""
     weight = getattr(module, "weight", None)
