@@ -1,3 +1,3 @@
 """The built-in modes; importing this package registers them."""
 
-from . import continuous_sparsification, hard_concrete, magnitude_pruning  # noqa: F401
+from . import continuous_sparsification, gradnas, hard_concrete, magnitude_pruning  # noqa: F401

@@ -1,0 +1,228 @@
+"""The ``gradnas`` mode: searchable attention heads and MLP / conv channels.
+
+``convert`` finds every searchable dimension the config switches on (HF
+attention and MLP blocks through the family plugin table, plain
+``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv`` pairs through
+their structure) and puts a unit mask of ones on the input of each
+dimension's consumer. :func:`modeopt_masks.prune` scores and searches;
+``mm.export`` slices the weights so the model is physically smaller.
+
+Type keys: ``"hf.attention"`` (heads; for grouped-query attention the unit is a
+whole KV group), ``"hf.mlp"`` (hidden channels), ``"nn.Linear"``,
+``"nn.Conv1d"``, ``"nn.Conv2d"`` (output channels of a producer layer, keyed by
+the producer's name). Rule fields: ``ratios`` (fractions of the units that may
+be kept; ``None``: every multiple of ``divisor``) and ``divisor``.
+
+Example:
+    >>> import torch, torch.nn as nn, modeopt_masks as mm
+    >>> from modeopt_masks.structured import gradnas_hparams
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    >>> net = mm.convert(net, ("gradnas", {"nn.Linear": {"ratios": [0.25, 0.5, 1.0]}}))
+    >>> hp = gradnas_hparams(net)["0"]; hp.choices
+    [4, 8, 16]
+    >>> hp.keep([0, 1, 2, 3]); x = torch.randn(3, 4); y = net(x)
+    >>> net = mm.export(net)
+    >>> net[0].weight.shape, torch.allclose(net(x), y, atol=1e-6)
+    (torch.Size([4, 4]), True)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+from pydantic import Field, field_validator
+
+from ..dynamic import is_dynamic, swap_class, unswap_class
+from ..registry import Metadata, ModeDescriptor, register_mode
+from ..rules import ModeConfig, Rule, match_modules
+from ..structured.families import (
+    attention_layout,
+    attention_structure,
+    looks_like_attention,
+    looks_like_mlp,
+    mlp_layout,
+    mlp_structure,
+)
+from ..structured.hparam import StructuredHParam, UnitMasked, gradnas_hparams
+from ..structured.plain import PLAIN_KEYS, plain_structures
+from ..structured.structure import Structure, slice_structure
+
+HF_KEYS: tuple[str, ...] = ("hf.attention", "hf.mlp")
+
+
+class GradNASRule(Rule):
+    """Choices of one searchable dimension: ``ratios`` x ``divisor``.
+
+    Example:
+        >>> from modeopt_masks.modes.gradnas import GradNASRule
+        >>> GradNASRule(ratios=[0.5, 1.0], divisor=4).choices(12)
+        [8, 12]
+        >>> GradNASRule(divisor=4).choices(12)
+        [4, 8, 12]
+    """
+
+    ratios: tuple[float, ...] | None = None
+    divisor: int = Field(default=1, ge=1)
+
+    @field_validator("ratios")
+    @classmethod
+    def _check_ratios(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None:
+            if not v or any(not 0.0 < r <= 1.0 for r in v):
+                raise ValueError(f"ratios must be a non-empty list of fractions in (0, 1], got {v}")
+        return v
+
+    def choices(self, n_units: int) -> list[int]:
+        """Allowed numbers of kept units for a dimension of ``n_units`` (always has ``n_units``)."""
+        d = self.divisor
+        if self.ratios is None:
+            out = set(range(d, n_units + 1, d))
+        else:
+            out = {min(n_units, max(d, round(r * n_units / d) * d)) for r in self.ratios}
+        out.add(n_units)
+        return sorted(out)
+
+
+class GradNASConfig(ModeConfig):
+    """Which heads / channels ``gradnas`` searches; output heads are off by default.
+
+    Example:
+        >>> import modeopt_masks as mm
+        >>> cfg = mm.get_mode("gradnas").config_class.model_validate(
+        ...     {"hf.attention": {"*": {"divisor": 2}, "*layer.0.*": None}})
+        >>> cfg.rule_for("hf.attention", "encoder.layer.0.attention") is None
+        True
+        >>> cfg.rule_for("hf.mlp", "encoder.layer.0.intermediate").divisor
+        1
+    """
+
+    rule_class: ClassVar[type[Rule]] = GradNASRule
+    layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
+
+
+def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
+    """``{module name: type key}`` for HF blocks and plain producers, and the HF block names."""
+    keys: dict[str, str] = {}
+    blocks: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(b + ".") for b in blocks):
+            continue
+        if attention_layout(module) is not None or looks_like_attention(module):
+            keys[name] = "hf.attention"
+            blocks.append(name)
+        elif mlp_layout(module) is not None or looks_like_mlp(module):
+            keys[name] = "hf.mlp"
+            blocks.append(name)
+    plain = plain_structures(model, skip=tuple(blocks))
+    keys.update({name: s.key for name, s in plain.items()})
+    return keys, tuple(blocks)
+
+
+def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Structure, list[int]]]:
+    """Plan gradnas: ``(structure, choices)`` for every dimension ``config`` switches on."""
+    keys, blocks = _key_table(model)
+    plan = match_modules(model, config, lambda name, _m: keys.get(name))
+    plain = plain_structures(model, skip=blocks)
+    out = []
+    for name, module, key, rule in plan:
+        if key == "hf.attention":
+            structure = attention_structure(model, name, module)
+        elif key == "hf.mlp":
+            structure = mlp_structure(model, name, module)
+        else:
+            structure = plain[name]
+        assert isinstance(rule, GradNASRule)
+        out.append((structure, rule.choices(structure.n_units)))
+    return out
+
+
+class GradNASDescriptor(ModeDescriptor):
+    """Descriptor of ``gradnas``: convert installs unit masks, export slices weights."""
+
+    name = "gradnas"
+    config_class = GradNASConfig
+    next_modes: tuple[str, ...] = ()
+    search_algorithm = "gradient_binary"
+
+    def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:
+        assert isinstance(config, GradNASConfig)
+        plan = find_structures(model, config)
+        if not plan:
+            raise ValueError(
+                "gradnas: the config selects no searchable dimension. It searches HF attention "
+                "and MLP blocks of known families and plain Sequential Linear->act->Linear / "
+                "Conv->BN->act->Conv pairs; the model's modules: "
+                f"{[(n, type(m).__name__) for n, m in model.named_modules()][:50]}"
+            )
+        modules = dict(model.named_modules())
+        sites: dict[str, str] = {}
+        for structure, _ in plan:
+            site = structure.mask_module
+            if site in sites or is_dynamic(modules[site]):
+                other = sites.get(site, "another mode")
+                raise ValueError(
+                    f"gradnas: {structure.name} and {other} both need a mask on {site!r}; "
+                    "switch one off, or export / unconvert the model first"
+                )
+            sites[site] = structure.name
+        for structure, choices in plan:
+            module = modules[structure.mask_module]
+            swap_class(module, UnitMasked)
+            module._mm_init(structure, choices)  # type: ignore[attr-defined]
+        return model, {"hparams": [s.name for s, _ in plan], "selection": {}, "scores": {}}
+
+    def update_metadata(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
+        hps = gradnas_hparams(model)
+        metadata["hparams"] = list(hps)
+        metadata["selection"] = {
+            n: hp.kept for n, hp in hps.items() if hp.active != hp.n_units
+        }
+        metadata["scores"] = {
+            n: [float(v) for v in hp.importance] for n, hp in hps.items()
+            if hp.importance is not None
+        }
+
+    def restore(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        model, fresh = self.convert(model, config)
+        if fresh["hparams"] != list(metadata.get("hparams", [])):
+            self.revert(model, config, fresh)
+            raise ValueError(
+                f"gradnas: the model does not fit the saved state: saved hparams "
+                f"{metadata.get('hparams')}, this model gives {fresh['hparams']}"
+            )
+        hps = gradnas_hparams(model)
+        try:
+            for name, values in metadata.get("scores", {}).items():
+                hps[name].importance = torch.tensor(values, dtype=torch.float64)
+            for name, kept in metadata.get("selection", {}).items():
+                hps[name].keep(kept)
+        except Exception:
+            self.revert(model, config, fresh)
+            raise
+        return model
+
+    def revert(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        for hp in gradnas_hparams(model).values():
+            _remove(hp)
+        return model
+
+    def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        hps = gradnas_hparams(model)
+        for hp in hps.values():
+            if hp.active != hp.n_units:
+                slice_structure(model, hp.structure, hp.kept)
+        for hp in hps.values():
+            _remove(hp)
+        return model
+
+
+def _remove(hp: StructuredHParam) -> None:
+    module: Any = hp.module
+    module._mm_teardown()
+    unswap_class(module)
+
+
+register_mode(GradNASDescriptor())

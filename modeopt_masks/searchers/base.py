@@ -1,0 +1,364 @@
+"""Base searcher: constraints, config sanitising, the cost model and the threshold search.
+
+A searcher turns per-hparam *sensitivities* (the normalised cost of keeping
+each choice, 0 for keeping everything) into one global threshold ``t``: every
+hparam keeps its smallest choice whose sensitivity is ``<= t``. The params
+(and FLOPs) of that selection fall as ``t`` grows, so the searcher bisects
+over the sorted candidate thresholds (the sensitivities themselves) for the
+smallest ``t`` that meets every constraint. Because the candidates are the
+sensitivity values, the search is exact and independent of the scale of the
+scores (no absolute tolerance), and ends after ``log2(#choices)`` steps. The
+budget left by the last threshold step (pruning one head can free much more
+than the target asks) is then refilled greedily, one choice at a time, so the
+result lands just under the target.
+
+Params are counted analytically (units x parameters per unit); FLOPs are
+measured once with ``torch.utils.flop_counter`` on ``dummy_input``, and only
+when a ``flops`` constraint is given.
+
+Example:
+    >>> from modeopt_masks.searchers.base import parse_constraints
+    >>> parse_constraints({"params": "70%"}, {"params": 1000.0})
+    {'params': 700.0}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..structured.hparam import StructuredHParam, gradnas_hparams
+from ..structured.scores import run_model, to_device
+
+CONSTRAINT_KINDS = ("params", "flops")
+
+
+@dataclass
+class SearchResult:
+    """What a search chose and why.
+
+    ``selection``: kept units per hparam; ``kept``: their indices; ``choices``:
+    allowed counts; ``scores``: importance per unit in original order;
+    ``constraints``: per kind ``{"target", "achieved", "original", "ratio"}``;
+    ``history``: one entry per search step (threshold and costs).
+
+    Example:
+        >>> from modeopt_masks.searchers import SearchResult
+        >>> r = SearchResult(selection={"a": 2}, kept={"a": [0, 3]})
+        >>> r.to_dict()["selection"]
+        {'a': 2}
+    """
+
+    selection: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, list[int]] = field(default_factory=dict)
+    choices: dict[str, list[int]] = field(default_factory=dict)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    sensitivities: dict[str, list[float]] = field(default_factory=dict)
+    constraints: dict[str, dict[str, float]] = field(default_factory=dict)
+    threshold: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    searcher: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of the result."""
+        return asdict(self)
+
+
+def parse_constraints(
+    constraints: Mapping[str, Any], original: Mapping[str, float]
+) -> dict[str, float]:
+    """``{"params": "70%" | 1.2e6, "flops": ...}`` -> absolute targets.
+
+    Example:
+        >>> parse_constraints({"flops": 5e6}, {"flops": 1e7})
+        {'flops': 5000000.0}
+    """
+    if not constraints:
+        raise ValueError(f"give at least one constraint; valid kinds: {list(CONSTRAINT_KINDS)}")
+    out = {}
+    for kind, value in constraints.items():
+        if kind not in CONSTRAINT_KINDS:
+            raise ValueError(f"unknown constraint {kind!r}; valid kinds: {list(CONSTRAINT_KINDS)}")
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.endswith("%"):
+                raise ValueError(f"constraint {kind}={value!r}: a string must be a percentage like '70%'")
+            try:
+                frac = float(text[:-1]) / 100.0
+            except ValueError:
+                raise ValueError(f"constraint {kind}={value!r} is not a percentage") from None
+            if not 0.0 < frac <= 1.0:
+                raise ValueError(f"constraint {kind}={value!r} must be in (0%, 100%]")
+            out[kind] = frac * original[kind]
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            out[kind] = float(value)
+        else:
+            raise ValueError(f"constraint {kind}={value!r}: expected a positive number or 'N%'")
+    return out
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of ``model`` (shared tensors once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+class CostModel:
+    """Params (exact, analytic) and FLOPs (measured once) of a selection.
+
+    Every sliced tensor (and every module's own FLOPs) scales with the product
+    of ``kept / n_units`` of the hparams that slice it: a layer between two
+    searched dimensions (``Linear -> Linear -> Linear``) shrinks on both sides,
+    so the count is exact, not a per-unit approximation.
+    """
+
+    def __init__(
+        self, model: nn.Module, hparams: Mapping[str, StructuredHParam], kinds: tuple[str, ...],
+        dummy_input: Any = None,
+    ) -> None:
+        self.n_units = {n: hp.n_units for n, hp in hparams.items()}
+        self.original: dict[str, float] = {"params": float(count_params(model))}
+        self.const: dict[str, float] = {}
+        self.terms: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        modules = dict(model.named_modules())
+        touched: dict[int, tuple[nn.Parameter, list[str]]] = {}
+        for n, hp in hparams.items():
+            for sl in hp.structure.slices:
+                tensor = getattr(modules[sl.module], sl.param, None)
+                if isinstance(tensor, nn.Parameter):
+                    touched.setdefault(id(tensor), (tensor, []))[1].append(n)
+        self.const["params"] = self.original["params"] - sum(t.numel() for t, _ in touched.values())
+        self.terms["params"] = []
+        for tensor, slicers in touched.values():
+            count = tensor.numel()
+            for n in slicers:
+                count //= self.n_units[n]
+            self.terms["params"].append((float(count), tuple(slicers)))
+        if "flops" in kinds:
+            if dummy_input is None:
+                raise ValueError("a 'flops' constraint needs dummy_input (one model input)")
+            total, per_module = measure_flops(model, dummy_input)
+            self.original["flops"] = float(total)
+            exclusive = dict(per_module)
+            for name, value in per_module.items():
+                parent = _parent_in(name, per_module)
+                if parent is not None:
+                    exclusive[parent] -= value
+            self.const["flops"] = float(total - per_module.get("", total))
+            self.terms["flops"] = []
+            for name, value in exclusive.items():
+                scaled_by = tuple(
+                    n for n, hp in hparams.items()
+                    if any(name == s or name.startswith(s + ".") for s in hp.structure.flop_scope)
+                )
+                if not scaled_by:
+                    self.const["flops"] += value
+                    continue
+                flops = float(value)
+                for n in scaled_by:
+                    flops /= self.n_units[n]
+                self.terms["flops"].append((flops, scaled_by))
+
+    def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
+        """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units."""
+        out = {}
+        for kind, terms in self.terms.items():
+            total = self.const[kind]
+            for base, names in terms:
+                for n in names:
+                    base *= counts[n]
+                total += base
+            out[kind] = total
+        return out
+
+
+def _parent_in(name: str, names: Mapping[str, Any]) -> str | None:
+    """The closest proper ancestor of ``name`` among ``names`` (``""`` is the root)."""
+    if name == "":
+        return None
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        cand = ".".join(parts[:i])
+        if cand in names:
+            return cand
+    return "" if "" in names else None
+
+
+def measure_flops(model: nn.Module, dummy_input: Any) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of one forward on ``dummy_input`` and FLOPs per module name."""
+    param = next(model.parameters(), None)
+    inputs = to_device(dummy_input, param.device) if param is not None else dummy_input
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run_model(model, inputs)
+    finally:
+        model.train(was_training)
+    per_module: dict[str, int] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        name = key.split(".", 1)[1] if "." in key else ""
+        per_module[name] = int(sum(ops.values()))
+    return int(counter.get_total_flops()), per_module
+
+
+class BaseSearcher:
+    """Shared search machinery; subclasses supply ``sensitivities`` and ``unit_orders``.
+
+    Example:
+        >>> from modeopt_masks.searchers import GradientBinarySearcher
+        >>> sorted(GradientBinarySearcher.default_config)[:3]
+        ['collect_func', 'data_loader', 'loss_func']
+    """
+
+    name = "base"
+    #: valid config keys and their defaults (``...`` marks a required key)
+    default_config: dict[str, Any] = {}
+
+    def sanitize_config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults filled in; unknown or missing required keys raise, naming the valid keys."""
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(self.default_config))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: unknown config key(s) {unknown}; valid keys: "
+                f"{sorted(self.default_config)}"
+            )
+        out = {**self.default_config, **config}
+        missing = sorted(k for k, v in out.items() if v is ...)
+        if missing:
+            raise ValueError(f"{type(self).__name__}: config needs {missing}")
+        return out
+
+    # -- subclass API -----------------------------------------------------------------------
+    def prepare(self, model: nn.Module, hparams: dict[str, StructuredHParam],
+                config: dict[str, Any]) -> None:
+        """Collect whatever the sensitivities need (scores, measurements)."""
+
+    def unit_orders(self, hparams: dict[str, StructuredHParam]) -> dict[str, torch.Tensor]:
+        """Units of each hparam from most to least important."""
+        return {n: hp.unit_order() for n, hp in hparams.items()}
+
+    def sensitivities(self, model: nn.Module, hparams: dict[str, StructuredHParam],
+                      orders: dict[str, torch.Tensor], config: dict[str, Any]
+                      ) -> dict[str, list[float]]:
+        """Per hparam, per choice: the cost of keeping only that many units (full: 0)."""
+        raise NotImplementedError
+
+    # -- the search -------------------------------------------------------------------------
+    @staticmethod
+    def _refill(counts: dict[str, int], choices: dict[str, list[int]],
+                sens: dict[str, list[float]], cost_model: CostModel,
+                targets: Mapping[str, float]) -> dict[str, int]:
+        """Spend the budget one threshold step leaves: grow, one choice at a time, the hparam
+        whose next choice recovers the most sensitivity, while every constraint still holds."""
+        counts = dict(counts)
+        blocked: set[str] = set()
+        while True:
+            best, best_gain = None, float("-inf")
+            for n, c in counts.items():
+                i = choices[n].index(c)
+                if n in blocked or i + 1 == len(choices[n]):
+                    continue
+                gain = sens[n][i] - sens[n][i + 1]
+                if gain > best_gain:
+                    best, best_gain = n, gain
+            if best is None:
+                return counts
+            trial = dict(counts)
+            trial[best] = choices[best][choices[best].index(counts[best]) + 1]
+            costs = cost_model.cost(trial)
+            if all(costs[k] <= targets[k] for k in targets):
+                counts = trial
+            else:
+                blocked.add(best)
+
+    def search(
+        self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> SearchResult:
+        """Score, bisect the global threshold, apply the selection; return the result."""
+        cfg = self.sanitize_config(config)
+        hparams = gradnas_hparams(model)
+        if not hparams:
+            raise ValueError("search needs a gradnas-converted model")
+        kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
+        for kind in constraints:
+            if kind not in CONSTRAINT_KINDS:
+                raise ValueError(f"unknown constraint {kind!r}; valid kinds: {list(CONSTRAINT_KINDS)}")
+        cost_model = CostModel(model, hparams, kinds, dummy_input)
+        targets = parse_constraints(constraints, cost_model.original)
+        choices = {n: hp.choices for n, hp in hparams.items()}
+
+        def counts_at(t: float) -> dict[str, int]:
+            return {
+                n: next(c for c, s in zip(choices[n], sens[n], strict=True)
+                        if s <= t or c == hparams[n].n_units)
+                for n in hparams
+            }
+
+        smallest = cost_model.cost({n: ch[0] for n, ch in choices.items()})
+        for kind, target in targets.items():
+            if smallest[kind] > target:
+                orig = cost_model.original[kind]
+                raise ValueError(
+                    f"the {kind} constraint {constraints[kind]!r} ({target:.6g}) cannot be met: the "
+                    f"smallest reachable {kind} with this config is {smallest[kind]:.6g} "
+                    f"({100 * smallest[kind] / orig:.2f}% of {orig:.6g}). Lower the ratios, "
+                    "switch more blocks on, or relax the constraint."
+                )
+        previous = {n: hp.kept for n, hp in hparams.items()}
+        try:
+            self.prepare(model, hparams, cfg)
+            orders = self.unit_orders(hparams)
+            sens = self.sensitivities(model, hparams, orders, cfg)
+        except Exception:
+            for n, hp in hparams.items():
+                hp.keep(previous[n])
+            raise
+        candidates = sorted({float("-inf")} | {s for v in sens.values() for s in v})
+        history: list[dict[str, float]] = []
+
+        def feasible(i: int) -> bool:
+            costs = cost_model.cost(counts_at(candidates[i]))
+            ok = all(costs[k] <= targets[k] for k in targets)
+            history.append({"threshold": candidates[i], **costs, "feasible": float(ok)})
+            return ok
+
+        lo, hi = 0, len(candidates) - 1  # hi is feasible (checked above)
+        if feasible(lo):
+            hi = lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if feasible(mid):
+                hi = mid
+            else:
+                lo = mid
+        threshold = candidates[hi]
+        counts = self._refill(counts_at(threshold), choices, sens, cost_model, targets)
+        for n, hp in hparams.items():
+            hp.keep(hp.top(counts[n], orders[n]))
+        achieved = cost_model.cost(counts)
+        return SearchResult(
+            selection=counts,
+            kept={n: hp.kept for n, hp in hparams.items()},
+            choices=choices,
+            scores={n: [float(v) for v in hp.importance] for n, hp in hparams.items()
+                    if hp.importance is not None},
+            sensitivities={n: [float(v) for v in s] for n, s in sens.items()},
+            constraints={
+                k: {"target": targets[k], "achieved": achieved[k],
+                    "original": cost_model.original[k],
+                    "ratio": achieved[k] / cost_model.original[k]}
+                for k in targets
+            },
+            threshold=threshold,
+            history=history,
+            searcher=self.name,
+        )

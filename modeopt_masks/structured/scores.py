@@ -1,0 +1,143 @@
+"""Gradient importance of heads and channels, collected through the unit masks.
+
+For each batch the loss is differentiated with respect to every unit mask only
+(``torch.autograd.grad``), so the model's parameter ``.grad`` fields are never
+touched and no weight gradients are computed. Scores (original unit order):
+
+* ``"gradnas"`` (default): ``sum over batches of (dL/dmask)^2``;
+* ``"michel"`` (Michel et al. 2019): ``mean over batches of |dL/dmask|``.
+
+Example:
+    >>> import torch, torch.nn as nn, modeopt_masks as mm
+    >>> from modeopt_masks.structured import collect_scores
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))
+    >>> net = mm.convert(net, "gradnas")
+    >>> data = [torch.randn(8, 4) for _ in range(3)]
+    >>> scores = collect_scores(net, data, loss_func=lambda out, batch: out.pow(2).mean(),
+    ...                         progress=False)
+    >>> scores["0"].shape, net[0].weight.grad is None
+    (torch.Size([6]), True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .hparam import gradnas_hparams
+
+ScoreType = Literal["gradnas", "michel"]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (dicts, lists, tuples) moved to ``device``.
+
+    A batch that is already there is returned as is (the same object).
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        moved = {k: to_device(v, device) for k, v in batch.items()}
+        if all(moved[k] is v for k, v in batch.items()):
+            return batch
+        return type(batch)(moved)  # type: ignore[call-arg]
+    if isinstance(batch, list | tuple) and not hasattr(batch, "_fields"):
+        items = [to_device(v, device) for v in batch]
+        if all(a is b for a, b in zip(items, batch, strict=True)):
+            return batch
+        return type(batch)(items)
+    return batch
+
+
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` on ``inputs``: ``**dict``, ``*tuple/list``, or a single argument."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, list | tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def default_loss(output: Any, batch: Any) -> torch.Tensor:
+    """``output.loss`` (HF models given labels) or a scalar output; otherwise a clear error."""
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if loss is None and isinstance(output, torch.Tensor) and output.numel() == 1:
+        loss = output
+    if loss is None:
+        raise ValueError(
+            "gradnas scoring needs a scalar loss: the model output has no `.loss` "
+            "(give the batch labels) and is not a scalar; pass loss_func=lambda output, batch: ..."
+        )
+    return loss
+
+
+def collect_scores(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    loss_func: Callable[[Any, Any], torch.Tensor] | None = None,
+    collect_func: Callable[[Any], Any] | None = None,
+    max_iter_data_loader: int | None = None,
+    score_type: ScoreType = "gradnas",
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Score every unit of a gradnas-converted model; sets and returns ``hp.importance``.
+
+    ``collect_func(batch)`` gives the model input (default: the batch itself,
+    dicts as keyword arguments); ``loss_func(output, batch)`` gives the loss
+    (default: ``output.loss``). The model runs in eval mode (no dropout noise)
+    and is put back in its previous mode; parameter ``.grad`` stays as found.
+    """
+    if score_type not in ("gradnas", "michel"):
+        raise ValueError(f"score_type must be 'gradnas' or 'michel', got {score_type!r}")
+    hps = gradnas_hparams(model)
+    if not hps:
+        raise ValueError("collect_scores needs a gradnas-converted model (mm.convert(model, 'gradnas'))")
+    loss_func = loss_func or default_loss
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    modules: list[Any] = [hp.module for hp in hps.values()]
+    masks = []
+    for m in modules:
+        mask = m._mm_unit_mask.detach().clone().requires_grad_(True)
+        m._mm_score_mask = mask
+        masks.append(mask)
+    sums = [torch.zeros(mask.numel(), dtype=torch.float64, device=mask.device) for mask in masks]
+    was_training = model.training
+    steps = 0
+    total = max_iter_data_loader
+    if total is None and hasattr(data_loader, "__len__"):
+        total = len(data_loader)  # type: ignore[arg-type]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for batch in tqdm(data_loader, total=total, desc="gradnas scores", disable=not progress):
+                if max_iter_data_loader is not None and steps >= max_iter_data_loader:
+                    break
+                batch = to_device(batch, device)
+                inputs = collect_func(batch) if collect_func is not None else batch
+                loss = loss_func(run_model(model, inputs), batch)
+                grads = torch.autograd.grad(loss, masks, allow_unused=True)
+                for acc, g in zip(sums, grads, strict=True):
+                    if g is None:
+                        continue
+                    g = g.detach().double()
+                    acc += g.square() if score_type == "gradnas" else g.abs()
+                steps += 1
+    finally:
+        for m in modules:
+            m._mm_score_mask = None
+        model.train(was_training)
+    if steps == 0:
+        raise ValueError("collect_scores: the data loader gave no batch")
+    out = {}
+    for (name, hp), acc in zip(hps.items(), sums, strict=True):
+        score = acc / steps if score_type == "michel" else acc
+        hp.importance = score
+        out[name] = score.cpu()
+    return out
