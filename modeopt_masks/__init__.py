@@ -40,6 +40,7 @@ from .mask_controls import (
     use_masks,
 )
 from .masking import ABLATIONS, MaskedLayer, MaskTechnique
+from .modes.gradnas import GradNASConfig, GradNASRule
 from .persistence import StateError, restore, save
 from .probing import (
     CircuitProbe,
@@ -55,8 +56,19 @@ from .probing import (
     nearest_centroid_accuracy,
     soft_nearest_neighbour_loss,
 )
+from .pruning import prune
 from .registry import ModeDescriptor, available_modes, get_mode, register_mode
 from .rules import ModeConfig, Rule
+from .searchers import (
+    BaseSearcher,
+    BinarySearcher,
+    GradientBinarySearcher,
+    SearchResult,
+    count_params,
+    get_searcher,
+    measure_flops,
+)
+from .structured import SUPPORTED_FAMILIES, StructuredHParam, collect_scores, gradnas_hparams
 from .training import DensityController, ExponentialSchedule, expected_density
 
 __version__ = "0.1.0"
@@ -72,6 +84,20 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "prune",
+    "BaseSearcher",
+    "BinarySearcher",
+    "GradientBinarySearcher",
+    "SearchResult",
+    "count_params",
+    "get_searcher",
+    "measure_flops",
+    "SUPPORTED_FAMILIES",
+    "StructuredHParam",
+    "collect_scores",
+    "gradnas_hparams",
+    "GradNASConfig",
+    "GradNASRule",
     "CircuitConfig",
     "CircuitModel",
     "ContSparseConv1d",

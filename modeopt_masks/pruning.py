@@ -11,7 +11,7 @@ then ``mm.save`` / ``mm.restore`` replay the conversion and the selection.
 and the searcher's options (``data_loader``, ``loss_func``, ...); each key goes
 where it belongs, and an unknown key names both sets of valid keys.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.pruning import prune
     >>> _ = torch.manual_seed(0)

@@ -13,7 +13,7 @@ whole KV group), ``"hf.mlp"`` (hidden channels), ``"nn.Linear"``,
 the producer's name). Rule fields: ``ratios`` (fractions of the units that may
 be kept; ``None``: every multiple of ``divisor``) and ``divisor``.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.structured import gradnas_hparams
     >>> _ = torch.manual_seed(0)
@@ -56,7 +56,7 @@ HF_KEYS: tuple[str, ...] = ("hf.attention", "hf.mlp")
 class GradNASRule(Rule):
     """Choices of one searchable dimension: ``ratios`` x ``divisor``.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.modes.gradnas import GradNASRule
         >>> GradNASRule(ratios=[0.5, 1.0], divisor=4).choices(12)
         [8, 12]
@@ -89,7 +89,7 @@ class GradNASRule(Rule):
 class GradNASConfig(ModeConfig):
     """Which heads / channels ``gradnas`` searches; output heads are off by default.
 
-    Example:
+    Examples:
         >>> import modeopt_masks as mm
         >>> cfg = mm.get_mode("gradnas").config_class.model_validate(
         ...     {"hf.attention": {"*": {"divisor": 2}, "*layer.0.*": None}})
@@ -144,7 +144,7 @@ class GradNASDescriptor(ModeDescriptor):
 
     name = "gradnas"
     config_class = GradNASConfig
-    next_modes: tuple[str, ...] = ()
+    next_modes = ()
     search_algorithm = "gradient_binary"
 
     def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:

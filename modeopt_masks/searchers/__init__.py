@@ -1,6 +1,6 @@
 """Search algorithms for structured modes: a base, a binary and a gradient binary searcher.
 
-Example:
+Examples:
     >>> from modeopt_masks.searchers import get_searcher
     >>> type(get_searcher("gradient_binary")).__name__
     'GradientBinarySearcher'

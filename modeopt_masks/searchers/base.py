@@ -16,7 +16,7 @@ Params are counted analytically (units x parameters per unit); FLOPs are
 measured once with ``torch.utils.flop_counter`` on ``dummy_input``, and only
 when a ``flops`` constraint is given.
 
-Example:
+Examples:
     >>> from modeopt_masks.searchers.base import parse_constraints
     >>> parse_constraints({"params": "70%"}, {"params": 1000.0})
     {'params': 700.0}
@@ -47,7 +47,7 @@ class SearchResult:
     ``constraints``: per kind ``{"target", "achieved", "original", "ratio"}``;
     ``history``: one entry per search step (threshold and costs).
 
-    Example:
+    Examples:
         >>> from modeopt_masks.searchers import SearchResult
         >>> r = SearchResult(selection={"a": 2}, kept={"a": [0, 3]})
         >>> r.to_dict()["selection"]
@@ -74,7 +74,7 @@ def parse_constraints(
 ) -> dict[str, float]:
     """``{"params": "70%" | 1.2e6, "flops": ...}`` -> absolute targets.
 
-    Example:
+    Examples:
         >>> parse_constraints({"flops": 5e6}, {"flops": 1e7})
         {'flops': 5000000.0}
     """
@@ -211,7 +211,7 @@ def measure_flops(model: nn.Module, dummy_input: Any) -> tuple[int, dict[str, in
 class BaseSearcher:
     """Shared search machinery; subclasses supply ``sensitivities`` and ``unit_orders``.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
         >>> sorted(GradientBinarySearcher.default_config)[:3]
         ['collect_func', 'data_loader', 'loss_func']

@@ -7,7 +7,7 @@ scores, otherwise by the L2 norm of the consumer's input weights) and
 The sensitivity is the relative drop ``(base - score) / |base|``. Cost: one
 ``score_func`` call per choice, so keep ``ratios`` short on large models.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.pruning import prune
     >>> _ = torch.manual_seed(0)
@@ -50,7 +50,7 @@ class BinarySearcher(BaseSearcher):
     Config: ``score_func`` (required; ``model -> float``, higher is better),
     ``progress``.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.searchers import BinarySearcher
         >>> try:
         ...     BinarySearcher().sanitize_config({})

@@ -8,7 +8,7 @@ the default: each layer's scores sum to 1) or per kind over the whole model
 normalised score of the units pruned, so the selection does not depend on the
 loss scale.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.pruning import prune
     >>> _ = torch.manual_seed(0)
@@ -41,7 +41,7 @@ class GradientBinarySearcher(BaseSearcher):
     ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"layer"`` |
     ``"global"``), ``rescore``, ``progress``.
 
-    Example:
+    Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
         >>> GradientBinarySearcher().sanitize_config({"data_loader": []})["score_type"]
         'gradnas'

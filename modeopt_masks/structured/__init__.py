@@ -1,6 +1,6 @@
 """Structured (head / channel) hparams for gradnas: structures, plugin table, masks, scores.
 
-Example:
+Examples:
     >>> from modeopt_masks.structured import SUPPORTED_FAMILIES
     >>> "GPT-NeoX" in SUPPORTED_FAMILIES
     True

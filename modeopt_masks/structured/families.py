@@ -10,7 +10,7 @@ Supported attention families (:data:`SUPPORTED_FAMILIES`): BERT/RoBERTa/ELECTRA
 attention: the unit is a whole KV group, so the exported model keeps
 ``num_key_value_groups``), ViT (transformers 5 names).
 
-Example:
+Examples:
     >>> import transformers as tf
     >>> from modeopt_masks.structured.families import attention_structure
     >>> cfg = tf.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=1,

@@ -11,7 +11,7 @@ No ``head_mask`` argument is needed, so this works on transformers 5.
 ``importance`` (scores in original unit order), ``active`` (units kept) and
 ``kept`` (which units).
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.structured import gradnas_hparams
     >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -91,7 +91,7 @@ class UnitMasked:
 class StructuredHParam:
     """One searchable dimension of a converted model (a view on its masked consumer module).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.structured import gradnas_hparams
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 1)),

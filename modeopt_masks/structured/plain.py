@@ -6,7 +6,7 @@ dropout, batch norm, identity) and then a consumer of the same kind has
 searchable output channels. The mask sits on the consumer's input; export
 slices the producer's outputs, the batch norms and the consumer's inputs.
 
-Example:
+Examples:
     >>> import torch.nn as nn
     >>> from modeopt_masks.structured.plain import plain_structures
     >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))

@@ -7,7 +7,7 @@ touched and no weight gradients are computed. Scores (original unit order):
 * ``"gradnas"`` (default): ``sum over batches of (dL/dmask)^2``;
 * ``"michel"`` (Michel et al. 2019): ``mean over batches of |dL/dmask|``.
 
-Example:
+Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.structured import collect_scores
     >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))

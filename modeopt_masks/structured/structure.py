@@ -7,7 +7,7 @@ re-derived on a fresh model. Family plugins (:mod:`.families`) and the plain
 structure finder (:mod:`.plain`) build them; :func:`slice_structure` applies an
 export.
 
-Example:
+Examples:
     >>> import torch.nn as nn
     >>> from modeopt_masks.structured.structure import Slice, Structure, slice_structure
     >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
