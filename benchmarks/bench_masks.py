@@ -4,7 +4,8 @@ Workload (issue 2): 4-layer BERT and GPT-2, hidden 256, batch 16 x 128, 2 thread
 * train: a masked training step (masks on every linear layer, base frozen, Adam on
   the masks) vs a full fine-tuning step of the plain model (Adam on all weights);
 * eval: masked eval forward (cached hard masks) vs plain eval forward;
-* memory: peak RSS of each training loop, each in a fresh process.
+* memory: per variant, in a fresh process, the peak RSS a training step adds on top
+  of the resident state, plus that state (parameters, gradients, optimiser state).
 
 Run: ``python -m benchmarks.bench_masks [--quick]``.
 """
@@ -19,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 import modeopt_masks as mm
-from benchmarks.common import current_rss_mb, interleaved_ratio, peak_rss_mb, run_isolated
+from benchmarks.common import (
+    current_rss_mb,
+    interleaved_ratio,
+    peak_rss_mb,
+    reset_peak_rss,
+    run_isolated,
+)
 
 HIDDEN, LAYERS, HEADS, VOCAB = 256, 4, 4, 1000
 
@@ -81,7 +88,6 @@ def _masked(model, key: str):
 def memory_probe(family: str, variant: str, quick: str) -> dict:
     """Peak RSS of a few training steps of one variant (run in a fresh process)."""
     torch.set_num_threads(2)
-    baseline = current_rss_mb()  # after imports: what the workload itself adds is measured
     model, ids, key = build(family, quick == "1")
     if variant == "masked":
         model = _masked(model, key).train()
@@ -89,9 +95,27 @@ def memory_probe(family: str, variant: str, quick: str) -> dict:
         model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
     step = _train_step(model, ids, opt, 1e-8 if variant == "masked" else 0.0)
+    step()  # optimiser state exists from here on
+    baseline = current_rss_mb()
+    reset_peak_rss()  # measure the steps alone, not the imports
     for _ in range(3):
         step()
-    return {"peak_rss_mb": peak_rss_mb() - baseline}
+    return {"peak_rss_mb": peak_rss_mb() - baseline + _state_mb(model, opt)}
+
+
+def _state_mb(model, opt) -> float:
+    """Parameters + gradients + optimiser state resident across steps, in MiB."""
+    tensors = list(model.parameters()) + [
+        t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)
+    ]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += list(model.buffers())
+    seen, total = set(), 0
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total / 2**20
 
 
 def run(quick: bool = False) -> dict:

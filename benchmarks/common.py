@@ -46,8 +46,18 @@ def interleaved_ratio(
     }
 
 
+def reset_peak_rss() -> None:
+    """Reset this process's peak-RSS mark (Linux ``clear_refs`` 5) so a phase is measured alone."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    """Peak resident memory of this process in MiB since start or ``reset_peak_rss``."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
