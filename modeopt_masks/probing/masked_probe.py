@@ -28,7 +28,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..conversion import convert
 from ..mask_controls import l0_loss, l0_stats, masked_modules
-from .mask_plan import MaskMethod, mask_mode_spec
+from ..targets import MaskMethod
+from .mask_plan import mask_mode_spec
 from .residual_update_model import (
     ResidualUpdateModel,
     ResidualUpdateModelConfig,
