@@ -47,7 +47,7 @@ from .mask_controls import (
     set_temperature,
     use_masks,
 )
-from .masking import ABLATIONS, MaskTechnique
+from .masking import ABLATIONS, hard_masks
 from .registry import get_mode
 from .targets import MaskMethod, resolve_targets, target_rules
 
@@ -219,11 +219,9 @@ class CircuitModel(nn.Module):
         """
         return resolve_targets(model, targets)
 
-    # -- train / forward -------------------------------------------------------------------
-    def train(self, mode: bool = True) -> CircuitModel:
-        """Set train/eval mode; with ``freeze_base`` the base stays in eval, masks follow ``mode``."""
-        return super().train(mode)  # the wrapped model's FrozenBase root handles freeze_base
-
+    # -- forward -------------------------------------------------------------------------
+    # (no ``train`` override: with ``freeze_base`` the wrapped model's root, converted by
+    # the mask mode, keeps the base in eval while the masks follow ``.train(mode)``)
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model; in training with ``add_l0`` add the L0 term to its loss."""
         output = self.wrapped_model(*args, **kwargs)
@@ -254,15 +252,8 @@ class CircuitModel(nn.Module):
         Counts are hard (eval masks) whatever the train state, as in NeuroSurgeon;
         nothing else about the model's state changes.
         """
-        techniques = [m for m in self.wrapped_model.modules() if isinstance(m, MaskTechnique)]
-        states = [t.training for t in techniques]
-        try:
-            for t in techniques:
-                t.training = False
+        with hard_masks(self.wrapped_model):
             return l0_stats(self.wrapped_model)
-        finally:
-            for t, state in zip(techniques, states, strict=True):
-                t.training = state
 
     @property
     def temperature(self) -> float | None:

@@ -25,6 +25,8 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -89,6 +91,34 @@ class MaskTechnique(nn.Module):
     def extra_repr(self) -> str:
         temp = f", temperature={self.temperature:g}" if self.has_temperature else ""
         return f"shape={self.shape}{temp}"
+
+
+@contextmanager
+def hard_masks(module: nn.Module) -> Iterator[None]:
+    """Every :class:`MaskTechnique` under ``module`` in eval (hard masks) inside the block.
+
+    Only the techniques' own ``training`` flags change, and they are put back
+    afterwards; the rest of the model keeps its train/eval state.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.masking import hard_masks
+        >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "continuous_sparsification")
+        >>> with hard_masks(net):
+        ...     net[0].weight_mask.training
+        False
+        >>> net[0].weight_mask.training
+        True
+    """
+    techniques = [m for m in module.modules() if isinstance(m, MaskTechnique)]
+    states = [t.training for t in techniques]
+    try:
+        for t in techniques:
+            t.training = False
+        yield
+    finally:
+        for t, state in zip(techniques, states, strict=True):
+            t.training = state
 
 
 class MaskedLayer:

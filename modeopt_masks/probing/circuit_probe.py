@@ -81,8 +81,7 @@ class CircuitProbe(MaskedProbe):
         self.probe: nn.Module | None = None
         if config.objective == "linear":
             assert config.n_classes is not None
-            device = next(iter(model.parameters()), torch.zeros(())).device
-            self.probe = nn.Linear(self.hidden_size, config.n_classes).to(device)
+            self.probe = nn.Linear(self.hidden_size, config.n_classes).to(self._device())
 
     def forward(
         self,
@@ -106,7 +105,5 @@ class CircuitProbe(MaskedProbe):
                 loss = soft_nearest_neighbour_loss(
                     chosen, chosen_labels, self.config.snn_temperature
                 )
-            l0 = self.l0_term()
-            if l0 is not None:
-                loss = loss + l0.to(loss.device)
+            loss = self._with_l0(loss)
         return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)

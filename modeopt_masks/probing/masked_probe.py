@@ -28,6 +28,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..conversion import convert
 from ..mask_controls import l0_loss, l0_stats, masked_modules
+from ..masking import hard_masks
 from ..targets import MaskMethod
 from .mask_plan import mask_mode_spec
 from .residual_update_model import (
@@ -154,11 +155,23 @@ class MaskedProbe(nn.Module):
             return None
         return self.config.l0_lambda * l0_loss(self.model)
 
+    def _with_l0(self, loss: torch.Tensor) -> torch.Tensor:
+        l0 = self.l0_term()
+        return loss if l0 is None else loss + l0.to(loss.device)
+
+    def _device(self) -> torch.device:
+        return next(iter(self.model.parameters()), torch.zeros(())).device
+
     def compute_l0_statistics(self) -> dict:
-        """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the masks."""
+        """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the hard circuit.
+
+        Counts are hard (eval masks) whatever the train state, as in
+        :meth:`CircuitModel.compute_l0_statistics <modeopt_masks.circuit.CircuitModel.compute_l0_statistics>`.
+        """
         if not masked_modules(self.model):
             raise ValueError("this probe has no masked layers (target_layers is empty)")
-        return l0_stats(self.model)
+        with hard_masks(self.model):
+            return l0_stats(self.model)
 
     # -- the probed vectors -----------------------------------------------------------------
     def _run(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:

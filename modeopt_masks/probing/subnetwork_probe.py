@@ -66,7 +66,6 @@ class SubnetworkProbe(MaskedProbe):
             config = SubnetworkProbeConfig.model_validate(config)
         super().__init__(config, model)
         size, n = self.hidden_size, config.n_classes
-        device = next(iter(model.parameters()), torch.zeros(())).device
         if config.intermediate_size is None:
             self.probe: nn.Module = nn.Linear(size, n)
         else:
@@ -74,7 +73,7 @@ class SubnetworkProbe(MaskedProbe):
                 nn.Linear(size, config.intermediate_size), nn.ReLU(),
                 nn.Linear(config.intermediate_size, n),
             )
-        self.probe.to(device)
+        self.probe.to(self._device())
 
     def forward(
         self,
@@ -97,7 +96,5 @@ class SubnetworkProbe(MaskedProbe):
             loss = F.cross_entropy(
                 selected.float(), chosen_labels.long(), ignore_index=IGNORE_INDEX
             )
-            l0 = self.l0_term()
-            if l0 is not None:
-                loss = loss + l0.to(loss.device)
+            loss = self._with_l0(loss)
         return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)

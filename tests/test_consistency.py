@@ -1,0 +1,28 @@
+"""The circuit and probing interfaces behave alike where they offer the same thing."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from modeopt_masks.circuit import CircuitConfig, CircuitModel
+from modeopt_masks.probing import CircuitProbe
+
+
+def _gpt() -> transformers.GPT2Model:
+    torch.manual_seed(0)
+    return transformers.GPT2Model(transformers.GPT2Config(
+        n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=8))
+
+
+def test_l0_statistics_are_hard_counts_in_training_for_circuits_and_probes():
+    hparams = {"mask_init_value": 0.5}  # soft mask sigmoid(0.5) in training, all kept in eval
+    probe = CircuitProbe({"probe_vector": "mlp_update_0", "target_layers": ["h.0.mlp.c_fc"],
+                          "mask_hparams": hparams}, _gpt())
+    circuit = CircuitModel(CircuitConfig(target_layers=["h.0.mlp.c_fc"], mask_hparams=hparams),
+                           _gpt())
+    for owner, model in ((probe, probe.model), (circuit, circuit.wrapped_model)):
+        owner.train()
+        stats = owner.compute_l0_statistics()
+        assert stats["total_l0"] == stats["max_l0"] == 16 * 64
+        assert model.h[0].mlp.c_fc.weight_mask.training  # the masks were put back in training
