@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .conversion import convert, export
 from .mask_controls import (
@@ -49,6 +49,7 @@ from .mask_controls import (
 )
 from .masking import ABLATIONS, hard_masks
 from .registry import get_mode
+from .rules import StrictModel
 from .targets import MaskMethod, resolve_targets, target_rules
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def _mode_fields(method: str) -> tuple[set[str], set[str]]:
     return set(cls.rule_class.model_fields), options
 
 
-class CircuitConfig(BaseModel):
+class CircuitConfig(StrictModel):
     """How :class:`CircuitModel` masks a model (NeuroSurgeon's ``CircuitConfig``).
 
     * ``mask_method``: ``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning``.
@@ -93,7 +94,7 @@ class CircuitConfig(BaseModel):
         True
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True)
 
     mask_method: MaskMethod = "continuous_sparsification"
     mask_hparams: dict[str, Any] = Field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 
@@ -26,3 +27,14 @@ def test_l0_statistics_are_hard_counts_in_training_for_circuits_and_probes():
         stats = owner.compute_l0_statistics()
         assert stats["total_l0"] == stats["max_l0"] == 16 * 64
         assert model.h[0].mlp.c_fc.weight_mask.training  # the masks were put back in training
+
+
+def test_every_config_names_the_valid_fields_of_a_misspelt_one():
+    from modeopt_masks.probing import ResidualUpdateModelConfig, SubnetworkProbeConfig
+
+    with pytest.raises(ValueError, match=r"\['l0_lamda'\].*valid fields.*'l0_lambda'"):
+        CircuitConfig(target_layers=["x"], l0_lamda=1.0)
+    with pytest.raises(ValueError, match=r"valid fields.*'probe_activations'.*'target_layers'"):
+        SubnetworkProbeConfig(probe_vector="mlp_update_0", n_classes=2, target_layer=["x"])
+    with pytest.raises(ValueError, match=r"valid fields.*'stream'"):
+        ResidualUpdateModelConfig(target_layers=[0], streams=True)

@@ -24,24 +24,21 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
 from ..conversion import convert
 from ..mask_controls import l0_loss, l0_stats, masked_modules
 from ..masking import hard_masks
+from ..rules import StrictModel
 from ..targets import MaskMethod
 from .mask_plan import mask_mode_spec
-from .residual_update_model import (
-    ResidualUpdateModel,
-    ResidualUpdateModelConfig,
-    reject_unknown_fields,
-)
+from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
 
 IGNORE_INDEX = -100
 _VECTOR = re.compile(r"^(attn|mlp)_(update|stream)_(\d+)$")
 
 
-class MaskedProbeConfig(BaseModel):
+class MaskedProbeConfig(StrictModel):
     """Shared probe settings (see the module docstring).
 
     ``target_layers``: exact names or globs of the modules to mask (``[]``: no
@@ -52,7 +49,7 @@ class MaskedProbeConfig(BaseModel):
     probed vector's size, read from the model's config when ``None``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     #: NeuroSurgeon's names ``probe_vectors`` / ``probe_activations`` are accepted too.
     probe_vector: str = Field(
@@ -67,11 +64,6 @@ class MaskedProbeConfig(BaseModel):
     labeling: Literal["sequence", "token"] = "sequence"
     model_type: str | None = None
     hidden_size: int | None = Field(None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown(cls, data: Any) -> Any:
-        return reject_unknown_fields(cls, data)
 
     @field_validator("probe_vector")
     @classmethod
