@@ -47,7 +47,7 @@ from .mask_controls import (
     set_temperature,
     use_masks,
 )
-from .masking import ABLATIONS, hard_masks
+from .masking import check_ablation, hard_masks
 from .registry import get_mode
 from .rules import StrictModel
 from .targets import MaskMethod, resolve_targets, target_rules
@@ -122,9 +122,7 @@ class CircuitConfig(StrictModel):
                 f"mask_hparams {unknown} are not valid for {self.mask_method!r}; "
                 f"valid keys: {sorted(valid)}"
             )
-        ablation = self.mask_hparams.get("ablation", "none")
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+        check_ablation(self.mask_hparams.get("ablation", "none"))
         try:  # the values (ranges, types) of the rule fields and options
             get_mode(self.mask_method).config_class.rule_class.model_validate(self.rule_fields())
             self.mode_config()

@@ -35,7 +35,7 @@ import torch.nn as nn
 from .conversion import convert
 from .dynamic import is_dynamic
 from .layer_kinds import LAYER_KINDS, kind_of
-from .masking import ABLATIONS, MaskedLayer, MaskTechnique
+from .masking import MaskedLayer, MaskTechnique, check_ablation
 from .modes.continuous_sparsification import ContinuousSparsificationMask
 from .modes.hard_concrete import HardConcreteMask
 from .modes.magnitude_pruning import MagnitudeMask
@@ -138,9 +138,7 @@ class _MaskLayerBase(metaclass=_MaskLayerName):
             raise ValueError(
                 f"this {type(layer).__name__} is already converted; mm.unconvert or mm.export it first"
             )
-        ablation = rule_fields.pop("ablation", "none")
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+        ablation = check_ablation(rule_fields.pop("ablation", "none"))
         convert(layer, (cls._mode, {kind.key: rule_fields}))
         assert isinstance(layer, MaskedLayer)
         layer.set_ablation(ablation)

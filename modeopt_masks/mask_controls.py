@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 import torch
 import torch.nn as nn
 
-from .masking import ABLATIONS, MaskedLayer
+from .masking import MaskedLayer, check_ablation
 
 
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
@@ -136,8 +136,7 @@ def set_ablation(
         >>> int((net[0].effective_weight() == 0).sum())  # the other half is removed
         8
     """
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+    check_ablation(ablation)
     for layer in _select(model, names).values():
         layer.set_ablation(ablation, force_resample=force_resample)
 

@@ -42,6 +42,25 @@ ABLATIONS: tuple[str, ...] = (
     "randomly_sampled",
     "complement_sampled",
 )
+#: the ablations that use random draws (redrawn by ``force_resample``; the others are
+#: functions of the masks).
+DRAWN_ABLATIONS: tuple[str, ...] = ("random_ablate", "randomly_sampled", "complement_sampled")
+
+
+def check_ablation(ablation: str) -> str:
+    """``ablation`` if it is one of ``ABLATIONS``, else a ``ValueError`` naming them.
+
+    Examples:
+        >>> from modeopt_masks.masking import check_ablation
+        >>> try:
+        ...     check_ablation("zero")
+        ... except ValueError as e:
+        ...     print(e)
+        unknown ablation 'zero'; choose one of ['none', 'zero_ablate', 'random_ablate', 'randomly_sampled', 'complement_sampled']
+    """
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+    return ablation
 
 
 class MaskTechnique(nn.Module):
@@ -170,9 +189,7 @@ class MaskedLayer:
 
     def set_ablation(self, ablation: str, force_resample: bool = False) -> None:
         """Choose the ablation mode; ``force_resample`` redraws sampled/random tensors."""
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
-        self._mm_ablation = ablation
+        self._mm_ablation = check_ablation(ablation)
         if force_resample:
             self._mm_sampled.clear()
             self._mm_random.clear()

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..mask_controls import set_ablation
+from ..masking import DRAWN_ABLATIONS
 
 
 @torch.no_grad()
@@ -113,8 +114,7 @@ def compare_ablations(
     results: dict[str, list[float]] = {}
     try:
         for ablation in ("none", *ablations):
-            draws = n_samples if ablation in ("randomly_sampled", "complement_sampled",
-                                              "random_ablate") else 1
+            draws = n_samples if ablation in DRAWN_ABLATIONS else 1
             scores = []
             for k in range(draws):
                 torch.manual_seed(seed + k)
