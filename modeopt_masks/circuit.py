@@ -55,14 +55,13 @@ from .targets import MaskMethod, resolve_targets, target_rules
 if TYPE_CHECKING:
     from .training import DensityController
 
-_NOT_OPTIONS = ("rules", "user_keys", "freeze_base")
 _WRAPPED = "wrapped_model"
 
 
 def _mode_fields(method: str) -> tuple[set[str], set[str]]:
     """(rule fields, global option fields) of a mask mode's config."""
     cls = get_mode(method).config_class
-    options = {k for k in cls.model_fields if k not in _NOT_OPTIONS}
+    options = set(cls.option_names()) - {"freeze_base"}  # a CircuitConfig field of its own
     return set(cls.rule_class.model_fields), options
 
 

@@ -120,6 +120,17 @@ class ModeConfig(BaseModel):
     user_keys: frozenset[str] = Field(default=frozenset(), exclude=True)
 
     @classmethod
+    def option_names(cls) -> list[str]:
+        """The mode's global options (its fields other than the rules), sorted.
+
+        Examples:
+            >>> import modeopt_masks as mm
+            >>> mm.get_mode("magnitude_pruning").config_class.option_names()
+            ['freeze_base', 'scope']
+        """
+        return sorted(k for k in cls.model_fields if k not in ("rules", "user_keys"))
+
+    @classmethod
     def default_rules(cls) -> dict[str, Any]:
         """Default spec: every layer kind on, output heads off."""
         spec: dict[str, Any] = {"*": {}}
@@ -135,7 +146,8 @@ class ModeConfig(BaseModel):
             data = {}
         if not isinstance(data, dict):
             raise ValueError(f"a {cls.__name__} is a dict of type keys and options, got {data!r}")
-        options = {k: v for k, v in data.items() if k in cls.model_fields and k not in ("rules", "user_keys")}
+        option_names = cls.option_names()
+        options = {k: v for k, v in data.items() if k in option_names}
         given = dict(data.get("rules") or {})
         for key, value in data.items():
             if key in cls.model_fields:
@@ -143,8 +155,7 @@ class ModeConfig(BaseModel):
             if key not in cls.layer_keys:
                 raise ValueError(
                     f"unknown key {key!r} for {cls.__name__}; valid type keys: "
-                    f"{list(cls.layer_keys)}; valid options: "
-                    f"{sorted(k for k in cls.model_fields if k not in ('rules', 'user_keys'))}"
+                    f"{list(cls.layer_keys)}; valid options: {option_names}"
                 )
             given[key] = value
         for key in given:
