@@ -111,11 +111,19 @@ def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] |
 
 
 def get_temperature(model: nn.Module) -> float:
-    """The masks' temperature; an error if the layers disagree or none has one."""
+    """The masks' temperature; an error if the layers disagree or none has one.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> mm.get_temperature(mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete"))
+        0.6666666666666666
+    """
     values = {
         t.temperature for layer in _select(model, None).values()
         for _, t in layer._mask_modules() if t.has_temperature
     }
+    if not values:
+        raise ValueError("none of the masks has a temperature (magnitude_pruning masks are fixed)")
     if len(values) != 1:
         raise ValueError(f"masks have no single temperature: {sorted(values)}")
     return values.pop()

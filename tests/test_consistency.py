@@ -38,3 +38,13 @@ def test_every_config_names_the_valid_fields_of_a_misspelt_one():
         SubnetworkProbeConfig(probe_vector="mlp_update_0", n_classes=2, target_layer=["x"])
     with pytest.raises(ValueError, match=r"valid fields.*'stream'"):
         ResidualUpdateModelConfig(target_layers=[0], streams=True)
+
+
+def test_get_temperature_says_why_when_no_mask_has_one():
+    import torch.nn as nn
+
+    import modeopt_masks as mm
+
+    net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning")
+    with pytest.raises(ValueError, match="none of the masks has a temperature"):
+        mm.get_temperature(net)

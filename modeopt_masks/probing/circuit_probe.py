@@ -70,6 +70,16 @@ class CircuitProbe(MaskedProbe):
     ``forward`` returns :class:`ProbeOutput`: ``loss`` (with ``l0_lambda * L0``
     in training), ``hidden_states`` (the selected vectors ``[n, hidden]``),
     ``labels`` and, for the linear objective, ``logits``.
+
+    Examples:
+        >>> import transformers
+        >>> from modeopt_masks.probing import CircuitProbe
+        >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
+        ...     n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=8))
+        >>> cp = CircuitProbe({"probe_vector": "mlp_stream_0", "target_layers": ["h.0.attn.c_attn"],
+        ...                    "mask_hparams": {"mask_init_value": 1.0}}, gpt)
+        >>> cp.compute_l0_statistics()["layer2l0"]
+        {'h.0.attn.c_attn': 768.0}
     """
 
     config: CircuitProbeConfig

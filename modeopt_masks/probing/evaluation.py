@@ -27,7 +27,21 @@ def collect_vectors(
     probe: nn.Module, batches: Iterable[dict[str, Any]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``probe`` (eval mode, no grad) over ``batches`` (dicts of forward kwargs with
-    ``labels``) and return the selected vectors ``[n, hidden]`` and labels ``[n]``."""
+    ``labels``) and return the selected vectors ``[n, hidden]`` and labels ``[n]``.
+
+    ``probe`` is any module whose output has ``hidden_states`` and ``labels``
+    (a :class:`~modeopt_masks.probing.ProbeOutput`, or a dict).
+
+    Examples:
+        >>> import torch, torch.nn as nn
+        >>> from modeopt_masks.probing import ProbeOutput, collect_vectors
+        >>> class Identity(nn.Module):
+        ...     def forward(self, x, labels):
+        ...         return ProbeOutput(hidden_states=x, labels=labels)
+        >>> x, y = collect_vectors(Identity(), [{"x": torch.ones(2, 3), "labels": torch.tensor([0, 1])}] * 2)
+        >>> tuple(x.shape), y.tolist()
+        ((4, 3), [0, 1, 0, 1])
+    """
     was_training = probe.training
     probe.eval()
     xs, ys = [], []
@@ -54,7 +68,15 @@ def nearest_centroid_accuracy(
     test_y: torch.Tensor | None = None,
 ) -> float:
     """Accuracy of assigning each test vector the label of the most cosine-similar class
-    centroid of the training vectors (train = test when no test set is given)."""
+    centroid of the training vectors (train = test when no test set is given).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.probing import nearest_centroid_accuracy
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+        >>> nearest_centroid_accuracy(x, y, torch.tensor([[0.9, 0.2], [0.8, 0.1]]), torch.tensor([0, 1]))
+        0.5
+    """
     if test_x is None or test_y is None:
         test_x, test_y = train_x, train_y
     classes = torch.unique(train_y)
@@ -73,7 +95,15 @@ def knn_accuracy(
     k: int = 1,
 ) -> float:
     """Majority vote of the ``k`` most cosine-similar training vectors; without a test set,
-    leave-one-out on the training set."""
+    leave-one-out on the training set.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.probing import knn_accuracy
+        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> knn_accuracy(x, torch.tensor([0, 1, 1, 1]), k=1)  # leave-one-out: 0 and 1 disagree
+        0.5
+    """
     leave_one_out = test_x is None or test_y is None
     if leave_one_out:
         test_x, test_y = train_x, train_y

@@ -57,6 +57,17 @@ class SubnetworkProbe(MaskedProbe):
     ``[batch, seq, n_classes]`` (every position) for token labelling; the loss is
     the cross-entropy over the labelled positions, plus ``l0_lambda * L0`` in
     training. Train ``[p for p in probe.parameters() if p.requires_grad]``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> from modeopt_masks.probing import SubnetworkProbe
+        >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
+        ...     n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=8))
+        >>> probe = SubnetworkProbe({"probe_vector": "attn_update_0", "n_classes": 2}, gpt)
+        >>> out = probe(input_ids=torch.tensor([[1, 2]]), labels=torch.tensor([1]),
+        ...             token_mask=torch.tensor([[False, True]]))
+        >>> tuple(out.logits.shape), [n for n, p in probe.named_parameters() if p.requires_grad]
+        ((1, 2), ['probe.weight', 'probe.bias'])
     """
 
     config: SubnetworkProbeConfig
