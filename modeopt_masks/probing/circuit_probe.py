@@ -26,7 +26,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from .masked_probe import MaskedProbe, MaskedProbeConfig
-from .probe_output import ProbeOutput
 from .snn_loss import soft_nearest_neighbour_loss
 
 
@@ -93,27 +92,19 @@ class CircuitProbe(MaskedProbe):
             assert config.n_classes is not None
             self.probe = nn.Linear(self.hidden_size, config.n_classes).to(self._device())
 
-    def forward(
+    def _score(
         self,
-        input_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> ProbeOutput:
-        """Run the model and score ``probe_vector`` against ``labels``."""
-        vectors = self._run(input_ids, kwargs)
-        chosen, chosen_labels, _ = self.select(vectors, labels, token_mask)
+        vectors: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         logits = None
         if self.probe is not None:
             dtype = next(self.probe.parameters()).dtype
             logits = self.probe(chosen.to(dtype))
-        loss = None
-        if chosen_labels is not None:
-            if logits is not None:
-                loss = F.cross_entropy(logits.float(), chosen_labels.long())
-            else:
-                loss = soft_nearest_neighbour_loss(
-                    chosen, chosen_labels, self.config.snn_temperature
-                )
-            loss = self._with_l0(loss)
-        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+        if labels is None:
+            return None, logits
+        if logits is not None:
+            return F.cross_entropy(logits.float(), labels.long()), logits
+        return soft_nearest_neighbour_loss(chosen, labels, self.config.snn_temperature), None

@@ -32,6 +32,7 @@ from ..masking import hard_masks
 from ..rules import StrictModel
 from ..targets import MaskMethod
 from .mask_plan import mask_mode_spec
+from .probe_output import ProbeOutput
 from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
 
 IGNORE_INDEX = -100
@@ -164,6 +165,36 @@ class MaskedProbe(nn.Module):
             raise ValueError("this probe has no masked layers (target_layers is empty)")
         with hard_masks(self.model):
             return l0_stats(self.model)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> ProbeOutput:
+        """Run the model and score ``probe_vector`` (``labels``/``token_mask``: module doc).
+
+        The loss (with ``labels``) is the subclass's objective plus, in training,
+        ``l0_lambda * L0``.
+        """
+        vectors = self._run(input_ids, kwargs)
+        chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
+        loss, logits = self._score(vectors, chosen, chosen_labels, positions)
+        if loss is not None:
+            loss = self._with_l0(loss)
+        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+
+    def _score(
+        self,
+        vectors: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(objective loss or None without labels, logits or None)`` of the selected vectors."""
+        raise NotImplementedError
 
     # -- the probed vectors -----------------------------------------------------------------
     def _run(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:

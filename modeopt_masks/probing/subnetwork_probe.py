@@ -21,15 +21,12 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from .masked_probe import IGNORE_INDEX, MaskedProbe, MaskedProbeConfig
-from .probe_output import ProbeOutput
 
 
 class SubnetworkProbeConfig(MaskedProbeConfig):
@@ -86,26 +83,20 @@ class SubnetworkProbe(MaskedProbe):
             )
         self.probe.to(self._device())
 
-    def forward(
+    def _score(
         self,
-        input_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> ProbeOutput:
-        """Run the model, probe ``probe_vector``; ``labels``/``token_mask`` as in the module doc."""
-        vectors = self._run(input_ids, kwargs)
-        chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
+        vectors: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         head_dtype = next(self.probe.parameters()).dtype
         if self.config.labeling == "sequence":
             logits = selected = self.probe(chosen.to(head_dtype))
-        else:
+        else:  # logits at every position; the loss over the labelled ones
             logits = self.probe(vectors.to(head_dtype))
             selected = logits[positions]
-        loss = None
-        if chosen_labels is not None:
-            loss = F.cross_entropy(
-                selected.float(), chosen_labels.long(), ignore_index=IGNORE_INDEX
-            )
-            loss = self._with_l0(loss)
-        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+        if labels is None:
+            return None, logits
+        loss = F.cross_entropy(selected.float(), labels.long(), ignore_index=IGNORE_INDEX)
+        return loss, logits
