@@ -28,19 +28,16 @@ Examples:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import warnings
 from collections.abc import Iterable, Mapping, MutableMapping
-from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .conversion import convert, export
-from .layer_kinds import MASKABLE_KEYS, kind_of
 from .mask_controls import (
     get_temperature,
     l0_loss,
@@ -50,25 +47,25 @@ from .mask_controls import (
     set_temperature,
     use_masks,
 )
-from .masking import ABLATIONS, MaskTechnique
+from .masking import check_ablation, hard_masks
 from .registry import get_mode
+from .rules import StrictModel
+from .targets import MaskMethod, resolve_targets, target_rules
 
 if TYPE_CHECKING:
     from .training import DensityController
 
-MaskMethod = Literal["continuous_sparsification", "hard_concrete", "magnitude_pruning"]
-_NOT_OPTIONS = ("rules", "user_keys", "freeze_base")
 _WRAPPED = "wrapped_model"
 
 
 def _mode_fields(method: str) -> tuple[set[str], set[str]]:
     """(rule fields, global option fields) of a mask mode's config."""
     cls = get_mode(method).config_class
-    options = {k for k in cls.model_fields if k not in _NOT_OPTIONS}
+    options = set(cls.option_names()) - {"freeze_base"}  # a CircuitConfig field of its own
     return set(cls.rule_class.model_fields), options
 
 
-class CircuitConfig(BaseModel):
+class CircuitConfig(StrictModel):
     """How :class:`CircuitModel` masks a model (NeuroSurgeon's ``CircuitConfig``).
 
     * ``mask_method``: ``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning``.
@@ -96,7 +93,7 @@ class CircuitConfig(BaseModel):
         True
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True)
 
     mask_method: MaskMethod = "continuous_sparsification"
     mask_hparams: dict[str, Any] = Field(default_factory=dict)
@@ -124,9 +121,7 @@ class CircuitConfig(BaseModel):
                 f"mask_hparams {unknown} are not valid for {self.mask_method!r}; "
                 f"valid keys: {sorted(valid)}"
             )
-        ablation = self.mask_hparams.get("ablation", "none")
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+        check_ablation(self.mask_hparams.get("ablation", "none"))
         try:  # the values (ranges, types) of the rule fields and options
             get_mode(self.mask_method).config_class.rule_class.model_validate(self.rule_fields())
             self.mode_config()
@@ -143,7 +138,7 @@ class CircuitConfig(BaseModel):
         """The ``mm.convert`` config dict: ``{type key: {target glob: rule}}`` plus options.
 
         ``targets`` maps each type key to the target patterns that match modules of
-        that type (see :meth:`CircuitModel.resolve_targets`); type keys without
+        that type (see :func:`~modeopt_masks.targets.resolve_targets`); type keys without
         targets are switched off.
         """
         _, options = _mode_fields(self.mask_method)
@@ -151,9 +146,7 @@ class CircuitConfig(BaseModel):
         rule = self.rule_fields()
         spec: dict[str, Any] = {k: v for k, v in self.mask_hparams.items() if k in options}
         spec["freeze_base"] = self.freeze_base
-        for key in MASKABLE_KEYS:
-            patterns = targets.get(key)
-            spec[key] = {p: dict(rule) for p in patterns} if patterns else None
+        spec.update(target_rules(targets, rule))
         get_mode(self.mask_method).config_class.model_validate(spec)
         return spec
 
@@ -212,7 +205,8 @@ class CircuitModel(nn.Module):
     def resolve_targets(targets: Iterable[str], model: nn.Module) -> dict[str, list[str]]:
         """Group target names/globs by the type key of the supported modules they match.
 
-        A target that matches no module, or only unsupported ones, raises a
+        :func:`modeopt_masks.targets.resolve_targets` (the probes use it too): a
+        target that matches no module, or only unsupported ones, raises a
         ``ValueError`` naming it and what is there.
 
         Examples:
@@ -221,22 +215,11 @@ class CircuitModel(nn.Module):
             >>> CircuitModel.resolve_targets(["0", "*"], net)
             {'nn.Linear': ['0', '*'], 'nn.Conv1d': ['*']}
         """
-        modules = [(n, m) for n, m in model.named_modules() if n]
-        supported = [(n, k.key) for n, m in modules if (k := kind_of(m)) is not None]
-        out: dict[str, list[str]] = {}
-        for target in targets:
-            keys = [k for n, k in supported if fnmatchcase(n, target)]
-            if not keys:
-                raise ValueError(_target_error(target, modules, supported))
-            for key in dict.fromkeys(keys):
-                out.setdefault(key, []).append(target)
-        return out
+        return resolve_targets(model, targets)
 
-    # -- train / forward -------------------------------------------------------------------
-    def train(self, mode: bool = True) -> CircuitModel:
-        """Set train/eval mode; with ``freeze_base`` the base stays in eval, masks follow ``mode``."""
-        return super().train(mode)  # the wrapped model's FrozenBase root handles freeze_base
-
+    # -- forward -------------------------------------------------------------------------
+    # (no ``train`` override: with ``freeze_base`` the wrapped model's root, converted by
+    # the mask mode, keeps the base in eval while the masks follow ``.train(mode)``)
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model; in training with ``add_l0`` add the L0 term to its loss."""
         output = self.wrapped_model(*args, **kwargs)
@@ -267,15 +250,8 @@ class CircuitModel(nn.Module):
         Counts are hard (eval masks) whatever the train state, as in NeuroSurgeon;
         nothing else about the model's state changes.
         """
-        techniques = [m for m in self.wrapped_model.modules() if isinstance(m, MaskTechnique)]
-        states = [t.training for t in techniques]
-        try:
-            for t in techniques:
-                t.training = False
+        with hard_masks(self.wrapped_model):
             return l0_stats(self.wrapped_model)
-        finally:
-            for t, state in zip(techniques, states, strict=True):
-                t.training = state
 
     @property
     def temperature(self) -> float | None:
@@ -355,27 +331,6 @@ class _ForwardWithSignature:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return CircuitModel.forward(self.owner, *args, **kwargs)
-
-
-def _target_error(
-    target: str, modules: list[tuple[str, nn.Module]], supported: list[tuple[str, str]]
-) -> str:
-    matched = [(n, type(m).__name__) for n, m in modules if fnmatchcase(n, target)]
-    kinds = list(MASKABLE_KEYS)
-    if matched:
-        return (
-            f"target {target!r} matches only unsupported layers {matched[:10]}; supported "
-            f"layer types: {kinds}. Supported layers here: {[n for n, _ in supported][:20]}"
-        )
-    hint = ""
-    for suffix in (".weight", ".bias"):
-        if target.endswith(suffix):
-            hint = f" (target_layers are module names: drop {suffix!r})"
-    close = difflib.get_close_matches(target, [n for n, _ in supported], n=5)
-    return (
-        f"target {target!r} matches no module of the model{hint}; closest supported layers: "
-        f"{close or [n for n, _ in supported][:10]}"
-    )
 
 
 def _get_loss(output: Any) -> torch.Tensor | None:

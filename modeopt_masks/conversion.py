@@ -32,7 +32,15 @@ _STATE_ATTR = "_modeopt_state"
 
 @dataclass
 class ModeState:
-    """One applied mode: its name, validated config and metadata."""
+    """One applied mode: its name, validated config and metadata.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning")
+        >>> state = mm.mode_history(net)[0]
+        >>> state.mode, state.config.scope, state.metadata["layers"]
+        ('magnitude_pruning', 'layer', ['0'])
+    """
 
     mode: str
     config: ModeConfig

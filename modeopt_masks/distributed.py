@@ -30,9 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .mask_controls import masked_modules
-
-#: ablations whose tensors are random draws (the others are functions of the masks).
-DRAWN_ABLATIONS: tuple[str, ...] = ("random_ablate", "randomly_sampled", "complement_sampled")
+from .masking import DRAWN_ABLATIONS
 
 
 def sync_ablation_draws(model: nn.Module, src: int = 0, group: Any = None) -> int:

@@ -35,7 +35,7 @@ import torch.nn as nn
 from .conversion import convert
 from .dynamic import is_dynamic
 from .layer_kinds import LAYER_KINDS, kind_of
-from .masking import ABLATIONS, MaskedLayer, MaskTechnique
+from .masking import MaskedLayer, MaskTechnique, check_ablation
 from .modes.continuous_sparsification import ContinuousSparsificationMask
 from .modes.hard_concrete import HardConcreteMask
 from .modes.magnitude_pruning import MagnitudeMask
@@ -138,9 +138,7 @@ class _MaskLayerBase(metaclass=_MaskLayerName):
             raise ValueError(
                 f"this {type(layer).__name__} is already converted; mm.unconvert or mm.export it first"
             )
-        ablation = rule_fields.pop("ablation", "none")
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+        ablation = check_ablation(rule_fields.pop("ablation", "none"))
         convert(layer, (cls._mode, {kind.key: rule_fields}))
         assert isinstance(layer, MaskedLayer)
         layer.set_ablation(ablation)
@@ -152,7 +150,12 @@ def _family(name: str, mode: str, technique: type[MaskTechnique], positional: tu
         name, (_MaskLayerBase,),
         {"_mode": mode, "_technique": technique, "_positional": positional,
          "__module__": __name__,
-         "__doc__": f"Any layer converted by ``{mode}`` (for ``isinstance``; base of its names)."},
+         "__doc__": f"Any layer converted by ``{mode}`` (for ``isinstance``; base of its names).\n\n"
+                    f"Examples:\n    >>> import torch.nn as nn, modeopt_masks as mm\n"
+                    f"    >>> from modeopt_masks.layers import {name}\n"
+                    f"    >>> layer = mm.convert(nn.Sequential(nn.Linear(2, 2)), {mode!r})[0]\n"
+                    f"    >>> isinstance(layer, {name}), isinstance(nn.Linear(2, 2), {name})\n"
+                    f"    (True, False)\n"},
     )
 
 
@@ -169,7 +172,7 @@ def _name(family: Any, name: str, key: str, original: str) -> Any:
     doc = (
         f"``{original}`` converted by ``{family._mode}``: ``{name}.from_layer(layer, **rule)``"
         f" or ``{name}(*{original.split('.')[-1]}_args, **rule)``.\n\n"
-        f"Example:\n    >>> {imp}\n    >>> from modeopt_masks.layers import {name}\n"
+        f"Examples:\n    >>> {imp}\n    >>> from modeopt_masks.layers import {name}\n"
         f"    >>> layer = {name}.from_layer({make})\n"
         f"    >>> isinstance(layer, {name}), isinstance(layer, {cls})\n    (True, True)\n"
     )

@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 import torch
 import torch.nn as nn
 
-from .masking import ABLATIONS, MaskedLayer
+from .masking import MaskedLayer, check_ablation
 
 
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
@@ -111,11 +111,19 @@ def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] |
 
 
 def get_temperature(model: nn.Module) -> float:
-    """The masks' temperature; an error if the layers disagree or none has one."""
+    """The masks' temperature; an error if the layers disagree or none has one.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> mm.get_temperature(mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete"))
+        0.6666666666666666
+    """
     values = {
         t.temperature for layer in _select(model, None).values()
         for _, t in layer._mask_modules() if t.has_temperature
     }
+    if not values:
+        raise ValueError("none of the masks has a temperature (magnitude_pruning masks are fixed)")
     if len(values) != 1:
         raise ValueError(f"masks have no single temperature: {sorted(values)}")
     return values.pop()
@@ -136,8 +144,7 @@ def set_ablation(
         >>> int((net[0].effective_weight() == 0).sum())  # the other half is removed
         8
     """
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+    check_ablation(ablation)
     for layer in _select(model, names).values():
         layer.set_ablation(ablation, force_resample=force_resample)
 

@@ -25,6 +25,8 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -40,6 +42,25 @@ ABLATIONS: tuple[str, ...] = (
     "randomly_sampled",
     "complement_sampled",
 )
+#: the ablations that use random draws (redrawn by ``force_resample``; the others are
+#: functions of the masks).
+DRAWN_ABLATIONS: tuple[str, ...] = ("random_ablate", "randomly_sampled", "complement_sampled")
+
+
+def check_ablation(ablation: str) -> str:
+    """``ablation`` if it is one of ``ABLATIONS``, else a ``ValueError`` naming them.
+
+    Examples:
+        >>> from modeopt_masks.masking import check_ablation
+        >>> try:
+        ...     check_ablation("zero")
+        ... except ValueError as e:
+        ...     print(e)
+        unknown ablation 'zero'; choose one of ['none', 'zero_ablate', 'random_ablate', 'randomly_sampled', 'complement_sampled']
+    """
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
+    return ablation
 
 
 class MaskTechnique(nn.Module):
@@ -91,6 +112,34 @@ class MaskTechnique(nn.Module):
         return f"shape={self.shape}{temp}"
 
 
+@contextmanager
+def hard_masks(module: nn.Module) -> Iterator[None]:
+    """Every :class:`MaskTechnique` under ``module`` in eval (hard masks) inside the block.
+
+    Only the techniques' own ``training`` flags change, and they are put back
+    afterwards; the rest of the model keeps its train/eval state.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.masking import hard_masks
+        >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "continuous_sparsification")
+        >>> with hard_masks(net):
+        ...     net[0].weight_mask.training
+        False
+        >>> net[0].weight_mask.training
+        True
+    """
+    techniques = [m for m in module.modules() if isinstance(m, MaskTechnique)]
+    states = [t.training for t in techniques]
+    try:
+        for t in techniques:
+            t.training = False
+        yield
+    finally:
+        for t, state in zip(techniques, states, strict=True):
+            t.training = state
+
+
 class MaskedLayer:
     """Mixin put in front of a layer's class by ``convert`` (see :mod:`modeopt_masks.dynamic`).
 
@@ -140,9 +189,7 @@ class MaskedLayer:
 
     def set_ablation(self, ablation: str, force_resample: bool = False) -> None:
         """Choose the ablation mode; ``force_resample`` redraws sampled/random tensors."""
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
-        self._mm_ablation = ablation
+        self._mm_ablation = check_ablation(ablation)
         if force_resample:
             self._mm_sampled.clear()
             self._mm_random.clear()

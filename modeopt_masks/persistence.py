@@ -39,7 +39,16 @@ FORMAT_VERSION = 1
 
 
 class StateError(ValueError):
-    """A saved state is missing, corrupted, or does not fit the model."""
+    """A saved state is missing, corrupted, or does not fit the model.
+
+    Examples:
+        >>> import tempfile, torch.nn as nn, modeopt_masks as mm
+        >>> try:
+        ...     mm.restore(nn.Linear(2, 2), tempfile.mkdtemp())
+        ... except mm.StateError as e:
+        ...     print("was the directory written by modeopt_masks.save?" in str(e))
+        True
+    """
 
 
 def _sha256(path: Path) -> str:
@@ -51,7 +60,15 @@ def _sha256(path: Path) -> str:
 
 
 def save(model: nn.Module, directory: str | os.PathLike[str]) -> None:
-    """Write the model's mode history and tensors to ``directory`` (created if needed)."""
+    """Write the model's mode history and tensors to ``directory`` (created if needed).
+
+    Examples:
+        >>> import os, tempfile, torch.nn as nn, modeopt_masks as mm
+        >>> d = tempfile.mkdtemp()
+        >>> mm.save(mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning"), d)
+        >>> sorted(os.listdir(d))
+        ['model.safetensors', 'modeopt_state.json']
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     history = mode_history(model)
@@ -145,6 +162,13 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
 
     Raises :class:`StateError` (the model unchanged) if the files are corrupted
     or the model does not fit.
+
+    Examples:
+        >>> import tempfile, torch.nn as nn, modeopt_masks as mm
+        >>> d = tempfile.mkdtemp()
+        >>> mm.save(mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete"), d)
+        >>> [s.mode for s in mm.mode_history(mm.restore(nn.Sequential(nn.Linear(2, 2)), d))]
+        ['hard_concrete']
     """
     document = load_state_document(directory)
     entries = _parse_modes(document)

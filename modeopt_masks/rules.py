@@ -34,7 +34,44 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 DEFAULT_EXCLUDED_PATTERNS: tuple[str, ...] = ("*lm_head*", "*classifier*", "*score*", "*pooler*")
 
 
-class Rule(BaseModel):
+class StrictModel(BaseModel):
+    """A pydantic model whose unknown fields raise an error naming the valid fields.
+
+    Plain ``extra="forbid"`` says only "Extra inputs are not permitted"; this
+    lists every field (and accepted alias). Rules and the circuit/probe configs
+    derive from it.
+
+    Examples:
+        >>> from modeopt_masks.rules import StrictModel
+        >>> class Cfg(StrictModel):
+        ...     size: int = 1
+        >>> try:
+        ...     Cfg(sise=2)
+        ... except ValueError as e:
+        ...     print(e.errors()[0]["msg"])
+        Value error, unknown field(s) ['sise'] for Cfg; valid fields: ['size']
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_valid_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            valid = set()
+            for name, field in cls.model_fields.items():
+                valid.add(name)
+                choices = getattr(field.validation_alias, "choices", None) or []
+                valid.update(c for c in choices if isinstance(c, str))
+            unknown = [k for k in data if k not in valid]
+            if unknown:
+                raise ValueError(
+                    f"unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(valid)}"
+                )
+        return data
+
+
+class Rule(StrictModel):
     """Per-module settings of a mode. Subclasses declare the fields.
 
     Unknown fields raise a validation error naming the valid fields.
@@ -48,19 +85,7 @@ class Rule(BaseModel):
         True
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _name_valid_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                raise ValueError(
-                    f"unknown field(s) {unknown} for {cls.__name__}; "
-                    f"valid fields: {sorted(cls.model_fields)}"
-                )
-        return data
+    model_config = ConfigDict(validate_assignment=True, frozen=True)
 
     def explicit_fields(self) -> dict[str, Any]:
         """The fields the user set explicitly (what a later glob may override)."""
@@ -95,6 +120,17 @@ class ModeConfig(BaseModel):
     user_keys: frozenset[str] = Field(default=frozenset(), exclude=True)
 
     @classmethod
+    def option_names(cls) -> list[str]:
+        """The mode's global options (its fields other than the rules), sorted.
+
+        Examples:
+            >>> import modeopt_masks as mm
+            >>> mm.get_mode("magnitude_pruning").config_class.option_names()
+            ['freeze_base', 'scope']
+        """
+        return sorted(k for k in cls.model_fields if k not in ("rules", "user_keys"))
+
+    @classmethod
     def default_rules(cls) -> dict[str, Any]:
         """Default spec: every layer kind on, output heads off."""
         spec: dict[str, Any] = {"*": {}}
@@ -110,7 +146,8 @@ class ModeConfig(BaseModel):
             data = {}
         if not isinstance(data, dict):
             raise ValueError(f"a {cls.__name__} is a dict of type keys and options, got {data!r}")
-        options = {k: v for k, v in data.items() if k in cls.model_fields and k not in ("rules", "user_keys")}
+        option_names = cls.option_names()
+        options = {k: v for k, v in data.items() if k in option_names}
         given = dict(data.get("rules") or {})
         for key, value in data.items():
             if key in cls.model_fields:
@@ -118,8 +155,7 @@ class ModeConfig(BaseModel):
             if key not in cls.layer_keys:
                 raise ValueError(
                     f"unknown key {key!r} for {cls.__name__}; valid type keys: "
-                    f"{list(cls.layer_keys)}; valid options: "
-                    f"{sorted(k for k in cls.model_fields if k not in ('rules', 'user_keys'))}"
+                    f"{list(cls.layer_keys)}; valid options: {option_names}"
                 )
             given[key] = value
         for key in given:

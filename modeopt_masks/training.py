@@ -11,7 +11,9 @@
   temperature and logs L0 statistics. ``transformers`` is imported only when the
   name is first used, so the rest of this module works without it.
 
-Example (a plain loop):
+Examples:
+    A plain training loop:
+
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.training import DensityController, ExponentialSchedule
     >>> net = mm.convert(nn.Sequential(nn.Linear(8, 8)), "continuous_sparsification")

@@ -190,7 +190,7 @@ def test_probe_config_errors():
     state = {k: v.clone() for k, v in bert.state_dict().items()}
     with pytest.raises(ValueError, match="attn_update_3"):
         SubnetworkProbeConfig(probe_vector="attn_3", n_classes=2)
-    with pytest.raises(ValueError, match="match no maskable module.*encoder.layer"):
+    with pytest.raises(ValueError, match="matches no module.*supported layers.*encoder.layer"):
         SubnetworkProbe({"probe_vector": "mlp_update_0", "n_classes": 2,
                          "target_layers": ["nope.*"]}, bert)
     with pytest.raises(ValueError, match="out of range"):

@@ -85,10 +85,12 @@ def _keep(tech: MaskTechnique) -> torch.Tensor:
     return cast(MagnitudeMask, tech).keep
 
 
-def _scores(layer: MaskedLayer, shape: tuple[int, ...]) -> torch.Tensor:
-    if shape != tuple(layer.weight.shape):
-        return layer.layer_kind.unit_scores(layer.weight)
-    return layer.weight.detach().float().abs()
+def _scores(kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``|w|`` per entry, or (neuron unit: a mask ``shape`` smaller than the tensor) the
+    norm of each output unit."""
+    if shape != tuple(tensor.shape):
+        return kind.unit_scores(tensor)
+    return tensor.detach().float().abs()
 
 
 class MagnitudePruningMode(MaskModeDescriptor):
@@ -100,11 +102,7 @@ class MagnitudePruningMode(MaskModeDescriptor):
     def make_technique(
         self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
     ) -> MaskTechnique:
-        if shape == tuple(tensor.shape):
-            scores = tensor.detach().float().abs()
-        else:  # neuron unit: rank whole output units by their norm
-            scores = kind.unit_scores(tensor)
-        return MagnitudeMask(keep_largest(scores, rule.prune_percentage))
+        return MagnitudeMask(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
 
     def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
         if config.scope == "global":
@@ -123,7 +121,10 @@ class MagnitudePruningMode(MaskModeDescriptor):
                 f"{sorted(rules)}; use scope='layer' for per-layer percentages"
             )
         ((fraction, _unit),) = rules
-        scores = [_scores(layer, layer.weight_mask.shape) for layer in layers.values()]
+        scores = [
+            _scores(layer.layer_kind, layer.weight, layer.weight_mask.shape)
+            for layer in layers.values()
+        ]
         flat = torch.cat([s.reshape(-1).cpu() for s in scores])
         keep = keep_largest(flat, fraction)
         offset = 0

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
 from ..layer_kinds import MASKABLE_KEYS, LayerKind, kind_of
-from ..masking import MaskedLayer, MaskTechnique
+from ..masking import MaskedLayer, MaskTechnique, hard_masks
 from ..registry import Metadata, ModeDescriptor
 from ..rules import ModeConfig, Rule, match_modules
 
@@ -159,18 +159,12 @@ class MaskModeDescriptor(ModeDescriptor):
             layer = modules[name]
             assert isinstance(layer, MaskedLayer)
             if bake:
-                techniques = [tech for _, tech in layer._mask_modules()]
-                was_training = [tech.training for tech in techniques]
-                for tech in techniques:
-                    tech.training = False
-                with torch.no_grad():
+                with torch.no_grad(), hard_masks(cast(nn.Module, layer)):
                     weight, bias = layer._compute_tensors() if layer.use_masks else (
                         layer.weight, layer.bias)
                     layer.weight.copy_(weight)
                     if bias is not None and layer.bias is not None:
                         layer.bias.copy_(bias)
-                for tech, flag in zip(techniques, was_training, strict=True):
-                    tech.training = flag
             layer._mm_teardown()
             unswap_class(cast(nn.Module, layer))
         if "frozen" in metadata:

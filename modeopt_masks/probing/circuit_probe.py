@@ -26,7 +26,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from .masked_probe import MaskedProbe, MaskedProbeConfig
-from .probe_output import ProbeOutput
 from .snn_loss import soft_nearest_neighbour_loss
 
 
@@ -70,6 +69,16 @@ class CircuitProbe(MaskedProbe):
     ``forward`` returns :class:`ProbeOutput`: ``loss`` (with ``l0_lambda * L0``
     in training), ``hidden_states`` (the selected vectors ``[n, hidden]``),
     ``labels`` and, for the linear objective, ``logits``.
+
+    Examples:
+        >>> import transformers
+        >>> from modeopt_masks.probing import CircuitProbe
+        >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
+        ...     n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=8))
+        >>> cp = CircuitProbe({"probe_vector": "mlp_stream_0", "target_layers": ["h.0.attn.c_attn"],
+        ...                    "mask_hparams": {"mask_init_value": 1.0}}, gpt)
+        >>> cp.compute_l0_statistics()["layer2l0"]
+        {'h.0.attn.c_attn': 768.0}
     """
 
     config: CircuitProbeConfig
@@ -81,32 +90,21 @@ class CircuitProbe(MaskedProbe):
         self.probe: nn.Module | None = None
         if config.objective == "linear":
             assert config.n_classes is not None
-            device = next(iter(model.parameters()), torch.zeros(())).device
-            self.probe = nn.Linear(self.hidden_size, config.n_classes).to(device)
+            self.probe = nn.Linear(self.hidden_size, config.n_classes).to(self._device())
 
-    def forward(
+    def _score(
         self,
-        input_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> ProbeOutput:
-        """Run the model and score ``probe_vector`` against ``labels``."""
-        vectors = self._run(input_ids, kwargs)
-        chosen, chosen_labels, _ = self.select(vectors, labels, token_mask)
+        vectors: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         logits = None
         if self.probe is not None:
             dtype = next(self.probe.parameters()).dtype
             logits = self.probe(chosen.to(dtype))
-        loss = None
-        if chosen_labels is not None:
-            if logits is not None:
-                loss = F.cross_entropy(logits.float(), chosen_labels.long())
-            else:
-                loss = soft_nearest_neighbour_loss(
-                    chosen, chosen_labels, self.config.snn_temperature
-                )
-            l0 = self.l0_term()
-            if l0 is not None:
-                loss = loss + l0.to(loss.device)
-        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+        if labels is None:
+            return None, logits
+        if logits is not None:
+            return F.cross_entropy(logits.float(), labels.long()), logits
+        return soft_nearest_neighbour_loss(chosen, labels, self.config.snn_temperature), None

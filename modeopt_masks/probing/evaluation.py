@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..mask_controls import set_ablation
+from ..masking import DRAWN_ABLATIONS
 
 
 @torch.no_grad()
@@ -26,7 +27,21 @@ def collect_vectors(
     probe: nn.Module, batches: Iterable[dict[str, Any]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``probe`` (eval mode, no grad) over ``batches`` (dicts of forward kwargs with
-    ``labels``) and return the selected vectors ``[n, hidden]`` and labels ``[n]``."""
+    ``labels``) and return the selected vectors ``[n, hidden]`` and labels ``[n]``.
+
+    ``probe`` is any module whose output has ``hidden_states`` and ``labels``
+    (a :class:`~modeopt_masks.probing.ProbeOutput`, or a dict).
+
+    Examples:
+        >>> import torch, torch.nn as nn
+        >>> from modeopt_masks.probing import ProbeOutput, collect_vectors
+        >>> class Identity(nn.Module):
+        ...     def forward(self, x, labels):
+        ...         return ProbeOutput(hidden_states=x, labels=labels)
+        >>> x, y = collect_vectors(Identity(), [{"x": torch.ones(2, 3), "labels": torch.tensor([0, 1])}] * 2)
+        >>> tuple(x.shape), y.tolist()
+        ((4, 3), [0, 1, 0, 1])
+    """
     was_training = probe.training
     probe.eval()
     xs, ys = [], []
@@ -53,7 +68,15 @@ def nearest_centroid_accuracy(
     test_y: torch.Tensor | None = None,
 ) -> float:
     """Accuracy of assigning each test vector the label of the most cosine-similar class
-    centroid of the training vectors (train = test when no test set is given)."""
+    centroid of the training vectors (train = test when no test set is given).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.probing import nearest_centroid_accuracy
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+        >>> nearest_centroid_accuracy(x, y, torch.tensor([[0.9, 0.2], [0.8, 0.1]]), torch.tensor([0, 1]))
+        0.5
+    """
     if test_x is None or test_y is None:
         test_x, test_y = train_x, train_y
     classes = torch.unique(train_y)
@@ -72,7 +95,15 @@ def knn_accuracy(
     k: int = 1,
 ) -> float:
     """Majority vote of the ``k`` most cosine-similar training vectors; without a test set,
-    leave-one-out on the training set."""
+    leave-one-out on the training set.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.probing import knn_accuracy
+        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> knn_accuracy(x, torch.tensor([0, 1, 1, 1]), k=1)  # leave-one-out: 0 and 1 disagree
+        0.5
+    """
     leave_one_out = test_x is None or test_y is None
     if leave_one_out:
         test_x, test_y = train_x, train_y
@@ -113,8 +144,7 @@ def compare_ablations(
     results: dict[str, list[float]] = {}
     try:
         for ablation in ("none", *ablations):
-            draws = n_samples if ablation in ("randomly_sampled", "complement_sampled",
-                                              "random_ablate") else 1
+            draws = n_samples if ablation in DRAWN_ABLATIONS else 1
             scores = []
             for k in range(draws):
                 torch.manual_seed(seed + k)

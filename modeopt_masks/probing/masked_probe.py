@@ -24,22 +24,22 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
 from ..conversion import convert
 from ..mask_controls import l0_loss, l0_stats, masked_modules
-from .mask_plan import MaskMethod, mask_mode_spec
-from .residual_update_model import (
-    ResidualUpdateModel,
-    ResidualUpdateModelConfig,
-    reject_unknown_fields,
-)
+from ..masking import hard_masks
+from ..rules import StrictModel
+from ..targets import MaskMethod
+from .mask_plan import mask_mode_spec
+from .probe_output import ProbeOutput
+from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
 
 IGNORE_INDEX = -100
 _VECTOR = re.compile(r"^(attn|mlp)_(update|stream)_(\d+)$")
 
 
-class MaskedProbeConfig(BaseModel):
+class MaskedProbeConfig(StrictModel):
     """Shared probe settings (see the module docstring).
 
     ``target_layers``: exact names or globs of the modules to mask (``[]``: no
@@ -50,7 +50,7 @@ class MaskedProbeConfig(BaseModel):
     probed vector's size, read from the model's config when ``None``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     #: NeuroSurgeon's names ``probe_vectors`` / ``probe_activations`` are accepted too.
     probe_vector: str = Field(
@@ -65,11 +65,6 @@ class MaskedProbeConfig(BaseModel):
     labeling: Literal["sequence", "token"] = "sequence"
     model_type: str | None = None
     hidden_size: int | None = Field(None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown(cls, data: Any) -> Any:
-        return reject_unknown_fields(cls, data)
 
     @field_validator("probe_vector")
     @classmethod
@@ -153,11 +148,53 @@ class MaskedProbe(nn.Module):
             return None
         return self.config.l0_lambda * l0_loss(self.model)
 
+    def _with_l0(self, loss: torch.Tensor) -> torch.Tensor:
+        l0 = self.l0_term()
+        return loss if l0 is None else loss + l0.to(loss.device)
+
+    def _device(self) -> torch.device:
+        return next(iter(self.model.parameters()), torch.zeros(())).device
+
     def compute_l0_statistics(self) -> dict:
-        """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the masks."""
+        """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the hard circuit.
+
+        Counts are hard (eval masks) whatever the train state, as in
+        :meth:`CircuitModel.compute_l0_statistics <modeopt_masks.circuit.CircuitModel.compute_l0_statistics>`.
+        """
         if not masked_modules(self.model):
             raise ValueError("this probe has no masked layers (target_layers is empty)")
-        return l0_stats(self.model)
+        with hard_masks(self.model):
+            return l0_stats(self.model)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> ProbeOutput:
+        """Run the model and score ``probe_vector`` (``labels``/``token_mask``: module doc).
+
+        The loss (with ``labels``) is the subclass's objective plus, in training,
+        ``l0_lambda * L0``.
+        """
+        vectors = self._run(input_ids, kwargs)
+        chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
+        loss, logits = self._score(vectors, chosen, chosen_labels, positions)
+        if loss is not None:
+            loss = self._with_l0(loss)
+        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+
+    def _score(
+        self,
+        vectors: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(objective loss or None without labels, logits or None)`` of the selected vectors."""
+        raise NotImplementedError
 
     # -- the probed vectors -----------------------------------------------------------------
     def _run(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:

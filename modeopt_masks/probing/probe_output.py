@@ -24,6 +24,13 @@ class ProbeOutput(OrderedDict):
     Like ``transformers.utils.ModelOutput``: fields that are ``None`` are left
     out of the dict, integer indexing follows the present fields, and missing
     attributes read as ``None``. The HF ``Trainer`` reads ``out["loss"]``.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.probing import ProbeOutput
+        >>> out = ProbeOutput(logits=torch.zeros(1, 2))
+        >>> out.loss is None, "loss" in out, len(out.to_tuple())
+        (True, False, 1)
     """
 
     def __init__(

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 
+from ..rules import StrictModel
 from .residual_layouts import HookPoint, ResidualLayout, layout_for
 
 
-class ResidualUpdateModelConfig(BaseModel):
+class ResidualUpdateModelConfig(StrictModel):
     """Which vectors :class:`ResidualUpdateModel` caches.
 
     ``model_type``: a family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``,
@@ -48,7 +49,7 @@ class ResidualUpdateModelConfig(BaseModel):
         ['mlp_update_0', 'mlp_update_2']
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     model_type: str | None = None
     target_layers: list[int]
@@ -56,11 +57,6 @@ class ResidualUpdateModelConfig(BaseModel):
     attn: bool = True
     updates: bool = True
     stream: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown(cls, data: Any) -> Any:
-        return reject_unknown_fields(cls, data)
 
     @field_validator("target_layers")
     @classmethod
@@ -84,22 +80,6 @@ class ResidualUpdateModelConfig(BaseModel):
         blocks = [b for b, on in (("attn", self.attn), ("mlp", self.mlp)) if on]
         kinds = [k for k, on in (("update", self.updates), ("stream", self.stream)) if on]
         return [f"{b}_{k}_{i}" for i in self.target_layers for b in blocks for k in kinds]
-
-
-def reject_unknown_fields(cls: type[BaseModel], data: Any) -> Any:
-    """Raise naming the valid fields (and aliases) when ``data`` has keys ``cls`` lacks."""
-    if isinstance(data, dict):
-        valid = set()
-        for name, field in cls.model_fields.items():
-            valid.add(name)
-            choices = getattr(field.validation_alias, "choices", None) or []
-            valid.update(c for c in choices if isinstance(c, str))
-        unknown = [k for k in data if k not in valid]
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(valid)}"
-            )
-    return data
 
 
 def find_model_type(model: nn.Module) -> str:

@@ -24,7 +24,15 @@ import torch.nn.functional as F
 def soft_nearest_neighbour_loss(
     vectors: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """SNN loss of ``vectors`` ``[n, d]`` under ``labels`` ``[n]`` (same label = neighbours)."""
+    """SNN loss of ``vectors`` ``[n, d]`` under ``labels`` ``[n]`` (same label = neighbours).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.probing import soft_nearest_neighbour_loss
+        >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> float(soft_nearest_neighbour_loss(x, torch.tensor([0, 0, 1]))) < 0.5
+        True
+    """
     if vectors.dim() != 2 or labels.shape != vectors.shape[:1]:
         raise ValueError(
             f"expected vectors [n, d] and labels [n]; got {tuple(vectors.shape)} and "

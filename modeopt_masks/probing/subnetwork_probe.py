@@ -21,15 +21,12 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from .masked_probe import IGNORE_INDEX, MaskedProbe, MaskedProbeConfig
-from .probe_output import ProbeOutput
 
 
 class SubnetworkProbeConfig(MaskedProbeConfig):
@@ -57,6 +54,17 @@ class SubnetworkProbe(MaskedProbe):
     ``[batch, seq, n_classes]`` (every position) for token labelling; the loss is
     the cross-entropy over the labelled positions, plus ``l0_lambda * L0`` in
     training. Train ``[p for p in probe.parameters() if p.requires_grad]``.
+
+    Examples:
+        >>> import torch, transformers
+        >>> from modeopt_masks.probing import SubnetworkProbe
+        >>> gpt = transformers.GPT2Model(transformers.GPT2Config(
+        ...     n_embd=16, n_layer=1, n_head=2, vocab_size=20, n_positions=8))
+        >>> probe = SubnetworkProbe({"probe_vector": "attn_update_0", "n_classes": 2}, gpt)
+        >>> out = probe(input_ids=torch.tensor([[1, 2]]), labels=torch.tensor([1]),
+        ...             token_mask=torch.tensor([[False, True]]))
+        >>> tuple(out.logits.shape), [n for n, p in probe.named_parameters() if p.requires_grad]
+        ((1, 2), ['probe.weight', 'probe.bias'])
     """
 
     config: SubnetworkProbeConfig
@@ -66,7 +74,6 @@ class SubnetworkProbe(MaskedProbe):
             config = SubnetworkProbeConfig.model_validate(config)
         super().__init__(config, model)
         size, n = self.hidden_size, config.n_classes
-        device = next(iter(model.parameters()), torch.zeros(())).device
         if config.intermediate_size is None:
             self.probe: nn.Module = nn.Linear(size, n)
         else:
@@ -74,30 +81,22 @@ class SubnetworkProbe(MaskedProbe):
                 nn.Linear(size, config.intermediate_size), nn.ReLU(),
                 nn.Linear(config.intermediate_size, n),
             )
-        self.probe.to(device)
+        self.probe.to(self._device())
 
-    def forward(
+    def _score(
         self,
-        input_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> ProbeOutput:
-        """Run the model, probe ``probe_vector``; ``labels``/``token_mask`` as in the module doc."""
-        vectors = self._run(input_ids, kwargs)
-        chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
+        vectors: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         head_dtype = next(self.probe.parameters()).dtype
         if self.config.labeling == "sequence":
             logits = selected = self.probe(chosen.to(head_dtype))
-        else:
+        else:  # logits at every position; the loss over the labelled ones
             logits = self.probe(vectors.to(head_dtype))
             selected = logits[positions]
-        loss = None
-        if chosen_labels is not None:
-            loss = F.cross_entropy(
-                selected.float(), chosen_labels.long(), ignore_index=IGNORE_INDEX
-            )
-            l0 = self.l0_term()
-            if l0 is not None:
-                loss = loss + l0.to(loss.device)
-        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+        if labels is None:
+            return None, logits
+        loss = F.cross_entropy(selected.float(), labels.long(), ignore_index=IGNORE_INDEX)
+        return loss, logits
