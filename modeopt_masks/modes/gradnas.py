@@ -160,6 +160,14 @@ class GradNASDescriptor(ModeDescriptor):
         modules = dict(model.named_modules())
         sites: dict[str, str] = {}
         for structure, _ in plan:
+            # a layer another mode converted (e.g. mm.convert(model.fc1, ...)) would be sliced
+            # under its masks on export: refuse, as the mask modes do
+            for touched in dict.fromkeys(sl.module for sl in structure.slices):
+                if touched != structure.mask_module and is_dynamic(modules[touched]):
+                    raise ValueError(
+                        f"gradnas: {touched!r} (sliced by {structure.name}) is already "
+                        "converted; export or unconvert first"
+                    )
             site = structure.mask_module
             if site in sites or is_dynamic(modules[site]):
                 other = sites.get(site, "another mode")
