@@ -350,11 +350,19 @@ def _g_choices(n: int, ratios: list[float] | None, divisor: int) -> list[int]:
     return sorted({n, *(min(n, max(divisor, divisor * round(r * n / divisor))) for r in ratios)})
 
 
+def _g_as_mapping(spec: Any) -> dict | None:
+    """As ``_as_mapping``, and a dict whose keys are all rule fields is a rule even when its
+    values are ``None`` (``{"ratios": None}`` is a rule, not a glob ``"ratios"`` switched off)."""
+    if isinstance(spec, dict) and spec and all(k in G_FIELDS for k in spec):
+        return {"*": spec}
+    return _as_mapping(spec)
+
+
 def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
     """``({dimension: choices}, expected error or None)``."""
     selected: dict[str, list[int]] = {}
     for name, key, n in G_DIMS:
-        mapping = _as_mapping(config[key]) if key in config else DEFAULT_SPEC
+        mapping = _g_as_mapping(config[key]) if key in config else DEFAULT_SPEC
         if mapping is None:
             continue
         on, fields = False, {}
@@ -365,7 +373,7 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
         if on:
             selected[name] = _g_choices(n, fields.get("ratios"), fields.get("divisor", 1))
     for key in G_KEYS:
-        for glob, rule in (_as_mapping(config.get(key)) or {}).items():
+        for glob, rule in (_g_as_mapping(config.get(key)) or {}).items():
             if rule is not None and not any(k == key and fnmatchcase(name, glob)
                                             for name, k, _ in G_DIMS):
                 return selected, "match no module"
@@ -378,6 +386,7 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
 @given(g_configs())
 @example(({"nn.Linear": {"*": {"divisor": 16}}, "hf.mlp": {"*": {"ratios": [0.3, 0.7],
                                                                  "divisor": 3}}}, True))
+@example(({"hf.attention": {"ratios": None}}, True))  # found by this test: a rule, not a glob
 @example(({"hf.attention": None, "hf.mlp": None, "nn.Linear": {"*classifier*": {}, "*": None},
            "nn.Conv1d": None, "nn.Conv2d": {"c2.0": None}}, True))  # all off: a clear error
 def test_random_gradnas_configs_select_exactly_the_ruled_dimensions(case):
