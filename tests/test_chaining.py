@@ -3,7 +3,8 @@ each either works or fails with a message that says what to do, and a failure
 leaves the model as it was.
 
 A new mode = one entry in ``MODES`` (and, if it allows successors, a case in
-``test_allowed_successors_chain``).
+``test_allowed_successors_chain``). ``gradnas`` (structured; no successors before
+export) has its own tests at the end.
 """
 
 from __future__ import annotations
@@ -210,3 +211,147 @@ def test_save_and_restore_a_plain_or_exported_model(tmp_path):
     x = torch.randn(3, 6)
     assert not mm.mode_history(fresh)
     assert torch.equal(_eval(fresh, x), _eval(net, x))
+
+
+# -- gradnas --------------------------------------------------------------------------------
+def _gnet(seed: int = 0, lead: bool = False) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)]
+    return nn.Sequential(*([nn.Identity()] if lead else []), *layers)
+
+
+def _search_cfg() -> dict:
+    g = torch.Generator().manual_seed(4)
+    return {"data_loader": [(torch.randn(8, 6, generator=g),) for _ in range(2)],
+            "loss_func": lambda out, b: out.pow(2).mean(), "progress": False}
+
+
+def _pruned(ratio: str = "60%") -> nn.Module:
+    net, _ = mm.prune(_gnet(), "gradnas", constraints={"params": ratio}, config=_search_cfg())
+    return net
+
+
+@pytest.mark.parametrize("second", [*MODES, "gradnas"])
+def test_a_mode_after_gradnas_without_export_fails_clearly(second):
+    net = _pruned()
+    before = _fingerprint(net)
+    kept = {n: hp.kept for n, hp in _hparams(net).items()}
+    with pytest.raises(ValueError, match=rf"mode '{second}' may not follow 'gradnas'.*"
+                                         r"mm.export\(model\)"):
+        mm.convert(net, second)
+    _assert_same(before, _fingerprint(net))
+    assert {n: hp.kept for n, hp in _hparams(net).items()} == kept  # the selection too
+    with pytest.raises(ValueError, match="may not follow 'gradnas'"):
+        mm.convert(_gnet(), ["gradnas", second])  # atomic in one call as well
+
+
+@pytest.mark.parametrize("first", MODES)
+def test_gradnas_after_a_mask_mode_fails_clearly(first):
+    net = mm.convert(_gnet(), first)
+    before = _fingerprint(net)
+    with pytest.raises(ValueError, match=f"mode 'gradnas' may not follow '{first}'"):
+        mm.convert(net, "gradnas")
+    _assert_same(before, _fingerprint(net))
+
+
+@pytest.mark.parametrize("part", ["0", "2"])  # a producer, and a consumer (the mask site)
+def test_gradnas_over_a_converted_part_fails_clearly(part):
+    """Regression: a producer converted by a mask mode was accepted, and export then sliced
+    its weight under a mask of the old shape."""
+    net = _gnet()
+    mm.convert(net[int(part)], "continuous_sparsification")
+    before = _fingerprint(net)
+    with pytest.raises(ValueError, match=rf"'{part}'.*already converted|another mode.*'{part}'"):
+        mm.convert(net, "gradnas")
+    _assert_same(before, _fingerprint(net))
+
+
+def _hparams(net: nn.Module) -> dict:
+    from modeopt_masks.structured import gradnas_hparams
+
+    return gradnas_hparams(net)
+
+
+@pytest.mark.parametrize("second", MODES)
+def test_gradnas_export_then_a_mask_mode_works(second):
+    net = _pruned()
+    x = torch.randn(4, 6)
+    ref = _eval(net, x)
+    kept = {n: hp.active for n, hp in _hparams(net).items()}
+    net = mm.export(net)
+    assert net[0].out_features == kept["0"] and net[2].out_features == kept["2"]
+    assert not mm.mode_history(net)
+    torch.testing.assert_close(_eval(net, x), ref, rtol=1e-6, atol=1e-6)
+    net = mm.convert(net, (second, {"nn.Linear": {"*": {}, "4": None}}))
+    assert sorted(mm.masked_modules(net)) == ["0", "2"]
+    assert tuple(net[2].weight_mask.shape) == (kept["2"], kept["0"])
+    net.train()
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    net(x).square().mean().backward()
+    opt.step()
+    plain = mm.export(net)
+    assert [type(m) for m in plain.modules()] == [nn.Sequential, nn.Linear, nn.ReLU, nn.Linear,
+                                                 nn.Tanh, nn.Linear]
+    assert plain[0].weight.shape == (kept["0"], 6)
+
+
+def test_gradnas_export_twice_fails_clearly():
+    net = mm.export(_pruned())
+    before = _fingerprint(net)
+    with pytest.raises(ValueError, match="no modes to export"):
+        mm.export(net)
+    _assert_same(before, _fingerprint(net))
+
+
+def test_prune_an_already_pruned_model_searches_again():
+    """Before export: a new search on the same hparams (history stays one gradnas entry);
+    mode rules then fail clearly. After export: a fresh conversion of the smaller model."""
+    net = _pruned("60%")
+    first = {n: hp.active for n, hp in _hparams(net).items()}
+    net, result = mm.prune(net, "gradnas", constraints={"params": "40%"}, config=_search_cfg())
+    assert [s.mode for s in mm.mode_history(net)] == ["gradnas"]
+    assert result.constraints["params"]["ratio"] <= 0.40
+    assert sum(result.selection.values()) < sum(first.values())
+    assert {n: hp.active for n, hp in _hparams(net).items()} == result.selection
+    before = _fingerprint(net)
+    with pytest.raises(ValueError, match="already converted with 'gradnas'; drop the mode rules"):
+        mm.prune(net, ("gradnas", {"nn.Linear": {"divisor": 2}}), constraints={"params": "40%"},
+                 config=_search_cfg())
+    _assert_same(before, _fingerprint(net))
+    small = mm.export(net)
+    n_small = sum(p.numel() for p in small.parameters())
+    small, again = mm.prune(small, "gradnas", constraints={"params": "70%"}, config=_search_cfg())
+    assert again.constraints["params"]["original"] == n_small
+    assert mm.export(small)[0].out_features == again.selection["0"]
+
+
+def test_restore_gradnas_into_other_module_names_fails_clearly(tmp_path):
+    mm.save(_pruned(), tmp_path)
+    shifted = _gnet(1, lead=True)  # the same layers, one index later
+    before = _fingerprint(shifted)
+    with pytest.raises(mm.StateError, match=r"saved hparams \['0', '2'\], this model gives "
+                                            r"\['1', '3'\]"):
+        mm.restore(shifted, tmp_path)
+    _assert_same(before, _fingerprint(shifted))
+    renamed = Renamed()  # not a Sequential: no plain structure at all
+    before = _fingerprint(renamed)
+    with pytest.raises(mm.StateError, match="selects no searchable dimension"):
+        mm.restore(renamed, tmp_path)
+    _assert_same(before, _fingerprint(renamed))
+
+
+def test_restore_gradnas_hf_head_model_into_base_model_fails_clearly(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    net = mm.convert(transformers.GPT2LMHeadModel(cfg), "gradnas")
+    _hparams(net)["transformer.h.0.attn"].keep([1])
+    mm.save(net, tmp_path)
+    base = transformers.GPT2Model(cfg)
+    before = _fingerprint(base)
+    with pytest.raises(mm.StateError, match=r"'transformer\.h\.0\.attn'.*'h\.0\.attn'"):
+        mm.restore(base, tmp_path)
+    _assert_same(before, _fingerprint(base))
+    ok = mm.restore(transformers.GPT2LMHeadModel(cfg), tmp_path)
+    assert _hparams(ok)["transformer.h.0.attn"].kept == [1]

@@ -5,7 +5,10 @@ code generation: cheap on a 2-core machine). Inductor gives the same results
 (hard concrete training needs ``torch._inductor.config.fallback_random = True``,
 because inductor's own RNG draws different noise than eager); it costs ~10-20 s of
 C++ compilation here, so that test runs only with ``MODEOPT_MASKS_TEST_INDUCTOR=1``.
-A new mode = one entry in ``MODES``.
+A new mode = one entry in ``MODES``. ``gradnas`` (structured unit masks, no
+learnable mask) has its own tests at the end: a masked (searched, unexported)
+model in eval and training, a selection changed after compiling, scoring
+through a compiled model, and the exported (physically smaller) model.
 """
 
 from __future__ import annotations
@@ -144,3 +147,89 @@ def test_inductor(mode, monkeypatch):
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x))
+
+
+# -- gradnas --------------------------------------------------------------------------------
+def _gradnas_mlp() -> nn.Module:
+    from modeopt_masks.structured import gradnas_hparams
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(),
+                        nn.Linear(12, 4))
+    net = mm.convert(net, ("gradnas", {"nn.Linear": {"divisor": 2}}))
+    hps = gradnas_hparams(net)
+    hps["0"].keep([0, 3, 4, 7, 9, 10, 13, 15])
+    hps["2"].keep(list(range(2, 12)))
+    return net
+
+
+def test_gradnas_masked_eval_and_training_match_eager():
+    from modeopt_masks.structured import gradnas_hparams
+
+    net = _gradnas_mlp()
+    compiled = torch.compile(net, backend=BACKEND, fullgraph=True)
+    x = torch.randn(5, 8)
+    net.eval()
+    with torch.no_grad():
+        masked = net(x)
+        assert torch.equal(compiled(x), masked)
+        # a new selection after compiling is followed (a recompile, not a stale graph)
+        hps = gradnas_hparams(net)
+        hps["0"].keep(list(range(16)))
+        full = net(x)
+        assert not torch.equal(full, masked) and torch.equal(compiled(x), full)
+        hps["0"].keep([1, 2])
+        assert torch.equal(compiled(x), net(x))
+    net.train()
+    for run in (compiled, net):
+        net.zero_grad()
+        run(x).square().sum().backward()
+        if run is compiled:
+            grads_c = _grads(net)
+    grads_e = _grads(net)
+    assert grads_c.keys() == grads_e.keys() and grads_e
+    for name in grads_e:
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-5, atol=1e-6)
+    # pruned units get no gradient through either graph
+    assert bool((grads_e["0.weight"][[0, 3]] == 0).all())
+
+
+def test_gradnas_exported_matches_eager():
+    net = _gradnas_mlp().eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        masked = net(x)
+    exported = mm.export(net)
+    assert exported[0].out_features == 8 and exported[2].out_features == 10
+    compiled = torch.compile(exported, backend=BACKEND, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), masked, rtol=1e-6, atol=1e-6)
+        assert torch.equal(compiled(x), exported(x))
+
+
+def test_gradnas_hf_model_scores_and_outputs_through_compile():
+    """A tiny BERT: compiled masked outputs, scores collected through the compiled model, and
+    the compiled exported model all equal eager."""
+    pytest.importorskip("transformers")
+    from gradnas_helpers import loader, loss_of, make_input, make_model, output_tensor
+
+    from modeopt_masks.structured import collect_scores, gradnas_hparams
+
+    net = mm.convert(make_model("bert"), "gradnas")
+    for hp in gradnas_hparams(net).values():
+        hp.set_active(hp.choices[len(hp.choices) // 2])
+    x = make_input("bert")
+    compiled = torch.compile(net, backend=BACKEND)
+    with torch.no_grad():
+        eager = output_tensor(net(**x))
+        assert torch.equal(output_tensor(compiled(**x)), eager)
+    through = collect_scores(compiled, loader("bert"), loss_func=loss_of(), progress=False)
+    plain = collect_scores(net, loader("bert"), loss_func=loss_of(), progress=False)
+    assert through.keys() == plain.keys() and len(plain) == 4
+    for name in plain:
+        assert plain[name].abs().sum() > 0
+        torch.testing.assert_close(through[name], plain[name], rtol=1e-6, atol=1e-12)
+    exported = mm.export(net)
+    with torch.no_grad():
+        out = output_tensor(torch.compile(exported, backend=BACKEND)(**x))
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)

@@ -6,9 +6,12 @@ ranks with each other and, where the scenario is deterministic given the seed,
 with a single-process run of the same function (``world_size=1``, the whole
 global batch). ``cs_accelerate`` runs the ``cs`` training through
 ``accelerate.Accelerator`` (which the HF Trainer uses to wrap models) in the
-same processes. Adding a case (e.g. gradnas score all-reduce) = one function
-and one ``SCENARIOS`` entry (plus ``SINGLE_PROCESS_EQUAL`` if it must also
-equal the single-process run).
+same processes. ``gradnas`` scores a different shard of batches on each rank
+(the scores are all-reduced, so both ranks choose the same subnetwork, that of
+one process scoring every batch); ``gradnas_local`` turns the all-reduce off to
+show that it is what makes them agree. ``circuit`` trains a ``CircuitModel``
+wrapped in DDP. Adding a case = one function and one ``SCENARIOS`` entry (plus
+``SINGLE_PROCESS_EQUAL`` if it must also equal the single-process run).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import modeopt_masks as mm
+from modeopt_masks.circuit import CircuitConfig, CircuitModel
 from modeopt_masks.distributed import sync_ablation_draws
+from modeopt_masks.structured import gradnas_hparams
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -124,15 +129,89 @@ def sampled_draws(rank: int, world: int) -> dict[str, torch.Tensor]:
     return out
 
 
+GRADNAS_BATCHES = 4
+
+
+def _gradnas_prune(rank: int, world: int, all_reduce: bool, suffix: str = ""
+                   ) -> dict[str, torch.Tensor]:
+    """Prune with gradnas on this rank's shard of the batches; the scores, kept units, output."""
+    g = torch.Generator().manual_seed(77)
+    batches = [(torch.randn(4, 6, generator=g), torch.randn(4, 3, generator=g))
+               for _ in range(GRADNAS_BATCHES)]
+    n = GRADNAS_BATCHES // world
+    mine = batches[rank * n: (rank + 1) * n]  # a different shard of the data on each rank
+    out: dict[str, torch.Tensor] = {}
+    for score_type in ("gradnas", "michel"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(),
+                            nn.Linear(12, 3))
+        net, result = mm.prune(net, "gradnas", constraints={"params": "55%"}, config={
+            "data_loader": mine, "collect_func": lambda b: b[0],
+            "loss_func": lambda o, b: F.mse_loss(o, b[1]), "score_type": score_type,
+            "all_reduce": all_reduce, "progress": False})
+        for name, hp in gradnas_hparams(net).items():
+            out[f"{score_type}.scores.{name}{suffix}"] = hp.importance.clone()
+            out[f"{score_type}.kept.{name}{suffix}"] = torch.tensor(hp.kept)
+        out[f"{score_type}.output{suffix}"] = mm.export(net)(batches[0][0]).detach()
+    return out
+
+
+def gradnas(rank: int, world: int) -> dict[str, torch.Tensor]:
+    return _gradnas_prune(rank, world, all_reduce=True)
+
+
+def gradnas_local(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Scores of the local shard only: the ranks disagree (compared in a test below)."""
+    return _gradnas_prune(rank, world, all_reduce=False, suffix=".unsynced")
+
+
+class _LossNet(nn.Module):
+    """A model that returns an HF-style ``{"loss", "logits"}`` when given labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc2(torch.tanh(self.fc1(x)))
+        return {"loss": F.mse_loss(logits, labels), "logits": logits}
+
+
+def circuit(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """``CircuitModel`` (hard concrete, frozen base, L0 term in its loss) trained under DDP."""
+    cfg = CircuitConfig(mask_method="hard_concrete", target_layers=["fc*"],
+                        mask_hparams={"mask_init_percentage": 0.6}, l0_lambda=1e-2)
+    model = CircuitModel(cfg, _LossNet()).train()
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+    x, y = _data()
+    n = GLOBAL_BATCH // world
+    x, y = x[rank * n: (rank + 1) * n], y[rank * n: (rank + 1) * n]
+    for step in range(STEPS):
+        torch.manual_seed(100 + step)
+        opt.zero_grad()
+        net(x, labels=y)["loss"].backward()
+        opt.step()
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.eval()
+    for name, layer in mm.masked_modules(model.wrapped_model).items():
+        out[f"circuit.{name}"] = layer.weight_mask.circuit().clone()
+    return out
+
+
 SCENARIOS = {
     "cs": cs,
     "cs_frozen_neuron": cs_frozen_neuron,
     "hc": hc,
     "magnitude": magnitude,
     "sampled_draws": sampled_draws,
+    "gradnas": gradnas,
+    "gradnas_local": gradnas_local,
+    "circuit": circuit,
 }
 #: scenarios whose DDP result must equal a single process on the global batch
-SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude")
+SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude", "gradnas", "circuit")
 if importlib.util.find_spec("accelerate") is not None:
     SCENARIOS["cs_accelerate"] = cs_accelerate
 
@@ -199,6 +278,33 @@ def test_training_moved_what_it_trains(ranks, name, mode, key):
     """The comparisons above are meaningful: the trained tensors left their init."""
     fresh = mm.convert(_mlp(), mode).state_dict()[key]
     assert (ranks[0][name][key] - fresh).abs().max() > 1e-3
+
+
+def test_circuit_training_moved_the_masks(ranks):
+    key = "wrapped_model.fc1.weight_mask.log_alpha"
+    cfg = CircuitConfig(mask_method="hard_concrete", target_layers=["fc*"],
+                        mask_hparams={"mask_init_percentage": 0.6})
+    fresh = CircuitModel(cfg, _LossNet()).state_dict()[key]
+    assert (ranks[0]["circuit"][key] - fresh).abs().max() > 1e-3
+    # the base stayed frozen on both ranks
+    assert torch.equal(ranks[0]["circuit"]["wrapped_model.fc1.weight"],
+                       CircuitModel(cfg, _LossNet()).state_dict()["wrapped_model.fc1.weight"])
+
+
+def test_gradnas_all_reduce_is_what_makes_the_ranks_agree(ranks):
+    """Each rank scores its own shard: without the all-reduce the scores (and here the
+    chosen units) differ; with it both ranks hold the sum, which is the union's score."""
+    local = [r["gradnas_local"] for r in ranks]
+    synced = ranks[0]["gradnas"]
+    for name in ("0", "2"):
+        a, b = (loc[f"gradnas.scores.{name}.unsynced"] for loc in local)
+        assert not torch.allclose(a, b)
+        torch.testing.assert_close(a + b, synced[f"gradnas.scores.{name}"], rtol=1e-12, atol=0)
+        # michel scores are means over batches: the union's mean is the mean of the shards'
+        a, b = (loc[f"michel.scores.{name}.unsynced"] for loc in local)
+        torch.testing.assert_close((a + b) / 2, synced[f"michel.scores.{name}"], rtol=1e-12,
+                                   atol=0)
+    assert any(not torch.equal(local[0][k], local[1][k]) for k in local[0] if ".kept." in k)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="needs accelerate")

@@ -2,7 +2,10 @@
 corrupted, truncated or mismatched checkpoint raises ``StateError`` and leaves the model as it was.
 
 A new mode = one entry in ``MODES``; a new way to break a checkpoint = one entry in
-``CORRUPTIONS``.
+``CORRUPTIONS``. ``gradnas`` (a pruned, unexported model: its selection and scores live in
+the mode metadata, not in tensors) and ``CircuitModel`` have their own tests at the end;
+the gradnas checkpoint tests run every ``CORRUPTIONS`` entry that applies plus
+``GRADNAS_CORRUPTIONS`` (broken selections and scores).
 """
 
 from __future__ import annotations
@@ -173,7 +176,9 @@ def _set_entry(field: str, value: object) -> Callable[[dict], None]:
 
 
 def _drop_entry(field: str) -> Callable[[dict], None]:
-    return lambda doc: doc["modes"][0].pop(field) and None
+    def fn(doc: dict) -> None:  # (a falsy popped value, e.g. an empty config, is dropped too)
+        doc["modes"][0].pop(field)
+    return fn
 
 
 def _drop_one(kind: str) -> Callable[[dict], dict]:
@@ -273,3 +278,192 @@ def test_tied_weights_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(other(ids).logits, net(ids).logits)
     assert other.lm_head.weight is other.transformer.wte.weight
+
+
+# -- gradnas: a pruned (searched, unexported) model ----------------------------------------
+def _gradnas_base(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(),
+                         nn.Linear(12, 3))
+
+
+def _pruned(seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(11)
+    data = [(torch.randn(8, 6, generator=g),) for _ in range(3)]
+    net, _ = mm.prune(_gradnas_base(seed), "gradnas", constraints={"params": "60%"}, config={
+        "data_loader": data, "loss_func": lambda out, b: out.pow(2).mean(), "progress": False})
+    return net
+
+
+def _gradnas_state(net: nn.Module) -> dict:
+    from modeopt_masks.structured import gradnas_hparams
+
+    return {n: (hp.kept, hp.choices, None if hp.importance is None else hp.importance.tolist())
+            for n, hp in gradnas_hparams(net).items()}
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_gradnas_copy_and_pickle_round_trip(how):
+    from modeopt_masks.structured import gradnas_hparams
+
+    net = _pruned()
+    x = torch.randn(4, 6)
+    ref = _eval_out(net, x)
+    state = _gradnas_state(net)
+    assert any(kept != list(range(len(kept))) or len(kept) < 16 for kept, _, _ in state.values())
+    clone = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert [type(m) for m in clone.modules()] == [type(m) for m in net.modules()]
+    assert _gradnas_state(clone) == state
+    assert [(s.mode, s.config) for s in mm.mode_history(clone)] == [
+        (s.mode, s.config) for s in mm.mode_history(net)]
+    assert torch.equal(_eval_out(clone, x), ref)
+    # independent: a new selection on the copy leaves the original alone
+    gradnas_hparams(clone)["0"].keep(list(range(16)))
+    assert torch.equal(_eval_out(net, x), ref) and not torch.equal(_eval_out(clone, x), ref)
+    gradnas_hparams(clone)["0"].keep(state["0"][0])
+    exported = mm.export(clone)
+    assert exported[0].out_features == len(state["0"][0])
+    torch.testing.assert_close(_eval_out(exported, x), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_gradnas_state_dict_holds_the_weights_only():
+    """By design the state dict has the plain model's keys (a converted model loads a plain
+    checkpoint and vice versa); the selection travels in the mode metadata (``mm.save``)."""
+    from modeopt_masks.structured import gradnas_hparams
+
+    src, dst = _pruned(seed=0), mm.convert(_gradnas_base(seed=1), "gradnas")
+    sd = src.state_dict()
+    assert list(sd) == list(_gradnas_base().state_dict())
+    missing, unexpected = dst.load_state_dict(sd)
+    assert not missing and not unexpected
+    for name, (kept, _, _) in _gradnas_state(src).items():
+        gradnas_hparams(dst)[name].keep(kept)
+    x = torch.randn(4, 6)
+    assert torch.equal(_eval_out(dst, x), _eval_out(src, x))
+    plain = _gradnas_base(seed=2)
+    plain.load_state_dict(sd)
+    assert torch.equal(_eval_out(plain, x), _eval_out(mm.unconvert(copy.deepcopy(src)), x))
+
+
+def test_gradnas_clean_round_trip(tmp_path):
+    net = _pruned()
+    x = torch.randn(4, 6)
+    mm.save(net, tmp_path)
+    fresh = mm.restore(_gradnas_base(seed=9), tmp_path)
+    assert _gradnas_state(fresh) == _gradnas_state(net)
+    assert torch.equal(_eval_out(fresh, x), _eval_out(net, x))
+    # the restored selection exports like the original
+    assert torch.equal(_eval_out(mm.export(fresh), x), _eval_out(mm.export(net), x))
+
+
+def _gradnas_meta(fn: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(doc: dict) -> None:
+        fn(doc["modes"][0]["metadata"])
+    return _rewrite_json(edit)
+
+
+GRADNAS_CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "hparams_renamed": (_gradnas_meta(lambda m: m.update(hparams=["0", "9"])),
+                        r"saved hparams \['0', '9'\]"),
+    "hparams_missing": (_gradnas_meta(lambda m: m.pop("hparams")), "saved hparams None"),
+    "selection_out_of_range": (_gradnas_meta(lambda m: m["selection"].update({"0": [0, 99]})),
+                               r"\[0, 16\)"),
+    "selection_duplicates": (_gradnas_meta(lambda m: m["selection"].update({"0": [0] * 9})),
+                             "distinct"),
+    "selection_unknown_hparam": (_gradnas_meta(lambda m: m["selection"].update({"zz": [0]})),
+                                 r"\['zz'\] this model does not have"),
+    "selection_not_a_dict": (_gradnas_meta(lambda m: m.update(selection=[1, 2])),
+                             "'selection' must be a dict"),
+    "selection_garbage": (_gradnas_meta(lambda m: m["selection"].update({"0": "abc"})),
+                          "invalid literal"),
+    "scores_short": (_gradnas_meta(lambda m: m["scores"].update({"2": [1.0, 2.0]})),
+                     "must be 12 finite numbers"),
+    "scores_nan": (_gradnas_meta(lambda m: m["scores"].update({"2": [float("nan")] * 12})),
+                   "finite"),
+    "scores_garbage": (_gradnas_meta(lambda m: m["scores"].update({"2": "x"})), "fit"),
+}
+_NOT_FOR_GRADNAS = ("tensors_missing_mask",)  # gradnas has no mask tensors
+
+
+@pytest.mark.parametrize("corruption", [
+    *(c for c in CORRUPTIONS if c not in _NOT_FOR_GRADNAS), *GRADNAS_CORRUPTIONS])
+def test_gradnas_broken_checkpoint_raises_state_error_and_leaves_model(tmp_path, corruption):
+    corrupt, message = {**CORRUPTIONS, **GRADNAS_CORRUPTIONS}[corruption]
+    mm.save(_pruned(), tmp_path)
+    corrupt(tmp_path)
+    fresh = _gradnas_base(seed=5)
+    before = _fingerprint(fresh)
+    with pytest.raises(mm.StateError, match=message):
+        mm.restore(fresh, tmp_path)
+    _assert_same(before, _fingerprint(fresh))
+    assert not any(hasattr(m, "_mm_struct") for m in fresh.modules())  # no partial unit mask
+
+
+# -- CircuitModel ------------------------------------------------------------------------------
+class _LossNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def _circuit(seed: int = 0):
+    from modeopt_masks.circuit import CircuitConfig, CircuitModel
+
+    torch.manual_seed(seed)
+    cfg = CircuitConfig(mask_method="hard_concrete", target_layers=["fc*"],
+                        mask_hparams={"mask_init_percentage": 0.7, "mask_bias": True},
+                        l0_lambda=1e-2)
+    circuit = CircuitModel(cfg, _LossNet())
+    with torch.no_grad():
+        for p in circuit.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    circuit.temperature = 2.0
+    return circuit
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_circuit_model_copy_and_pickle_round_trip(how):
+    import inspect
+
+    circuit = _circuit()
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
+    clone = copy.deepcopy(circuit) if how == "deepcopy" else pickle.loads(pickle.dumps(circuit))
+    assert clone.config == circuit.config and clone.temperature == 2.0
+    assert clone.forward.owner is clone  # the bound forward points at the copy, not the original
+    assert inspect.signature(clone.forward) == inspect.signature(circuit.wrapped_model.forward)
+    assert clone.compute_l0_statistics() == circuit.compute_l0_statistics()
+    clone.train()
+    circuit.train()
+    torch.manual_seed(3)  # the same hard concrete noise in both
+    a = clone(x, labels=y)["loss"]
+    torch.manual_seed(3)
+    b = circuit(x, labels=y)["loss"]
+    assert torch.equal(a, b)
+    # the copy trains on its own: the original's masks do not move
+    before = {k: v.clone() for k, v in circuit.state_dict().items()}
+    a.backward()
+    torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=1.0).step()
+    after = circuit.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(clone.state_dict()["wrapped_model.fc1.weight_mask.log_alpha"],
+                           before["wrapped_model.fc1.weight_mask.log_alpha"])
+    assert not clone.wrapped_model.fc1.weight.requires_grad  # freeze_base survived the copy
+
+
+def test_circuit_model_state_dict_round_trip():
+    src, dst = _circuit(seed=0), _circuit(seed=1)
+    x = torch.randn(4, 6)
+    src.eval()
+    dst.eval()
+    assert not torch.equal(dst(x)["logits"], src(x)["logits"])
+    missing, unexpected = dst.load_state_dict(src.state_dict())
+    assert not missing and not unexpected
+    assert torch.equal(dst(x)["logits"], src(x)["logits"])
+    assert dst.compute_l0_statistics() == src.compute_l0_statistics()

@@ -1,6 +1,7 @@
 """fp16 / bf16 and dtype/device moves: masks, L0 and gradients stay finite; draws survive moves.
 
 Runs on CPU; the device-move test also runs on CUDA where one is present.
+``gradnas`` (unit masks, gradient scores, physical export) has its own tests at the end.
 """
 
 from __future__ import annotations
@@ -181,3 +182,86 @@ def test_force_resample_replaces_a_cached_eval_draw():
             assert torch.equal(net(x), first)  # cached, same draw
             mm.set_ablation(net, ablation, force_resample=True)
             assert not torch.equal(net(x), first), ablation
+
+
+# -- gradnas --------------------------------------------------------------------------------
+GRADNAS_FAMILIES = ("bert", "llama", "plain_conv")
+
+
+def _cast(batch: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gradnas_to_dtype_carries_the_selection(dtype):
+    from modeopt_masks.structured import gradnas_hparams
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    net = mm.convert(net, "gradnas")
+    gradnas_hparams(net)["0"].keep([1, 2, 5, 8, 13])
+    x = torch.randn(6, 8)
+    with torch.no_grad():
+        ref = net(x)
+    net.to(dtype)
+    hp = gradnas_hparams(net)["0"]
+    assert hp.kept == [1, 2, 5, 8, 13]
+    assert hp.module._mm_unit_mask.dtype == dtype
+    with torch.no_grad():
+        out = net(x.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    hp.keep([0, 1])  # a new selection after the cast keeps the dtype
+    assert hp.module._mm_unit_mask.dtype == dtype
+    assert int(hp.module._mm_unit_mask.float().sum()) == 2
+    with torch.no_grad():
+        masked = net(x.to(dtype))
+    exported = mm.export(net)
+    assert exported[0].weight.dtype == dtype and exported[0].out_features == 2
+    with torch.no_grad():
+        assert torch.equal(exported(x.to(dtype)), masked)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", GRADNAS_FAMILIES)
+def test_gradnas_low_precision_scores_finite_and_export_matches(family, dtype):
+    """Scoring and search of a model held in fp16/bf16: finite, non-zero scores, 0/1 masks,
+    and the exported model computes what the masked one did."""
+    pytest.importorskip("transformers")
+    from gradnas_helpers import loader, loss_of, make_input, make_model, output_tensor
+
+    from modeopt_masks.structured import gradnas_hparams
+
+    net = make_model(family).to(dtype)
+    data = [_cast(b, dtype) for b in loader(family)]
+    net, result = mm.prune(net, "gradnas", constraints={"params": "80%"},
+                           config={"data_loader": data, "loss_func": loss_of(), "progress": False})
+    assert result.constraints["params"]["ratio"] <= 0.8
+    for name, hp in gradnas_hparams(net).items():
+        scores = hp.importance
+        assert scores is not None and _finite(scores) and scores.min() >= 0, name
+        assert scores.sum() > 0, name
+        mask = hp.module._mm_unit_mask
+        assert mask.dtype == dtype and set(mask.float().unique().tolist()) <= {0.0, 1.0}, name
+        assert int(mask.float().sum()) == hp.active, name
+    assert any(hp.active < hp.n_units for hp in gradnas_hparams(net).values())
+    x = _cast(make_input(family), dtype)
+    with torch.no_grad():
+        masked = output_tensor(net(**x))
+        exported = mm.export(net)
+        out = output_tensor(exported(**x))
+    assert _finite(masked) and out.dtype == dtype
+    torch.testing.assert_close(out.float(), masked.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_gradnas_overflowing_scores_raise_clearly_and_leave_the_model():
+    """An fp16 loss that overflows gives inf gradients: a clear error, not an inf-driven
+    selection; ``prune`` undoes its conversion."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(torch.float16)
+    data = [(torch.randn(4, 8, dtype=torch.float16),) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"scores of \['0'\] are not finite.*fp16"):
+        mm.prune(net, "gradnas", constraints={"params": "70%"}, config={
+            "data_loader": data, "loss_func": lambda out, b: out.pow(2).sum() * 6e4,
+            "progress": False})
+    assert not mm.mode_history(net) and type(net[2]) is nn.Linear

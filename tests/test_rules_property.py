@@ -5,6 +5,9 @@ options) either validate and convert exactly the modules an independent
 oracle in this file selects, with the merged fields the oracle computes, or
 raise ``ValueError`` (pydantic's ``ValidationError`` is one) and leave the
 model untouched. A new mode = one entry in ``FIELDS`` (and ``OPTIONS``).
+``gradnas`` (type keys ``hf.attention``, ``hf.mlp``, ``nn.Linear``, ``nn.Conv1d``,
+``nn.Conv2d`` naming searchable dimensions, rule fields ``ratios`` and ``divisor``)
+has its own model, strategy and oracle at the end.
 """
 
 from __future__ import annotations
@@ -244,5 +247,181 @@ def test_random_configs_convert_exactly_the_selected_modules(case):
             assert tuple(layer.weight_mask.shape) == tuple(layer.weight.shape), name
     frozen = config.get("freeze_base", False)
     assert all(p.requires_grad != frozen for n, p in net.named_parameters() if "_mask." not in n)
+    mm.unconvert(net)
+    assert _same(before, _fingerprint(net))
+
+
+# -- gradnas ----------------------------------------------------------------------------------
+class GNet(nn.Module):
+    """A tiny BERT (heads and MLP channels) next to plain Linear / Conv1d / Conv2d pairs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = transformers.BertModel(transformers.BertConfig(
+            vocab_size=20, max_position_embeddings=8, hidden_size=16, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=24))
+        self.head = nn.Sequential(nn.Linear(16, 12), nn.GELU(), nn.Linear(12, 8), nn.ReLU(),
+                                  nn.Linear(8, 3))
+        self.classifier = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+        self.c1 = nn.Sequential(nn.Conv1d(2, 6, 3), nn.ReLU(), nn.Conv1d(6, 2, 1))
+        self.c2 = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                nn.Conv2d(4, 2, 1))
+
+
+#: the searchable dimensions of ``GNet``, written out by hand: (name, type key, units)
+G_DIMS = [
+    ("bert.encoder.layer.0.attention", "hf.attention", 4),
+    ("bert.encoder.layer.0.intermediate", "hf.mlp", 24),
+    ("bert.encoder.layer.1.attention", "hf.attention", 4),
+    ("bert.encoder.layer.1.intermediate", "hf.mlp", 24),
+    ("head.0", "nn.Linear", 12),
+    ("head.2", "nn.Linear", 8),
+    ("classifier.0", "nn.Linear", 6),
+    ("c1.0", "nn.Conv1d", 6),
+    ("c2.0", "nn.Conv2d", 4),
+]
+G_KEYS = ("hf.attention", "hf.mlp", "nn.Linear", "nn.Conv1d", "nn.Conv2d")
+G_GLOBS = ("*", "bert.*", "*layer.0*", "*attention", "*intermediate", "head.*", "head.2",
+           "*classifier*", "c?.0", "nomatch.*", "*.1.*", "*0")
+G_FIELDS: dict[str, tuple[list[Any], list[Any]]] = {
+    "ratios": ([None, [0.5], [0.25, 0.5, 1.0], [1.0], [0.3, 0.7]],
+               [[], [0.0], [1.5], [-0.2, 0.5], "abc"]),
+    "divisor": ([1, 2, 3, 4, 16], [0, -1, "x", 1.5]),
+}
+_GNET: list[nn.Module] = []
+
+
+def _gnet() -> nn.Module:
+    """A fresh copy of one GNet (building BERT for every example would be slow)."""
+    if not _GNET:
+        torch.manual_seed(0)
+        _GNET.append(GNet().eval())
+    import copy
+
+    return copy.deepcopy(_GNET[0])
+
+
+@st.composite
+def g_rules(draw) -> tuple[dict, bool]:
+    chosen = draw(st.lists(st.sampled_from(sorted(G_FIELDS)), unique=True, max_size=2))
+    rule, valid = {}, True
+    for name in chosen:
+        good, bad = G_FIELDS[name]
+        if draw(st.integers(0, 19)) == 7:
+            rule[name], valid = draw(st.sampled_from(bad)), False
+        else:
+            rule[name] = draw(st.sampled_from(good))
+    if draw(st.integers(0, 39)) == 7:
+        rule["ratio"] = [0.5]  # a typo of a field
+        valid = False
+    return rule, valid
+
+
+@st.composite
+def g_configs(draw) -> tuple[dict, bool]:
+    keys = draw(st.lists(st.sampled_from(G_KEYS), unique=True, max_size=4))
+    config, valid = {}, True
+    for key in keys:
+        kind = draw(st.sampled_from(["none", "rule", "mapping", "mapping"]))
+        if kind == "none":
+            config[key] = None
+        elif kind == "rule":
+            config[key], ok = draw(g_rules())
+            valid = valid and ok
+        else:
+            mapping = {}
+            for glob in draw(st.lists(st.sampled_from(G_GLOBS), unique=True, min_size=1,
+                                      max_size=3)):
+                if draw(st.integers(0, 3)) == 0:
+                    mapping[glob] = None
+                else:
+                    mapping[glob], ok = draw(g_rules())
+                    valid = valid and ok
+            config[key] = mapping
+    if draw(st.integers(0, 29)) == 7:
+        config["hf.Attention"] = {}  # a type key that does not exist
+        valid = False
+    return config, valid
+
+
+def _g_choices(n: int, ratios: list[float] | None, divisor: int) -> list[int]:
+    if ratios is None:
+        return sorted({*range(divisor, n + 1, divisor), n})
+    return sorted({n, *(min(n, max(divisor, divisor * round(r * n / divisor))) for r in ratios)})
+
+
+def _g_as_mapping(spec: Any) -> dict | None:
+    """As ``_as_mapping``, and a dict whose keys are all rule fields is a rule even when its
+    values are ``None`` (``{"ratios": None}`` is a rule, not a glob ``"ratios"`` switched off)."""
+    if isinstance(spec, dict) and spec and all(k in G_FIELDS for k in spec):
+        return {"*": spec}
+    return _as_mapping(spec)
+
+
+def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
+    """``({dimension: choices}, expected error or None)``."""
+    selected: dict[str, list[int]] = {}
+    for name, key, n in G_DIMS:
+        mapping = _g_as_mapping(config[key]) if key in config else DEFAULT_SPEC
+        if mapping is None:
+            continue
+        on, fields = False, {}
+        for glob, rule in mapping.items():
+            if fnmatchcase(name, glob):
+                on = rule is not None
+                fields.update(rule or {})
+        if on:
+            selected[name] = _g_choices(n, fields.get("ratios"), fields.get("divisor", 1))
+    for key in G_KEYS:
+        for glob, rule in (_g_as_mapping(config.get(key)) or {}).items():
+            if rule is not None and not any(k == key and fnmatchcase(name, glob)
+                                            for name, k, _ in G_DIMS):
+                return selected, "match no module"
+    if not selected:
+        return selected, "selects no searchable dimension"
+    return selected, None
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(g_configs())
+@example(({"nn.Linear": {"*": {"divisor": 16}}, "hf.mlp": {"*": {"ratios": [0.3, 0.7],
+                                                                 "divisor": 3}}}, True))
+@example(({"hf.attention": {"ratios": None}}, True))  # found by this test: a rule, not a glob
+@example(({"hf.attention": None, "hf.mlp": None, "nn.Linear": {"*classifier*": {}, "*": None},
+           "nn.Conv1d": None, "nn.Conv2d": {"c2.0": None}}, True))  # all off: a clear error
+def test_random_gradnas_configs_select_exactly_the_ruled_dimensions(case):
+    from modeopt_masks.structured import gradnas_hparams
+
+    config, valid = case
+    net = _gnet()
+    before = _fingerprint(net)
+    if not valid:
+        event("invalid config")
+        with pytest.raises(ValueError):
+            validate_config("gradnas", config)
+        with pytest.raises(ValueError):
+            mm.convert(net, ("gradnas", config))
+        assert _same(before, _fingerprint(net))
+        return
+    cfg = validate_config("gradnas", config)
+    assert validate_config("gradnas", cfg.to_dict()) == cfg
+    selected, error = _g_expected(config)
+    event(f"outcome: {error or 'converted'}")
+    if error is not None:
+        with pytest.raises(ValueError, match=error):
+            mm.convert(net, ("gradnas", config))
+        assert _same(before, _fingerprint(net))
+        assert not gradnas_hparams(net)
+        return
+    mm.convert(net, ("gradnas", config))
+    hps = gradnas_hparams(net)
+    assert {n: hp.choices for n, hp in hps.items()} == selected
+    units = {name: n for name, _, n in G_DIMS}
+    for name, hp in hps.items():
+        assert hp.n_units == units[name] and hp.active == hp.n_units
+    with torch.no_grad():  # a full selection computes what the plain model computes
+        ids = torch.randint(0, 20, (2, 5))
+        assert torch.equal(net.bert(ids).last_hidden_state,
+                           _gnet().bert(ids).last_hidden_state)
     mm.unconvert(net)
     assert _same(before, _fingerprint(net))

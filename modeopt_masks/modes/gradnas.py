@@ -160,6 +160,14 @@ class GradNASDescriptor(ModeDescriptor):
         modules = dict(model.named_modules())
         sites: dict[str, str] = {}
         for structure, _ in plan:
+            # a layer another mode converted (e.g. mm.convert(model.fc1, ...)) would be sliced
+            # under its masks on export: refuse, as the mask modes do
+            for touched in dict.fromkeys(sl.module for sl in structure.slices):
+                if touched != structure.mask_module and is_dynamic(modules[touched]):
+                    raise ValueError(
+                        f"gradnas: {touched!r} (sliced by {structure.name}) is already "
+                        "converted; export or unconvert first"
+                    )
             site = structure.mask_module
             if site in sites or is_dynamic(modules[site]):
                 other = sites.get(site, "another mode")
@@ -195,10 +203,25 @@ class GradNASDescriptor(ModeDescriptor):
             )
         hps = gradnas_hparams(model)
         try:
-            for name, values in metadata.get("scores", {}).items():
-                hps[name].importance = torch.tensor(values, dtype=torch.float64)
-            for name, kept in metadata.get("selection", {}).items():
+            saved = {k: metadata.get(k, {}) for k in ("scores", "selection")}
+            for key, value in saved.items():
+                if not isinstance(value, dict):
+                    raise ValueError(f"saved {key!r} must be a dict of hparam names, got {value!r:.80}")
+                unknown = sorted(set(value) - set(hps))
+                if unknown:
+                    raise ValueError(f"saved {key!r} names hparams {unknown} this model does not "
+                                     f"have; it has {list(hps)}")
+            for name, values in saved["scores"].items():
+                scores = torch.tensor(values, dtype=torch.float64)
+                if scores.shape != (hps[name].n_units,) or not bool(torch.isfinite(scores).all()):
+                    raise ValueError(f"{name}: saved scores must be {hps[name].n_units} finite "
+                                     f"numbers, got {values!r:.100}")
+                hps[name].importance = scores
+            for name, kept in saved["selection"].items():
                 hps[name].keep(kept)
+                if hps[name].kept != list(kept):
+                    raise ValueError(f"{name}: the saved selection {kept!r:.100} is not an "
+                                     "ascending list of distinct unit indices")
         except Exception:
             self.revert(model, config, fresh)
             raise

@@ -39,7 +39,8 @@ class GradientBinarySearcher(BaseSearcher):
     Config: ``data_loader`` (required unless every hparam already has scores and
     ``rescore=False``), ``loss_func``, ``collect_func``, ``max_iter_data_loader``,
     ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"layer"`` |
-    ``"global"``), ``rescore``, ``progress``.
+    ``"global"``), ``rescore``, ``progress``, ``all_reduce`` (under ``torch.distributed``,
+    sum the scores over all ranks so that every rank chooses the same subnetwork; default on).
 
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
@@ -57,6 +58,7 @@ class GradientBinarySearcher(BaseSearcher):
         "normalize": "layer",
         "rescore": True,
         "progress": True,
+        "all_reduce": True,
     }
 
     def sanitize_config(self, config: Any) -> dict[str, Any]:  # noqa: D102
@@ -80,6 +82,7 @@ class GradientBinarySearcher(BaseSearcher):
                 collect_func=config["collect_func"],
                 max_iter_data_loader=config["max_iter_data_loader"],
                 score_type=config["score_type"], progress=config["progress"],
+                all_reduce=config["all_reduce"],
             )
 
     def sensitivities(self, model: nn.Module, hparams: dict[str, StructuredHParam],

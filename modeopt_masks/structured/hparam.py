@@ -61,8 +61,11 @@ class UnitMasked:
         self._mm_kept = list(range(structure.n_units))
         self._mm_full = True
         self._mm_score_mask = None
+        # the weight's dtype: the same mask whether the model was cast before or after converting
+        dtype = weight.dtype if weight.is_floating_point() else torch.get_default_dtype()
         self.register_buffer(  # type: ignore[attr-defined]
-            "_mm_unit_mask", torch.ones(structure.n_units, device=weight.device), persistent=False
+            "_mm_unit_mask", torch.ones(structure.n_units, device=weight.device, dtype=dtype),
+            persistent=False,
         )
 
     def _mm_teardown(self) -> None:

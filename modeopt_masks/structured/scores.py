@@ -7,6 +7,12 @@ touched and no weight gradients are computed. Scores (original unit order):
 * ``"gradnas"`` (default): ``sum over batches of (dL/dmask)^2``;
 * ``"michel"`` (Michel et al. 2019): ``mean over batches of |dL/dmask|``.
 
+Under ``torch.distributed`` (an initialised process group of more than one
+rank) the per-rank sums and batch counts are all-reduced, so every rank gets
+the scores of the union of the ranks' batches and a search then chooses the
+same subnetwork on every rank. Every rank must then call it (a collective);
+``all_reduce=False`` scores only the local batches.
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.structured import collect_scores
@@ -25,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
@@ -85,6 +92,8 @@ def collect_scores(
     max_iter_data_loader: int | None = None,
     score_type: ScoreType = "gradnas",
     progress: bool = True,
+    all_reduce: bool = True,
+    group: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Score every unit of a gradnas-converted model; sets and returns ``hp.importance``.
 
@@ -92,6 +101,12 @@ def collect_scores(
     dicts as keyword arguments); ``loss_func(output, batch)`` gives the loss
     (default: ``output.loss``). The model runs in eval mode (no dropout noise)
     and is put back in its previous mode; parameter ``.grad`` stays as found.
+
+    With ``all_reduce`` and an initialised process group (``group``, default
+    the world) of more than one rank, the sums and batch counts of all ranks
+    are added up: every rank ends with the same scores, those of one process
+    scoring all the ranks' batches. Scores that are not finite (an fp16
+    overflow, a NaN loss) raise a ``ValueError`` naming the hparams.
     """
     if score_type not in ("gradnas", "michel"):
         raise ValueError(f"score_type must be 'gradnas' or 'michel', got {score_type!r}")
@@ -133,11 +148,36 @@ def collect_scores(
         for m in modules:
             m._mm_score_mask = None
         model.train(was_training)
+    if all_reduce:
+        steps = _all_reduce(sums, steps, group)
     if steps == 0:
         raise ValueError("collect_scores: the data loader gave no batch")
+    bad = [name for name, acc in zip(hps, sums, strict=True) if not bool(torch.isfinite(acc).all())]
+    if bad:
+        raise ValueError(
+            f"collect_scores: the scores of {bad} are not finite (a NaN/inf loss or gradient, "
+            "e.g. an fp16 overflow): score in float32/bfloat16 or scale the loss down"
+        )
     out = {}
     for (name, hp), acc in zip(hps.items(), sums, strict=True):
         score = acc / steps if score_type == "michel" else acc
         hp.importance = score
         out[name] = score.cpu()
     return out
+
+
+def _all_reduce(sums: list[torch.Tensor], steps: int, group: Any = None) -> int:
+    """Sum ``sums`` (in place) and ``steps`` over the ranks of ``group``; the total steps.
+
+    Nothing happens without an initialised process group or with a single rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return steps
+    device = sums[0].device if sums else torch.device("cpu")
+    flat = torch.cat([*sums, torch.tensor([float(steps)], dtype=torch.float64, device=device)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    offset = 0
+    for acc in sums:
+        acc.copy_(flat[offset:offset + acc.numel()])
+        offset += acc.numel()
+    return int(round(float(flat[-1])))
