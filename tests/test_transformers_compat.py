@@ -180,11 +180,16 @@ def test_residual_update_model_uses_the_4x_vit_layout():
     assert torch.equal(cache["mlp_stream_1"], out)
 
 
-def test_gpt2_export_updates_embed_dim():
-    """transformers 4.4x's GPT-2 SDPA attention reshapes with ``embed_dim``."""
+@pytest.mark.parametrize("conv1d_has_nx", [True, False])
+def test_gpt2_export_updates_embed_dim_and_conv1d_widths(conv1d_has_nx):
+    """4.4x's GPT-2 SDPA attention reshapes with ``embed_dim``; 4.40's Conv1D has no ``nx``."""
     torch.manual_seed(0)
     model = transformers.GPT2Model(transformers.GPT2Config(
         vocab_size=40, n_positions=16, n_embd=32, n_layer=1, n_head=4)).eval()
+    if not conv1d_has_nx:  # as in transformers 4.40
+        for module in model.modules():
+            if type(module).__name__ == "Conv1D" and "nx" in vars(module):
+                del module.nx
     model = mm.convert(model, ("gradnas", {"hf.mlp": None}))
     gradnas_hparams(model)["h.0.attn"].keep([0, 2])
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -193,5 +198,6 @@ def test_gpt2_export_updates_embed_dim():
         model = mm.export(model)
         attn = model.h[0].attn
         assert (attn.num_heads, attn.split_size, attn.embed_dim) == (2, 16, 16)
+        assert attn.c_attn.nf == 48 and getattr(attn.c_proj, "nx", 16) == 16
         torch.testing.assert_close(model(input_ids=ids).last_hidden_state, masked,
                                    atol=1e-5, rtol=1e-5)

@@ -164,8 +164,7 @@ def _join(base: str, rel: str) -> str:
 
 def _out_dim(module: nn.Module) -> int:
     """Axis of the output units in ``module.weight`` (Conv1D stores ``[in, out]``)."""
-    return 1 if type(module).__name__ == "Conv1D" or (
-        hasattr(module, "nf") and hasattr(module, "nx")) else 0
+    return 1 if type(module).__name__ == "Conv1D" or hasattr(module, "nf") else 0
 
 
 def is_hf_module(module: nn.Module) -> bool:
