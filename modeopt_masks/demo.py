@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -338,7 +339,8 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
     names = list(circuit["layer_density"])
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
     ax.barh(range(len(names)), [circuit["layer_density"][n] for n in names])
-    ax.set_yticks(range(len(names)), [n.replace("vit.encoder.layer.", "L") for n in names],
+    ax.set_yticks(range(len(names)), [re.sub(r"^vit\.(encoder\.layer|layers)\.", "L", n)
+                                      for n in names],  # transformers 4.x / 5.x layer names
                   fontsize=7)
     ax.set_xlabel("fraction of weights in the circuit")
     ax.set_title("Circuit density per layer (continuous sparsification)")

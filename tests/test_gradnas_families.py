@@ -102,7 +102,8 @@ def test_gpt2_fused_qkv_slices_each_section():
     attn = model.transformer.h[0].attn
     cols = [s * 32 + h * 8 + j for s in range(3) for h in (1, 3) for j in range(8)]
     assert torch.equal(attn.c_attn.weight, c_attn[:, cols])
-    assert (attn.num_heads, attn.split_size, attn.c_attn.nf, attn.c_proj.nx) == (2, 16, 48, 16)
+    assert (attn.num_heads, attn.split_size, attn.c_attn.nf) == (2, 16, 48)
+    assert attn.c_proj.weight.shape[0] == getattr(attn.c_proj, "nx", 16) == 16  # nx: 4.41+
 
 
 def test_neox_fused_per_head_rows():

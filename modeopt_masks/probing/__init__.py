@@ -11,13 +11,22 @@ from .evaluation import collect_vectors, compare_ablations, knn_accuracy, neares
 from .mask_plan import mask_mode_spec
 from .masked_probe import MaskedProbe, MaskedProbeConfig
 from .probe_output import ProbeOutput
-from .residual_layouts import LAYOUTS, MODEL_TYPE_TO_FAMILY, HookPoint, ResidualLayout, layout_for
-from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
+from .residual_layouts import (
+    LAYOUTS,
+    LEGACY_LAYOUTS,
+    MODEL_TYPE_TO_FAMILY,
+    HookPoint,
+    ResidualLayout,
+    layout_candidates,
+    layout_for,
+)
+from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig, select_layout
 from .snn_loss import soft_nearest_neighbour_loss
 from .subnetwork_probe import SubnetworkProbe, SubnetworkProbeConfig
 
 __all__ = [
     "LAYOUTS",
+    "LEGACY_LAYOUTS",
     "MODEL_TYPE_TO_FAMILY",
     "CircuitProbe",
     "CircuitProbeConfig",
@@ -33,8 +42,10 @@ __all__ = [
     "collect_vectors",
     "compare_ablations",
     "knn_accuracy",
+    "layout_candidates",
     "layout_for",
     "mask_mode_spec",
     "nearest_centroid_accuracy",
+    "select_layout",
     "soft_nearest_neighbour_loss",
 ]

@@ -30,6 +30,12 @@ Definitions (``x`` is the layer's input, i.e. ``hidden_states[i]``):
 
 Only self-attention is covered (cross-attention of encoder-decoder BERTs is not).
 
+:data:`LAYOUTS` holds the transformers 5 layout of each family;
+:data:`LEGACY_LAYOUTS` holds alternatives for older transformers versions where
+the module names differ (ViT in 4.x: ``encoder.layer.N`` with BERT-like
+``attention.output`` / ``output`` blocks). :func:`layout_candidates` lists them
+in order; the first whose layer list and hook points exist in the model is used.
+
 Examples:
     >>> from modeopt_masks.probing.residual_layouts import layout_for
     >>> layout_for("roberta").family, layout_for("gpt2").post_ln
@@ -65,6 +71,11 @@ class ResidualLayout:
     attn_stream: HookPoint | None
     mlp_stream: HookPoint
     post_ln: bool
+
+    def hook_points(self) -> list[HookPoint]:
+        """Every hook point this layout reads (all must exist in each target layer)."""
+        points = [self.attn_update, self.mlp_update, self.mlp_stream]
+        return points if self.attn_stream is None else [*points, self.attn_stream]
 
 
 _BERT_LIKE = dict(
@@ -115,6 +126,23 @@ LAYOUTS: dict[str, ResidualLayout] = {
     ),
 }
 
+#: Alternatives for older transformers versions, tried after ``LAYOUTS[family]``.
+LEGACY_LAYOUTS: dict[str, tuple[ResidualLayout, ...]] = {
+    # transformers 4.x ViT: ``encoder.layer.N``; ViTSelfOutput and ViTOutput each end in their
+    # own dropout (ViTOutput then adds the residual itself).
+    "vit": (
+        ResidualLayout(
+            "vit",
+            ("encoder.layer",),
+            HookPoint("attention.output.dropout"),
+            HookPoint("output.dropout"),
+            None,
+            HookPoint(""),
+            False,
+        ),
+    ),
+}
+
 #: Hugging Face ``config.model_type`` (and short aliases) -> family.
 MODEL_TYPE_TO_FAMILY: dict[str, str] = {
     "bert": "bert",
@@ -150,3 +178,15 @@ def layout_for(model_type: str) -> ResidualLayout:
             f"{sorted(LAYOUTS)}; recognised model types: {sorted(MODEL_TYPE_TO_FAMILY)}"
         )
     return LAYOUTS[family]
+
+
+def layout_candidates(model_type: str) -> list[ResidualLayout]:
+    """The transformers 5 layout of ``model_type``, then its older-version alternatives.
+
+    Examples:
+        >>> from modeopt_masks.probing.residual_layouts import layout_candidates
+        >>> [lay.layers for lay in layout_candidates("vit")]
+        [('layers',), ('encoder.layer',)]
+    """
+    layout = layout_for(model_type)
+    return [layout, *LEGACY_LAYOUTS.get(layout.family, ())]

@@ -31,7 +31,7 @@ import torch.nn as nn
 from pydantic import ConfigDict, field_validator, model_validator
 
 from ..rules import StrictModel
-from .residual_layouts import HookPoint, ResidualLayout, layout_for
+from .residual_layouts import HookPoint, ResidualLayout, layout_candidates
 
 
 class ResidualUpdateModelConfig(StrictModel):
@@ -111,6 +111,40 @@ def find_layers(model: nn.Module, layout: ResidualLayout) -> tuple[str, nn.Modul
     return min(found, key=lambda item: item[0].count("."))
 
 
+def select_layout(model: nn.Module, model_type: str) -> ResidualLayout:
+    """The first of :func:`layout_candidates` whose layers and hook points exist in ``model``.
+
+    When none fits, the transformers 5 layout is returned (the errors then name what is missing).
+
+    Examples:
+        >>> import transformers
+        >>> from modeopt_masks.probing import select_layout
+        >>> vit = transformers.ViTModel(transformers.ViTConfig(
+        ...     hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        ...     image_size=8, patch_size=4, num_channels=1))
+        >>> layout = select_layout(vit, "vit")  # 5.x: ``layers``; 4.x: ``encoder.layer``
+        >>> (layout.family, layout.layers[0] in ("layers", "encoder.layer"))
+        ('vit', True)
+    """
+    candidates = layout_candidates(model_type)
+    for layout in candidates:
+        try:
+            _, layers = find_layers(model, layout)
+        except ValueError:
+            continue
+        if len(layers) and all(_has(layers[0], p.path) for p in layout.hook_points()):
+            return layout
+    return candidates[0]
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
@@ -142,7 +176,7 @@ class ResidualUpdateModel(nn.Module):
             config = ResidualUpdateModelConfig.model_validate(config)
         self.config = config
         self.wrapped_model = model
-        self.layout = layout_for(config.model_type or find_model_type(model))
+        self.layout = select_layout(model, config.model_type or find_model_type(model))
         self.layers_name, layers = find_layers(model, self.layout)
         bad = [i for i in config.target_layers if i >= len(layers)]
         if bad:
@@ -165,17 +199,14 @@ class ResidualUpdateModel(nn.Module):
         chunk = getattr(getattr(self.wrapped_model, "config", None), "chunk_size_feed_forward", 0)
         if self.layout.post_ln and chunk:
             raise ValueError("chunk_size_feed_forward > 0 calls the MLP per chunk; set it to 0")
-        points = [self.layout.attn_update, self.layout.mlp_update, self.layout.mlp_stream]
-        if self.layout.attn_stream is not None:
-            points.append(self.layout.attn_stream)
-        for point in points:
+        for point in self.layout.hook_points():
             try:
                 layer.get_submodule(point.path)
             except AttributeError:
                 children = [n for n, _ in layer.named_modules() if n]
                 raise ValueError(
                     f"layer {index} ({type(layer).__name__}) has no submodule {point.path!r} "
-                    f"expected for family {self.layout.family!r} (transformers 5 layout); "
+                    f"expected for family {self.layout.family!r}; "
                     f"its submodules: {children}"
                 ) from None
 

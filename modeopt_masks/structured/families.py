@@ -8,7 +8,10 @@ Paths are relative to the matched block; a leading ``../`` goes to its parent.
 Supported attention families (:data:`SUPPORTED_FAMILIES`): BERT/RoBERTa/ELECTRA
 (and XLM-R), GPT-2, GPT-NeoX, Llama/Mistral/Qwen2/Qwen3 (grouped-query
 attention: the unit is a whole KV group, so the exported model keeps
-``num_key_value_groups``), ViT (transformers 5 names).
+``num_key_value_groups``), ViT. A class may have several entries (one per
+transformers generation: ViT's ``q_proj``/``o_proj`` in 5.x,
+``attention.query``/``output.dense`` in 4.x); the first entry whose own
+submodules exist in the block is used.
 
 Examples:
     >>> import transformers as tf
@@ -23,7 +26,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch.nn as nn
 
@@ -70,7 +75,8 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
     ),
     AttentionLayout(
         "gpt2", ("GPT2Attention",), o="c_proj", qkv="c_attn", fused="gpt2",
-        attrs=(("", "num_heads", "heads"), ("", "split_size", "size")),
+        # transformers 4.4x's SDPA path reshapes with ``embed_dim``
+        attrs=(("", "num_heads", "heads"), ("", "split_size", "size"), ("", "embed_dim", "size")),
     ),
     AttentionLayout(
         "gpt_neox", ("GPTNeoXAttention",), o="dense", qkv="query_key_value", fused="neox",
@@ -79,11 +85,19 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
     ),
     AttentionLayout(
         "llama", _LLAMA_CLASSES, o="o_proj", q="q_proj", k="k_proj", v="v_proj",
-        attrs=(("", "num_heads", "heads"), ("", "num_key_value_heads", "kv_heads")),
+        # ``hidden_size``: transformers 4.4x reshapes the attention output with it
+        attrs=(("", "num_heads", "heads"), ("", "num_key_value_heads", "kv_heads"),
+               ("", "hidden_size", "size")),
     ),
-    AttentionLayout(
+    AttentionLayout(  # transformers 5
         "vit", ("ViTAttention",), o="o_proj", q="q_proj", k="k_proj", v="v_proj",
         attrs=(("", "num_attention_heads", "heads"), ("", "all_head_size", "size")),
+    ),
+    AttentionLayout(  # transformers 4.x: ViTSelfAttention under ``attention``, BERT-like output
+        "vit", ("ViTAttention",), o="output.dense", q="attention.query", k="attention.key",
+        v="attention.value", head_dim=("attention", ("attention_head_size",)),
+        attrs=(("attention", "num_attention_heads", "heads"),
+               ("attention", "all_head_size", "size")),
     ),
 )
 
@@ -95,17 +109,49 @@ MLP_LAYOUTS: tuple[MLPLayout, ...] = (
     MLPLayout("gpt_neox", ("GPTNeoXMLP",), up=("dense_h_to_4h",), down="dense_4h_to_h"),
     MLPLayout("llama", ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"),
               up=("gate_proj", "up_proj"), down="down_proj"),
-    MLPLayout("vit", ("ViTMLP",), up=("fc1",), down="fc2"),
+    MLPLayout("vit", ("ViTMLP",), up=("fc1",), down="fc2"),  # transformers 5
+    MLPLayout("vit", ("ViTIntermediate",), up=("dense",), down="../output.dense"),  # 4.x
 )
 
 SUPPORTED_FAMILIES = (
     "BERT/RoBERTa/ELECTRA/XLM-R (BertAttention...), GPT-2 (GPT2Attention), "
     "GPT-NeoX (GPTNeoXAttention), Llama/Mistral/Qwen2/Qwen3 (LlamaAttention...), "
-    "ViT (ViTAttention, transformers 5)"
+    "ViT (ViTAttention; transformers 5 and 4.x layouts)"
 )
 
-_ATTN_BY_CLASS = {c: layout for layout in ATTENTION_LAYOUTS for c in layout.classes}
-_MLP_BY_CLASS = {c: layout for layout in MLP_LAYOUTS for c in layout.classes}
+
+_L = TypeVar("_L", AttentionLayout, MLPLayout)
+
+
+def _by_class(layouts: tuple[_L, ...]) -> dict[str, list[_L]]:
+    table: dict[str, list[_L]] = {}
+    for layout in layouts:
+        for c in layout.classes:
+            table.setdefault(c, []).append(layout)
+    return table
+
+
+_ATTN_BY_CLASS: dict[str, list[AttentionLayout]] = _by_class(ATTENTION_LAYOUTS)
+_MLP_BY_CLASS: dict[str, list[MLPLayout]] = _by_class(MLP_LAYOUTS)
+
+
+def _has(module: nn.Module, rel: str) -> bool:
+    """Whether ``module`` has submodule ``rel`` (paths into the parent count as present)."""
+    if not rel or rel.startswith("../"):
+        return True
+    try:
+        module.get_submodule(rel)
+    except AttributeError:
+        return False
+    return True
+
+
+def _pick(candidates: list[_L], module: nn.Module, paths: Callable[[_L], tuple[str, ...]]) -> _L:
+    """The first candidate whose own submodules exist in ``module`` (else the first one)."""
+    for layout in candidates:
+        if all(_has(module, rel) for rel in paths(layout)):
+            return layout
+    return candidates[0]
 
 
 def _join(base: str, rel: str) -> str:
@@ -118,8 +164,7 @@ def _join(base: str, rel: str) -> str:
 
 def _out_dim(module: nn.Module) -> int:
     """Axis of the output units in ``module.weight`` (Conv1D stores ``[in, out]``)."""
-    return 1 if type(module).__name__ == "Conv1D" or (
-        hasattr(module, "nf") and hasattr(module, "nx")) else 0
+    return 1 if type(module).__name__ == "Conv1D" or hasattr(module, "nf") else 0
 
 
 def is_hf_module(module: nn.Module) -> bool:
@@ -133,7 +178,8 @@ def attention_layout(module: nn.Module) -> AttentionLayout | None:
     """The plugin entry for ``module``'s class (``None``: not a known attention block)."""
     for cls in type(module).__mro__:
         if cls.__name__ in _ATTN_BY_CLASS:
-            return _ATTN_BY_CLASS[cls.__name__]
+            return _pick(_ATTN_BY_CLASS[cls.__name__], module,
+                         lambda lay: (lay.o, lay.q, lay.k, lay.v, lay.qkv, lay.head_dim[0]))
     return None
 
 
@@ -141,7 +187,7 @@ def mlp_layout(module: nn.Module) -> MLPLayout | None:
     """The plugin entry for ``module``'s MLP class, or ``None``."""
     for cls in type(module).__mro__:
         if cls.__name__ in _MLP_BY_CLASS:
-            return _MLP_BY_CLASS[cls.__name__]
+            return _pick(_MLP_BY_CLASS[cls.__name__], module, lambda lay: (*lay.up, lay.down))
     return None
 
 

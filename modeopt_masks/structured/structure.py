@@ -114,8 +114,10 @@ def _sync_dims(module: nn.Module) -> None:
         module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         module.num_features = weight.shape[0]
-    elif hasattr(module, "nf") and hasattr(module, "nx"):  # transformers' Conv1D, weight [in, out]
-        module.nx, module.nf = weight.shape
+    elif hasattr(module, "nf"):  # transformers' Conv1D, weight [in, out] (``nx`` since 4.41)
+        module.nf = weight.shape[1]
+        if hasattr(module, "nx"):
+            module.nx = weight.shape[0]
 
 
 @torch.no_grad()
