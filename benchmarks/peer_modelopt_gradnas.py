@@ -30,12 +30,11 @@ def _best(fn, repeats: int) -> float:
 
 
 def main(quick: bool) -> dict:
+    import modelopt
+    import modelopt.torch.prune as mtp
     import torch
     import transformers
     from transformers.utils import logging
-
-    import modelopt
-    import modelopt.torch.prune as mtp
 
     logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
