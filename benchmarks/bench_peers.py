@@ -221,6 +221,13 @@ def _modelopt(quick: bool) -> dict:
             **{k: round(r[k], 3) for k in ("prune_ratio", "params_ratio", "latency_ratio")}}
 
 
+def _add_peer_path() -> None:
+    """Put the directories of ``MODEOPT_MASKS_PEERS_PATH`` first on ``sys.path``."""
+    for entry in reversed(os.environ.get(PEERS_PATH_ENV, "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
 def _guarded(fn, quick: bool) -> dict:
     try:
         return fn(quick)
@@ -230,9 +237,7 @@ def _guarded(fn, quick: bool) -> dict:
 
 def run(quick: bool = False) -> dict:
     """Peer figures beside ours, or why each peer was skipped."""
-    for entry in reversed(os.environ.get(PEERS_PATH_ENV, "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
+    _add_peer_path()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # bench_masks' workloads run on 2 threads
