@@ -218,7 +218,8 @@ def _modelopt(quick: bool) -> dict:
         return {"skipped": f"{script.name} failed under {python}: {tail}"}
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return {"versions": r["versions"],
-            **{k: round(r[k], 3) for k in ("prune_ratio", "params_ratio", "latency_ratio")}}
+            **{k: round(r[k], 3) for k in ("prune_ratio", "params_ratio", "latency_ratio")},
+            **{k: r[k] for k in ("hidden_kept", "heads_kept", "ffn_kept")}}
 
 
 def _add_peer_path() -> None:

@@ -97,6 +97,10 @@ def main(quick: bool) -> dict:
         "params_ratio": count(exported) / count(base),
         "params_target": 0.70,
         "latency_ratio": t_exp / t_orig,
+        "hidden_kept": exported.bert.embeddings.word_embeddings.weight.shape[1],
+        "heads_kept": [layer.attention.self.num_attention_heads
+                       for layer in exported.bert.encoder.layer],
+        "ffn_kept": [layer.intermediate.dense.out_features for layer in exported.bert.encoder.layer],
     }
 
 
