@@ -53,7 +53,7 @@ def test_export_runs_has_selected_shapes_and_matches_masked_model(family):
         assert _input_width(site) == kept * s.unit_size
         for upd in s.attrs:
             if hasattr(modules[upd.module], upd.attr):
-                assert getattr(modules[upd.module], upd.attr) == kept * upd.per_unit
+                assert getattr(modules[upd.module], upd.attr) == kept * upd.per_unit // upd.divisor
     assert count_params(model) == result.constraints["params"]["achieved"]
     with torch.no_grad():
         exported = output_tensor(model(**x))

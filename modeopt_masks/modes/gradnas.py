@@ -7,11 +7,15 @@ their structure) and puts a unit mask of ones on the input of each
 dimension's consumer. :func:`modeopt_masks.prune` scores and searches;
 ``mm.export`` slices the weights so the model is physically smaller.
 
-Type keys: ``"hf.attention"`` (heads; for grouped-query attention the unit is a
-whole KV group), ``"hf.mlp"`` (hidden channels), ``"nn.Linear"``,
-``"nn.Conv1d"``, ``"nn.Conv2d"`` (output channels of a producer layer, keyed by
-the producer's name). Rule fields: ``ratios`` (fractions of the units that may
-be kept; ``None``: every multiple of ``divisor``) and ``divisor``.
+Type keys: ``"hf.attention"`` (heads), ``"hf.mlp"`` (hidden channels),
+``"nn.Linear"``, ``"nn.Conv1d"``, ``"nn.Conv2d"`` (output channels of a
+producer layer, keyed by the producer's name). Rule fields: ``ratios``
+(fractions of the units that may be kept; ``None``: every multiple of
+``divisor``), ``divisor``, and ``gqa`` for grouped-query attention
+(Llama/Mistral/Qwen2/Qwen3 with fewer KV heads than query heads):
+``"groups"`` (default; the unit is a whole KV group) or ``"even"`` (the unit is
+a query head; K/V are kept and every KV group keeps the same number of query
+heads; ``ratios``/``divisor`` then apply to the heads of one group).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -29,7 +33,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -62,10 +66,14 @@ class GradNASRule(Rule):
         [8, 12]
         >>> GradNASRule(divisor=4).choices(12)
         [4, 8, 12]
+        >>> GradNASRule(ratios=[0.5, 1.0], gqa="even").choices(8, groups=2)  # 4 heads per group
+        [4, 8]
     """
 
     ratios: tuple[float, ...] | None = None
     divisor: int = Field(default=1, ge=1)
+    #: grouped-query attention: prune whole KV ``"groups"`` or query heads ``"even"``ly per group
+    gqa: Literal["groups", "even"] = "groups"
 
     @field_validator("ratios")
     @classmethod
@@ -75,8 +83,14 @@ class GradNASRule(Rule):
                 raise ValueError(f"ratios must be a non-empty list of fractions in (0, 1], got {v}")
         return v
 
-    def choices(self, n_units: int) -> list[int]:
-        """Allowed numbers of kept units for a dimension of ``n_units`` (always has ``n_units``)."""
+    def choices(self, n_units: int, groups: int = 1) -> list[int]:
+        """Allowed numbers of kept units for a dimension of ``n_units`` (always has ``n_units``).
+
+        With ``groups`` > 1 (equal groups that keep the same count) the rule applies to the
+        units of one group and the counts are multiplied by ``groups``.
+        """
+        if groups > 1:
+            return [c * groups for c in self.choices(n_units // groups)]
         d = self.divisor
         if self.ratios is None:
             out = set(range(d, n_units + 1, d))
@@ -128,14 +142,14 @@ def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Struc
     plain = plain_structures(model, skip=blocks)
     out = []
     for name, module, key, rule in plan:
+        assert isinstance(rule, GradNASRule)
         if key == "hf.attention":
-            structure = attention_structure(model, name, module)
+            structure = attention_structure(model, name, module, gqa=rule.gqa)
         elif key == "hf.mlp":
             structure = mlp_structure(model, name, module)
         else:
             structure = plain[name]
-        assert isinstance(rule, GradNASRule)
-        out.append((structure, rule.choices(structure.n_units)))
+        out.append((structure, rule.choices(structure.n_units, structure.groups)))
     return out
 
 

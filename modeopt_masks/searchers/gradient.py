@@ -96,8 +96,7 @@ class GradientBinarySearcher(BaseSearcher):
             assert scores is not None
             total = float(scores.sum()) if config["normalize"] == "layer" else totals[hp.structure.kind]
             norm = scores / total if total > 0 else torch.zeros_like(scores)
-            ranked = norm[orders[n]]
-            kept_sum = torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked.cumsum(0)])
-            full = float(kept_sum[-1])
-            out[n] = [max(0.0, full - float(kept_sum[c])) for c in hp.choices]
+            full = float(norm.sum())
+            # the normalised score of the units pruned when keeping hp.top(c) (group-aware)
+            out[n] = [max(0.0, full - float(norm[hp.top(c, orders[n])].sum())) for c in hp.choices]
         return out
