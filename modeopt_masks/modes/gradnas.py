@@ -2,8 +2,10 @@
 
 ``convert`` finds every searchable dimension the config switches on (HF
 attention and MLP blocks through the family plugin table, plain
-``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv`` pairs through
-their structure) and puts a unit mask of ones on the input of each
+``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv`` pairs inside
+``nn.Sequential`` or, in custom modules without HF blocks, through
+``torch.fx`` tracing; see :mod:`modeopt_masks.structured.plain` for the
+limits) and puts a unit mask of ones on the input of each
 dimension's consumer. :func:`modeopt_masks.prune` scores and searches;
 ``mm.export`` slices the weights so the model is physically smaller.
 
@@ -45,13 +47,14 @@ from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
     attention_layout,
     attention_structure,
+    is_hf_module,
     looks_like_attention,
     looks_like_mlp,
     mlp_layout,
     mlp_structure,
 )
 from ..structured.hparam import StructuredHParam, UnitMasked, gradnas_hparams
-from ..structured.plain import PLAIN_KEYS, plain_structures
+from ..structured.plain import PLAIN_KEYS, plain_structures_report
 from ..structured.structure import Structure, slice_structure
 
 HF_KEYS: tuple[str, ...] = ("hf.attention", "hf.mlp")
@@ -117,6 +120,12 @@ class GradNASConfig(ModeConfig):
     layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
 
 
+def _plain(model: nn.Module, blocks: tuple[str, ...]) -> tuple[dict[str, Structure], str | None]:
+    """Plain structures of ``model``: traced with ``torch.fx`` only when it has no HF blocks."""
+    trace = not blocks and not is_hf_module(model)
+    return plain_structures_report(model, skip=blocks, trace=trace)
+
+
 def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
     """``{module name: type key}`` for HF blocks and plain producers, and the HF block names."""
     keys: dict[str, str] = {}
@@ -130,7 +139,7 @@ def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
         elif mlp_layout(module) is not None or looks_like_mlp(module):
             keys[name] = "hf.mlp"
             blocks.append(name)
-    plain = plain_structures(model, skip=tuple(blocks))
+    plain, _ = _plain(model, tuple(blocks))
     keys.update({name: s.key for name, s in plain.items()})
     return keys, tuple(blocks)
 
@@ -139,7 +148,7 @@ def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Struc
     """Plan gradnas: ``(structure, choices)`` for every dimension ``config`` switches on."""
     keys, blocks = _key_table(model)
     plan = match_modules(model, config, lambda name, _m: keys.get(name))
-    plain = plain_structures(model, skip=blocks)
+    plain, _ = _plain(model, blocks)
     out = []
     for name, module, key, rule in plan:
         assert isinstance(rule, GradNASRule)
@@ -165,10 +174,14 @@ class GradNASDescriptor(ModeDescriptor):
         assert isinstance(config, GradNASConfig)
         plan = find_structures(model, config)
         if not plan:
+            _, blocks = _key_table(model)
+            _, reason = _plain(model, blocks)
+            why = f" ({reason}; only nn.Sequential pairs were searched)" if reason else ""
             raise ValueError(
                 "gradnas: the config selects no searchable dimension. It searches HF attention "
-                "and MLP blocks of known families and plain Sequential Linear->act->Linear / "
-                "Conv->BN->act->Conv pairs; the model's modules: "
+                "and MLP blocks of known families, and plain Linear->act->Linear / "
+                "Conv->BN->act->Conv pairs inside nn.Sequential or, in custom modules, found by "
+                f"torch.fx tracing{why}; the model's modules: "
                 f"{[(n, type(m).__name__) for n, m in model.named_modules()][:50]}"
             )
         modules = dict(model.named_modules())

@@ -214,7 +214,7 @@ class BaseSearcher:
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
         >>> sorted(GradientBinarySearcher.default_config)[:3]
-        ['collect_func', 'data_loader', 'loss_func']
+        ['collect_func', 'data_loader', 'iterations']
     """
 
     name = "base"

@@ -8,6 +8,13 @@ the default: each layer's scores sum to 1) or per kind over the whole model
 normalised score of the units pruned, so the selection does not depend on the
 loss scale.
 
+``iterations`` > 1 prunes in that many equal steps towards the constraints
+(Michel et al.'s iterative pruning): after each step the units pruned so far
+stay masked, the rest are rescored on the smaller model, and their scores
+decide the next step. One-shot first-order scores assume each unit is removed
+alone; removing half of the heads at once changes the others' importance, so
+the steps help most at aggressive targets. Cost: one scoring pass per step.
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.pruning import prune
@@ -23,14 +30,15 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..structured.hparam import StructuredHParam
+from ..structured.hparam import StructuredHParam, gradnas_hparams
 from ..structured.scores import collect_scores
-from .base import BaseSearcher
+from .base import CONSTRAINT_KINDS, BaseSearcher, CostModel, SearchResult, parse_constraints
 
 
 class GradientBinarySearcher(BaseSearcher):
@@ -39,7 +47,8 @@ class GradientBinarySearcher(BaseSearcher):
     Config: ``data_loader`` (required unless every hparam already has scores and
     ``rescore=False``), ``loss_func``, ``collect_func``, ``max_iter_data_loader``,
     ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"layer"`` |
-    ``"global"``), ``rescore``, ``progress``.
+    ``"global"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
+    ``progress``.
 
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
@@ -48,6 +57,7 @@ class GradientBinarySearcher(BaseSearcher):
     """
 
     name = "gradient_binary"
+    _step = 0  # the current step of an iterative search (0: not iterating)
     default_config: dict[str, Any] = {
         "data_loader": None,
         "loss_func": None,
@@ -55,6 +65,7 @@ class GradientBinarySearcher(BaseSearcher):
         "max_iter_data_loader": None,
         "score_type": "gradnas",
         "normalize": "layer",
+        "iterations": 1,
         "rescore": True,
         "progress": True,
     }
@@ -65,7 +76,48 @@ class GradientBinarySearcher(BaseSearcher):
             raise ValueError(f"normalize must be 'layer' or 'global', got {cfg['normalize']!r}")
         if cfg["score_type"] not in ("gradnas", "michel"):
             raise ValueError(f"score_type must be 'gradnas' or 'michel', got {cfg['score_type']!r}")
+        it = cfg["iterations"]
+        if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+            raise ValueError(f"iterations must be a positive integer, got {it!r}")
         return cfg
+
+    def search(self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
+               config: Mapping[str, Any] | None = None) -> SearchResult:
+        """One-shot search, or ``iterations`` steps each rescoring the units still kept."""
+        cfg = self.sanitize_config(config)
+        steps = cfg["iterations"]
+        if steps == 1:
+            return super().search(model, constraints, dummy_input, cfg)
+        hparams = gradnas_hparams(model)
+        kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
+        cost_model = CostModel(model, hparams, kinds, dummy_input)
+        original = cost_model.original
+        targets = parse_constraints(constraints, original)
+        smallest = cost_model.cost({n: hp.choices[0] for n, hp in hparams.items()})
+        if any(smallest[k] > targets[k] for k in targets):  # fail before any scoring
+            return super().search(model, constraints, dummy_input, {**cfg, "iterations": 1})
+        previous = {n: hp.kept for n, hp in hparams.items()}
+        history: list[dict[str, float]] = []
+        try:
+            for step in range(1, steps + 1):
+                frac = step / steps
+                step_targets = {k: original[k] - (original[k] - targets[k]) * frac for k in targets}
+                self._step = step
+                result = super().search(model, step_targets if step < steps else targets,
+                                        dummy_input, cfg)
+                history += [{**h, "iteration": float(step)} for h in result.history]
+        except Exception:
+            for n, hp in hparams.items():
+                hp.keep(previous[n])
+            raise
+        finally:
+            self._step = 0
+        result.history = history
+        result.constraints = {
+            k: {**v, "target": targets[k], "ratio": v["achieved"] / original[k]}
+            for k, v in result.constraints.items()
+        }
+        return result
 
     def prepare(self, model: nn.Module, hparams: dict[str, StructuredHParam],
                 config: dict[str, Any]) -> None:  # noqa: D102
@@ -81,6 +133,14 @@ class GradientBinarySearcher(BaseSearcher):
                 max_iter_data_loader=config["max_iter_data_loader"],
                 score_type=config["score_type"], progress=config["progress"],
             )
+        if getattr(self, "_step", 0) > 1:  # iterative: units pruned by earlier steps stay pruned
+            for hp in hparams.values():
+                assert hp.importance is not None
+                dropped = sorted(set(range(hp.n_units)) - set(hp.kept))
+                if dropped:
+                    scores = hp.importance.clone()
+                    scores[dropped] = 0.0
+                    hp.importance = scores
 
     def sensitivities(self, model: nn.Module, hparams: dict[str, StructuredHParam],
                       orders: dict[str, torch.Tensor], config: dict[str, Any]
