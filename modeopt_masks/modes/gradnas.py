@@ -19,6 +19,21 @@ producer layer, keyed by the producer's name). Rule fields: ``ratios``
 a query head; K/V are kept and every KV group keeps the same number of query
 heads; ``ratios``/``divisor`` then apply to the heads of one group).
 
+Saving an exported Hugging Face model: the export slices weights and updates
+each block's own head-count attributes (``num_attention_heads``,
+``num_key_value_groups``, ``all_head_size``, ...), but **not** ``model.config``,
+which has one count for every layer and cannot describe layers pruned
+differently. So ``save_pretrained`` writes the smaller weights next to the
+original config, and ``from_pretrained`` on that folder raises a size-mismatch
+error (with ``ignore_mismatched_sizes=True`` it would silently re-initialise
+the pruned layers: never do that). Ways that work:
+
+* before ``export``: ``mm.save(model, dir)``; later
+  ``mm.export(mm.restore(Model.from_pretrained(original), dir))`` rebuilds the
+  exported model (the selection is replayed on a fresh original model);
+* after ``export``: ``torch.save(model, path)`` / ``torch.load(path,
+  weights_only=False)`` (a pickle of the plain modules: trusted files only).
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.structured import gradnas_hparams
@@ -237,6 +252,13 @@ class GradNASDescriptor(ModeDescriptor):
         return model
 
     def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        """Slice the kept units into plain modules; ``model.config`` keeps the original counts.
+
+        Per-layer head counts can differ after pruning, which a transformers
+        config cannot express: ``save_pretrained`` output does not reload with
+        ``from_pretrained``. Save with ``mm.save`` before exporting and rebuild
+        with ``mm.restore`` + ``mm.export`` (see the module docstring).
+        """
         hps = gradnas_hparams(model)
         for hp in hps.values():
             if hp.active != hp.n_units:
