@@ -118,6 +118,12 @@ def test_even_gqa_search_and_save_restore(tmp_path):
                           config={"data_loader": batches(), "progress": False})
     for name, hp in gradnas_hparams(model).items():
         assert hp.kept == hp.top(result.selection[name])
+        # sensitivity of a choice: the global share of score pruned when each group keeps its best
+        total = sum(float(h.importance.sum()) for h in gradnas_hparams(model).values()
+                    if h.structure.kind == "heads")
+        expected = [(float(hp.importance.sum()) - float(hp.importance[hp.top(c)].sum())) / total
+                    for c in hp.choices]
+        assert result.sensitivities[name] == pytest.approx(expected, abs=1e-12)
     mm.save(model, tmp_path)
     fresh = mm.restore(make_gqa("llama"), tmp_path)
     hps = gradnas_hparams(fresh)

@@ -162,7 +162,24 @@ class GradientBinarySearcher(BaseSearcher):
             assert scores is not None
             total = float(scores.sum()) if config["normalize"] == "layer" else totals[hp.structure.kind]
             norm = scores / total if total > 0 else torch.zeros_like(scores)
-            full = float(norm.sum())
-            # the normalised score of the units pruned when keeping hp.top(c) (group-aware)
-            out[n] = [max(0.0, full - float(norm[hp.top(c, orders[n])].sum())) for c in hp.choices]
+            out[n] = _pruned_mass(hp, norm, orders[n])
         return out
+
+
+def _pruned_mass(hp: StructuredHParam, norm: torch.Tensor, order: torch.Tensor) -> list[float]:
+    """Per choice ``c``: the score of the units pruned when keeping ``hp.top(c, order)``.
+
+    With grouped units (``gqa="even"``) each group keeps its own best ``c // groups``.
+    """
+    groups = hp.structure.groups
+    ranked = norm[order]
+    if groups == 1:
+        kept = torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked.cumsum(0)])
+        full = float(kept[-1])
+        return [max(0.0, full - float(kept[c])) for c in hp.choices]
+    size = hp.n_units // groups
+    group_of = order // size  # the group of each ranked unit
+    per_group = [torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked[group_of == g].cumsum(0)])
+                 for g in range(groups)]
+    full = sum(float(k[-1]) for k in per_group)
+    return [max(0.0, full - sum(float(k[c // groups]) for k in per_group)) for c in hp.choices]
