@@ -155,3 +155,13 @@ def test_iterative_search_rescores_and_keeps_earlier_prunes():
         _bert_prune("60%", iterations=0)
     with pytest.raises(ValueError, match="smallest reachable"):
         _bert_prune("1%", iterations=3)
+
+
+def test_a_loss_minimised_by_the_full_model_warns_that_scores_are_noise():
+    model = mm.convert(make_model("bert"), "gradnas")
+    with torch.no_grad():
+        refs = [model(**b).last_hidden_state for b in loader("bert")]
+    data = [(b, r) for b, r in zip(loader("bert"), refs, strict=True)]
+    with pytest.warns(UserWarning, match="loss is ~0 on every batch"):
+        collect_scores(model, data, collect_func=lambda pair: pair[0], progress=False,
+                       loss_func=lambda out, pair: (out.last_hidden_state - pair[1]).pow(2).mean())
