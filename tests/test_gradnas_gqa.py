@@ -137,3 +137,9 @@ def test_groups_mode_is_the_default_and_mha_even_is_per_head():
                for hp in hps.values())
     with pytest.raises(ValueError, match="gqa"):
         mm.convert(make_gqa("llama"), ("gradnas", {"hf.attention": {"gqa": "uneven"}}))
+    torch.manual_seed(0)
+    mha = transformers.Qwen2Model(transformers.Qwen2Config(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, intermediate_size=16))
+    (hp,) = gradnas_hparams(mm.convert(mha, ("gradnas", EVEN))).values()
+    assert (hp.n_units, hp.structure.groups, hp.choices) == (4, 1, [1, 2, 3, 4])

@@ -141,8 +141,10 @@ def _plain(model: nn.Module, blocks: tuple[str, ...]) -> tuple[dict[str, Structu
     return plain_structures_report(model, skip=blocks, trace=trace)
 
 
-def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
-    """``{module name: type key}`` for HF blocks and plain producers, and the HF block names."""
+def _key_table(model: nn.Module
+               ) -> tuple[dict[str, str], tuple[str, ...], dict[str, Structure], str | None]:
+    """``{module name: type key}`` for HF blocks and plain producers, the HF block names, the
+    plain structures and why ``torch.fx`` tracing failed (``None``: it did not fail)."""
     keys: dict[str, str] = {}
     blocks: list[str] = []
     for name, module in model.named_modules():
@@ -154,16 +156,15 @@ def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
         elif mlp_layout(module) is not None or looks_like_mlp(module):
             keys[name] = "hf.mlp"
             blocks.append(name)
-    plain, _ = _plain(model, tuple(blocks))
+    plain, reason = _plain(model, tuple(blocks))
     keys.update({name: s.key for name, s in plain.items()})
-    return keys, tuple(blocks)
+    return keys, tuple(blocks), plain, reason
 
 
 def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Structure, list[int]]]:
     """Plan gradnas: ``(structure, choices)`` for every dimension ``config`` switches on."""
-    keys, blocks = _key_table(model)
+    keys, _, plain, _ = _key_table(model)
     plan = match_modules(model, config, lambda name, _m: keys.get(name))
-    plain, _ = _plain(model, blocks)
     out = []
     for name, module, key, rule in plan:
         assert isinstance(rule, GradNASRule)
@@ -189,8 +190,7 @@ class GradNASDescriptor(ModeDescriptor):
         assert isinstance(config, GradNASConfig)
         plan = find_structures(model, config)
         if not plan:
-            _, blocks = _key_table(model)
-            _, reason = _plain(model, blocks)
+            reason = _key_table(model)[3]
             why = f" ({reason}; only nn.Sequential pairs were searched)" if reason else ""
             raise ValueError(
                 "gradnas: the config selects no searchable dimension. It searches HF attention "
