@@ -6,6 +6,10 @@ gradnas model), scores heads and channels, searches the largest subnetwork
 that meets the constraints, keeps it (units masked) and returns
 ``(model, SearchResult)``. ``mm.export(model)`` then slices the weights; until
 then ``mm.save`` / ``mm.restore`` replay the conversion and the selection.
+Save before exporting: an exported Hugging Face model keeps its original
+``config`` (one head count for all layers), so its ``save_pretrained`` folder
+does not reload with ``from_pretrained`` (size mismatch); rebuild it with
+``mm.export(mm.restore(fresh_original_model, dir))`` instead.
 
 ``config`` mixes the mode's rule config (type keys such as ``"hf.attention"``)
 and the searcher's options (``data_loader``, ``loss_func``, ...); each key goes

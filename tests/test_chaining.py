@@ -333,9 +333,10 @@ def test_restore_gradnas_into_other_module_names_fails_clearly(tmp_path):
                                             r"\['1', '3'\]"):
         mm.restore(shifted, tmp_path)
     _assert_same(before, _fingerprint(shifted))
-    renamed = Renamed()  # not a Sequential: no plain structure at all
+    renamed = Renamed()  # not a Sequential: its pair is found by tracing, under another name
     before = _fingerprint(renamed)
-    with pytest.raises(mm.StateError, match="selects no searchable dimension"):
+    with pytest.raises(mm.StateError, match=r"saved hparams \['0', '2'\], this model gives "
+                                            r"\['fc_in'\]"):
         mm.restore(renamed, tmp_path)
     _assert_same(before, _fingerprint(renamed))
 

@@ -53,7 +53,7 @@ def test_export_runs_has_selected_shapes_and_matches_masked_model(family):
         assert _input_width(site) == kept * s.unit_size
         for upd in s.attrs:
             if hasattr(modules[upd.module], upd.attr):
-                assert getattr(modules[upd.module], upd.attr) == kept * upd.per_unit
+                assert getattr(modules[upd.module], upd.attr) == kept * upd.per_unit // upd.divisor
     assert count_params(model) == result.constraints["params"]["achieved"]
     with torch.no_grad():
         exported = output_tensor(model(**x))
@@ -181,3 +181,22 @@ def test_rules_switch_blocks_off_and_set_choices():
                          "encoder.layer.1.intermediate"]
     assert hps["encoder.layer.0.attention"].choices == [2, 4]
     assert hps["encoder.layer.1.intermediate"].choices == [16, 32, 48, 64]
+
+
+def test_exported_hf_model_reloads_through_mm_restore_not_from_pretrained(tmp_path):
+    model, result = _prune("bert")
+    x = make_input("bert")
+    mm.save(model, tmp_path / "mm")
+    model = mm.export(model)
+    with torch.no_grad():
+        ref = output_tensor(model(**x))
+    assert model.config.num_attention_heads == 4  # the config is not per layer: unchanged
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(RuntimeError, match="mismatch"):  # documented limit
+        type(model).from_pretrained(tmp_path / "hf")
+    rebuilt = mm.export(mm.restore(make_model("bert"), tmp_path / "mm"))
+    torch.save(model, tmp_path / "model.pt")
+    pickled = torch.load(tmp_path / "model.pt", weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(output_tensor(rebuilt(**x)), ref, atol=1e-6, rtol=1e-6)
+        assert torch.equal(output_tensor(pickled(**x)), ref)

@@ -139,3 +139,29 @@ def test_binary_searcher_uses_score_func():
     assert result.searcher == "binary" and len(calls) == 1 + 3 + 3
     assert result.constraints["params"]["ratio"] <= 0.7
     assert all(s >= 0 for v in result.sensitivities.values() for s in v[-1:])
+
+
+def test_iterative_search_rescores_and_keeps_earlier_prunes():
+    model, result = _bert_prune("60%", iterations=3)
+    ratio = result.constraints["params"]["ratio"]
+    assert 0.59 <= ratio <= 0.60, ratio
+    assert result.constraints["params"]["target"] == pytest.approx(0.6 * count_params(make_model("bert")))
+    assert {h["iteration"] for h in result.history} == {1.0, 2.0, 3.0}
+    for hp in gradnas_hparams(model).values():  # the kept units are the last step's top ones
+        assert hp.importance is not None
+        assert set(hp.kept) == set(hp.top(hp.active))
+    assert count_params(mm.export(model)) == result.constraints["params"]["achieved"]
+    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+        _bert_prune("60%", iterations=0)
+    with pytest.raises(ValueError, match="smallest reachable"):
+        _bert_prune("1%", iterations=3)
+
+
+def test_a_loss_minimised_by_the_full_model_warns_that_scores_are_noise():
+    model = mm.convert(make_model("bert"), "gradnas")
+    with torch.no_grad():
+        refs = [model(**b).last_hidden_state for b in loader("bert")]
+    data = [(b, r) for b, r in zip(loader("bert"), refs, strict=True)]
+    with pytest.warns(UserWarning, match="loss is ~0 on every batch"):
+        collect_scores(model, data, collect_func=lambda pair: pair[0], progress=False,
+                       loss_func=lambda out, pair: (out.last_hidden_state - pair[1]).pow(2).mean())

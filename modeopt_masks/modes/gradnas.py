@@ -2,16 +2,37 @@
 
 ``convert`` finds every searchable dimension the config switches on (HF
 attention and MLP blocks through the family plugin table, plain
-``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv`` pairs through
-their structure) and puts a unit mask of ones on the input of each
+``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv`` pairs inside
+``nn.Sequential`` or, in custom modules without HF blocks, through
+``torch.fx`` tracing; see :mod:`modeopt_masks.structured.plain` for the
+limits) and puts a unit mask of ones on the input of each
 dimension's consumer. :func:`modeopt_masks.prune` scores and searches;
 ``mm.export`` slices the weights so the model is physically smaller.
 
-Type keys: ``"hf.attention"`` (heads; for grouped-query attention the unit is a
-whole KV group), ``"hf.mlp"`` (hidden channels), ``"nn.Linear"``,
-``"nn.Conv1d"``, ``"nn.Conv2d"`` (output channels of a producer layer, keyed by
-the producer's name). Rule fields: ``ratios`` (fractions of the units that may
-be kept; ``None``: every multiple of ``divisor``) and ``divisor``.
+Type keys: ``"hf.attention"`` (heads), ``"hf.mlp"`` (hidden channels),
+``"nn.Linear"``, ``"nn.Conv1d"``, ``"nn.Conv2d"`` (output channels of a
+producer layer, keyed by the producer's name). Rule fields: ``ratios``
+(fractions of the units that may be kept; ``None``: every multiple of
+``divisor``), ``divisor``, and ``gqa`` for grouped-query attention
+(Llama/Mistral/Qwen2/Qwen3 with fewer KV heads than query heads):
+``"groups"`` (default; the unit is a whole KV group) or ``"even"`` (the unit is
+a query head; K/V are kept and every KV group keeps the same number of query
+heads; ``ratios``/``divisor`` then apply to the heads of one group).
+
+Saving an exported Hugging Face model: the export slices weights and updates
+each block's own head-count attributes (``num_attention_heads``,
+``num_key_value_groups``, ``all_head_size``, ...), but **not** ``model.config``,
+which has one count for every layer and cannot describe layers pruned
+differently. So ``save_pretrained`` writes the smaller weights next to the
+original config, and ``from_pretrained`` on that folder raises a size-mismatch
+error (with ``ignore_mismatched_sizes=True`` it would silently re-initialise
+the pruned layers: never do that). Ways that work:
+
+* before ``export``: ``mm.save(model, dir)``; later
+  ``mm.export(mm.restore(Model.from_pretrained(original), dir))`` rebuilds the
+  exported model (the selection is replayed on a fresh original model);
+* after ``export``: ``torch.save(model, path)`` / ``torch.load(path,
+  weights_only=False)`` (a pickle of the plain modules: trusted files only).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -29,7 +50,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -41,13 +62,14 @@ from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
     attention_layout,
     attention_structure,
+    is_hf_module,
     looks_like_attention,
     looks_like_mlp,
     mlp_layout,
     mlp_structure,
 )
 from ..structured.hparam import StructuredHParam, UnitMasked, gradnas_hparams
-from ..structured.plain import PLAIN_KEYS, plain_structures
+from ..structured.plain import PLAIN_KEYS, plain_structures_report
 from ..structured.structure import Structure, slice_structure
 
 HF_KEYS: tuple[str, ...] = ("hf.attention", "hf.mlp")
@@ -62,10 +84,14 @@ class GradNASRule(Rule):
         [8, 12]
         >>> GradNASRule(divisor=4).choices(12)
         [4, 8, 12]
+        >>> GradNASRule(ratios=[0.5, 1.0], gqa="even").choices(8, groups=2)  # 4 heads per group
+        [4, 8]
     """
 
     ratios: tuple[float, ...] | None = None
     divisor: int = Field(default=1, ge=1)
+    #: grouped-query attention: prune whole KV ``"groups"`` or query heads ``"even"``ly per group
+    gqa: Literal["groups", "even"] = "groups"
 
     @field_validator("ratios")
     @classmethod
@@ -75,8 +101,14 @@ class GradNASRule(Rule):
                 raise ValueError(f"ratios must be a non-empty list of fractions in (0, 1], got {v}")
         return v
 
-    def choices(self, n_units: int) -> list[int]:
-        """Allowed numbers of kept units for a dimension of ``n_units`` (always has ``n_units``)."""
+    def choices(self, n_units: int, groups: int = 1) -> list[int]:
+        """Allowed numbers of kept units for a dimension of ``n_units`` (always has ``n_units``).
+
+        With ``groups`` > 1 (equal groups that keep the same count) the rule applies to the
+        units of one group and the counts are multiplied by ``groups``.
+        """
+        if groups > 1:
+            return [c * groups for c in self.choices(n_units // groups)]
         d = self.divisor
         if self.ratios is None:
             out = set(range(d, n_units + 1, d))
@@ -103,8 +135,16 @@ class GradNASConfig(ModeConfig):
     layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
 
 
-def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
-    """``{module name: type key}`` for HF blocks and plain producers, and the HF block names."""
+def _plain(model: nn.Module, blocks: tuple[str, ...]) -> tuple[dict[str, Structure], str | None]:
+    """Plain structures of ``model``: traced with ``torch.fx`` only when it has no HF blocks."""
+    trace = not blocks and not is_hf_module(model)
+    return plain_structures_report(model, skip=blocks, trace=trace)
+
+
+def _key_table(model: nn.Module
+               ) -> tuple[dict[str, str], tuple[str, ...], dict[str, Structure], str | None]:
+    """``{module name: type key}`` for HF blocks and plain producers, the HF block names, the
+    plain structures and why ``torch.fx`` tracing failed (``None``: it did not fail)."""
     keys: dict[str, str] = {}
     blocks: list[str] = []
     for name, module in model.named_modules():
@@ -116,26 +156,25 @@ def _key_table(model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
         elif mlp_layout(module) is not None or looks_like_mlp(module):
             keys[name] = "hf.mlp"
             blocks.append(name)
-    plain = plain_structures(model, skip=tuple(blocks))
+    plain, reason = _plain(model, tuple(blocks))
     keys.update({name: s.key for name, s in plain.items()})
-    return keys, tuple(blocks)
+    return keys, tuple(blocks), plain, reason
 
 
 def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Structure, list[int]]]:
     """Plan gradnas: ``(structure, choices)`` for every dimension ``config`` switches on."""
-    keys, blocks = _key_table(model)
+    keys, _, plain, _ = _key_table(model)
     plan = match_modules(model, config, lambda name, _m: keys.get(name))
-    plain = plain_structures(model, skip=blocks)
     out = []
     for name, module, key, rule in plan:
+        assert isinstance(rule, GradNASRule)
         if key == "hf.attention":
-            structure = attention_structure(model, name, module)
+            structure = attention_structure(model, name, module, gqa=rule.gqa)
         elif key == "hf.mlp":
             structure = mlp_structure(model, name, module)
         else:
             structure = plain[name]
-        assert isinstance(rule, GradNASRule)
-        out.append((structure, rule.choices(structure.n_units)))
+        out.append((structure, rule.choices(structure.n_units, structure.groups)))
     return out
 
 
@@ -151,10 +190,13 @@ class GradNASDescriptor(ModeDescriptor):
         assert isinstance(config, GradNASConfig)
         plan = find_structures(model, config)
         if not plan:
+            reason = _key_table(model)[3]
+            why = f" ({reason}; only nn.Sequential pairs were searched)" if reason else ""
             raise ValueError(
                 "gradnas: the config selects no searchable dimension. It searches HF attention "
-                "and MLP blocks of known families and plain Sequential Linear->act->Linear / "
-                "Conv->BN->act->Conv pairs; the model's modules: "
+                "and MLP blocks of known families, and plain Linear->act->Linear / "
+                "Conv->BN->act->Conv pairs inside nn.Sequential or, in custom modules, found by "
+                f"torch.fx tracing{why}; the model's modules: "
                 f"{[(n, type(m).__name__) for n, m in model.named_modules()][:50]}"
             )
         modules = dict(model.named_modules())
@@ -233,6 +275,13 @@ class GradNASDescriptor(ModeDescriptor):
         return model
 
     def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
+        """Slice the kept units into plain modules; ``model.config`` keeps the original counts.
+
+        Per-layer head counts can differ after pruning, which a transformers
+        config cannot express: ``save_pretrained`` output does not reload with
+        ``from_pretrained``. Save with ``mm.save`` before exporting and rebuild
+        with ``mm.restore`` + ``mm.export`` (see the module docstring).
+        """
         hps = gradnas_hparams(model)
         for hp in hps.values():
             if hp.active != hp.n_units:

@@ -2,11 +2,24 @@
 
 Scores come from :func:`~modeopt_masks.structured.collect_scores` (sum of
 ``(dL/dmask)^2``, or Michel et al.'s mean ``|dL/dmask|`` with
-``score_type="michel"``). They are normalised per hparam (``normalize="layer"``,
-the default: each layer's scores sum to 1) or per kind over the whole model
-(``"global"``). The sensitivity of keeping the top ``c`` units is the
+``score_type="michel"``). They are normalised per kind over the whole model (``normalize="global"``,
+the default: all head scores sum to 1, all channel scores sum to 1) or per
+hparam (``"layer"``: each layer's scores sum to 1). ``"layer"`` makes the
+search prune every layer by about the same share of its score mass, so the
+kept heads end up spread almost evenly over the layers even when one layer's
+heads matter far less than another's; ``"global"`` lets the search prune the
+least important layers deepest. (On a 2-layer ViT trained on scikit-learn
+digits, keeping 16 of 32 heads: ``"global"`` 0.91-0.99 test accuracy over 8
+seeds, ``"layer"`` 0.84-0.97.) The sensitivity of keeping the top ``c`` units is the
 normalised score of the units pruned, so the selection does not depend on the
 loss scale.
+
+``iterations`` > 1 prunes in that many equal steps towards the constraints
+(Michel et al.'s iterative pruning): after each step the units pruned so far
+stay masked, the rest are rescored on the smaller model, and their scores
+decide the next step. One-shot first-order scores assume each unit is removed
+alone; removing half of the heads at once changes the others' importance, so
+the steps help most at aggressive targets. Cost: one scoring pass per step.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -23,14 +36,15 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..structured.hparam import StructuredHParam
+from ..structured.hparam import StructuredHParam, gradnas_hparams
 from ..structured.scores import collect_scores
-from .base import BaseSearcher
+from .base import CONSTRAINT_KINDS, BaseSearcher, CostModel, SearchResult, parse_constraints
 
 
 class GradientBinarySearcher(BaseSearcher):
@@ -38,9 +52,10 @@ class GradientBinarySearcher(BaseSearcher):
 
     Config: ``data_loader`` (required unless every hparam already has scores and
     ``rescore=False``), ``loss_func``, ``collect_func``, ``max_iter_data_loader``,
-    ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"layer"`` |
-    ``"global"``), ``rescore``, ``progress``, ``all_reduce`` (under ``torch.distributed``,
-    sum the scores over all ranks so that every rank chooses the same subnetwork; default on).
+    ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"global"`` |
+    ``"layer"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
+    ``progress``, ``all_reduce`` (under ``torch.distributed``, sum the scores over all
+    ranks so that every rank chooses the same subnetwork; default on).
 
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
@@ -49,13 +64,15 @@ class GradientBinarySearcher(BaseSearcher):
     """
 
     name = "gradient_binary"
+    _step = 0  # the current step of an iterative search (0: not iterating)
     default_config: dict[str, Any] = {
         "data_loader": None,
         "loss_func": None,
         "collect_func": None,
         "max_iter_data_loader": None,
         "score_type": "gradnas",
-        "normalize": "layer",
+        "normalize": "global",
+        "iterations": 1,
         "rescore": True,
         "progress": True,
         "all_reduce": True,
@@ -67,7 +84,48 @@ class GradientBinarySearcher(BaseSearcher):
             raise ValueError(f"normalize must be 'layer' or 'global', got {cfg['normalize']!r}")
         if cfg["score_type"] not in ("gradnas", "michel"):
             raise ValueError(f"score_type must be 'gradnas' or 'michel', got {cfg['score_type']!r}")
+        it = cfg["iterations"]
+        if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+            raise ValueError(f"iterations must be a positive integer, got {it!r}")
         return cfg
+
+    def search(self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
+               config: Mapping[str, Any] | None = None) -> SearchResult:
+        """One-shot search, or ``iterations`` steps each rescoring the units still kept."""
+        cfg = self.sanitize_config(config)
+        steps = cfg["iterations"]
+        if steps == 1:
+            return super().search(model, constraints, dummy_input, cfg)
+        hparams = gradnas_hparams(model)
+        kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
+        cost_model = CostModel(model, hparams, kinds, dummy_input)
+        original = cost_model.original
+        targets = parse_constraints(constraints, original)
+        smallest = cost_model.cost({n: hp.choices[0] for n, hp in hparams.items()})
+        if any(smallest[k] > targets[k] for k in targets):  # fail before any scoring
+            return super().search(model, constraints, dummy_input, {**cfg, "iterations": 1})
+        previous = {n: hp.kept for n, hp in hparams.items()}
+        history: list[dict[str, float]] = []
+        try:
+            for step in range(1, steps + 1):
+                frac = step / steps
+                step_targets = {k: original[k] - (original[k] - targets[k]) * frac for k in targets}
+                self._step = step
+                result = super().search(model, step_targets if step < steps else targets,
+                                        dummy_input, cfg)
+                history += [{**h, "iteration": float(step)} for h in result.history]
+        except Exception:
+            for n, hp in hparams.items():
+                hp.keep(previous[n])
+            raise
+        finally:
+            self._step = 0
+        result.history = history
+        result.constraints = {
+            k: {**v, "target": targets[k], "ratio": v["achieved"] / original[k]}
+            for k, v in result.constraints.items()
+        }
+        return result
 
     def prepare(self, model: nn.Module, hparams: dict[str, StructuredHParam],
                 config: dict[str, Any]) -> None:  # noqa: D102
@@ -84,6 +142,14 @@ class GradientBinarySearcher(BaseSearcher):
                 score_type=config["score_type"], progress=config["progress"],
                 all_reduce=config["all_reduce"],
             )
+        if getattr(self, "_step", 0) > 1:  # iterative: units pruned by earlier steps stay pruned
+            for hp in hparams.values():
+                assert hp.importance is not None
+                dropped = sorted(set(range(hp.n_units)) - set(hp.kept))
+                if dropped:
+                    scores = hp.importance.clone()
+                    scores[dropped] = 0.0
+                    hp.importance = scores
 
     def sensitivities(self, model: nn.Module, hparams: dict[str, StructuredHParam],
                       orders: dict[str, torch.Tensor], config: dict[str, Any]
@@ -99,8 +165,24 @@ class GradientBinarySearcher(BaseSearcher):
             assert scores is not None
             total = float(scores.sum()) if config["normalize"] == "layer" else totals[hp.structure.kind]
             norm = scores / total if total > 0 else torch.zeros_like(scores)
-            ranked = norm[orders[n]]
-            kept_sum = torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked.cumsum(0)])
-            full = float(kept_sum[-1])
-            out[n] = [max(0.0, full - float(kept_sum[c])) for c in hp.choices]
+            out[n] = _pruned_mass(hp, norm, orders[n])
         return out
+
+
+def _pruned_mass(hp: StructuredHParam, norm: torch.Tensor, order: torch.Tensor) -> list[float]:
+    """Per choice ``c``: the score of the units pruned when keeping ``hp.top(c, order)``.
+
+    With grouped units (``gqa="even"``) each group keeps its own best ``c // groups``.
+    """
+    groups = hp.structure.groups
+    ranked = norm[order]
+    if groups == 1:
+        kept = torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked.cumsum(0)])
+        full = float(kept[-1])
+        return [max(0.0, full - float(kept[c])) for c in hp.choices]
+    size = hp.n_units // groups
+    group_of = order // size  # the group of each ranked unit
+    per_group = [torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked[group_of == g].cumsum(0)])
+                 for g in range(groups)]
+    full = sum(float(k[-1]) for k in per_group)
+    return [max(0.0, full - sum(float(k[c // groups]) for k in per_group)) for c in hp.choices]

@@ -6,12 +6,20 @@ MLP's up and down projections are, and which attributes hold head counts.
 Paths are relative to the matched block; a leading ``../`` goes to its parent.
 
 Supported attention families (:data:`SUPPORTED_FAMILIES`): BERT/RoBERTa/ELECTRA
-(and XLM-R), GPT-2, GPT-NeoX, Llama/Mistral/Qwen2/Qwen3 (grouped-query
-attention: the unit is a whole KV group, so the exported model keeps
-``num_key_value_groups``), ViT. A class may have several entries (one per
-transformers generation: ViT's ``q_proj``/``o_proj`` in 5.x,
-``attention.query``/``output.dense`` in 4.x); the first entry whose own
-submodules exist in the block is used.
+(and XLM-R), GPT-2, GPT-NeoX, Llama/Mistral/Qwen2/Qwen3, ViT. A class may have
+several entries (one per transformers generation: ViT's ``q_proj``/``o_proj`` in
+5.x, ``attention.query``/``output.dense`` in 4.x); the first entry whose own
+submodules exist in the block is used. Grouped-query attention (Llama-style,
+fewer KV heads than query heads) is pruned in one of two ways, chosen by the
+rule field ``gqa``:
+
+* ``"groups"`` (default): the unit is a whole KV group (its K/V head and all
+  its query heads), so ``num_key_value_groups`` is unchanged;
+* ``"even"``: the unit is one query head, K/V are kept, and every KV group
+  keeps the same number of query heads, so the exported model runs with a
+  smaller ``num_key_value_groups``.
+
+With as many KV heads as query heads both are plain per-head pruning.
 
 Examples:
     >>> import transformers as tf
@@ -22,6 +30,9 @@ Examples:
     >>> s = attention_structure(m, "layers.0.self_attn", m.layers[0].self_attn)
     >>> (s.family, s.n_units, s.heads_per_unit, s.unit_size)
     ('llama', 2, 2, 16)
+    >>> s = attention_structure(m, "layers.0.self_attn", m.layers[0].self_attn, gqa="even")
+    >>> (s.n_units, s.heads_per_unit, s.unit_size, s.groups)
+    (4, 1, 8, 2)
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ class AttentionLayout:
     fused: str = ""
     #: module (relative path) and attribute names that hold the head dim
     head_dim: tuple[str, tuple[str, ...]] = ("", ("head_dim",))
-    #: (relative module path, attribute, "heads" | "kv_heads" | "size")
+    #: (relative module path, attribute, "heads" | "kv_heads" | "size" | "groups")
     attrs: tuple[tuple[str, str, str], ...] = ()
 
 
@@ -87,7 +98,7 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
         "llama", _LLAMA_CLASSES, o="o_proj", q="q_proj", k="k_proj", v="v_proj",
         # ``hidden_size``: transformers 4.4x reshapes the attention output with it
         attrs=(("", "num_heads", "heads"), ("", "num_key_value_heads", "kv_heads"),
-               ("", "hidden_size", "size")),
+               ("", "num_key_value_groups", "groups"), ("", "hidden_size", "size")),
     ),
     AttentionLayout(  # transformers 5
         "vit", ("ViTAttention",), o="o_proj", q="q_proj", k="k_proj", v="v_proj",
@@ -210,8 +221,18 @@ def _get(modules: dict[str, nn.Module], name: str, family: str, block: str) -> n
     return modules[name]
 
 
-def attention_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
-    """The heads :class:`Structure` of attention block ``name`` (a known family)."""
+GQA_MODES: tuple[str, ...] = ("groups", "even")
+
+
+def attention_structure(root: nn.Module, name: str, module: nn.Module,
+                        gqa: str = "groups") -> Structure:
+    """The heads :class:`Structure` of attention block ``name`` (a known family).
+
+    ``gqa`` (grouped-query attention only): ``"groups"`` prunes whole KV groups,
+    ``"even"`` prunes query heads evenly within every KV group.
+    """
+    if gqa not in GQA_MODES:
+        raise ValueError(f"{name}: gqa must be one of {list(GQA_MODES)}, got {gqa!r}")
     layout = attention_layout(module)
     if layout is None:
         raise ValueError(
@@ -253,21 +274,33 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module) -> Struct
     if n_heads % kv_heads:
         raise ValueError(f"{name}: {n_heads} query heads do not split into {kv_heads} KV groups")
     group = n_heads // kv_heads
-    unit_len = group * head_dim  # query/output entries per unit (a whole KV group)
+    even = gqa == "even" and group > 1 and not layout.fused
+    if even:  # unit: one query head; K/V stay, every KV group keeps the same number of heads
+        n_units, per_unit_heads, groups = n_heads, 1, kv_heads
+    else:  # unit: a whole KV group (one K/V head and its query heads)
+        n_units, per_unit_heads, groups = kv_heads, group, 1
+    unit_len = per_unit_heads * head_dim  # query/output entries per unit
     if not layout.fused:
         slices += [Slice(q, "weight", 0, unit_len), Slice(q, "bias", 0, unit_len)]
-        slices += [Slice(p, t, 0, head_dim) for p in (k, v) for t in ("weight", "bias")]
+        if not even:
+            slices += [Slice(p, t, 0, head_dim) for p in (k, v) for t in ("weight", "bias")]
     o_dim = 1 - _out_dim(o_mod)
     slices.append(Slice(o_name, "weight", o_dim, unit_len))
     attrs = []
     for rel, attr, what in layout.attrs:
-        per_unit = {"heads": group, "kv_heads": 1, "size": unit_len}[what]
+        if what == "kv_heads" and even:
+            continue
+        if what == "groups":
+            if even:
+                attrs.append(AttrUpdate(_join(name, rel), attr, 1, divisor=kv_heads))
+            continue
+        per_unit = {"heads": per_unit_heads, "kv_heads": 1, "size": unit_len}[what]
         attrs.append(AttrUpdate(_join(name, rel), attr, per_unit))
     scope = [name] if o_name.startswith(name + ".") else [name, o_name]
     return Structure(
-        name=name, key="hf.attention", kind="heads", family=fam, n_units=kv_heads,
+        name=name, key="hf.attention", kind="heads", family=fam, n_units=n_units,
         unit_size=unit_len, mask_module=o_name, mask_dim=-1, slices=slices, attrs=attrs,
-        flop_scope=scope, heads_per_unit=group,
+        flop_scope=scope, heads_per_unit=per_unit_heads, groups=groups,
     )
 
 

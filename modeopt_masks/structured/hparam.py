@@ -123,7 +123,7 @@ class StructuredHParam:
 
     @property
     def n_units(self) -> int:
-        """Units in the original model (heads or KV groups, or channels)."""
+        """Units in the original model (heads, KV groups or channels)."""
         return self.structure.n_units
 
     @property
@@ -157,13 +157,37 @@ class StructuredHParam:
             raise ValueError(f"{self.name}: unit indices must be in [0, {self.n_units}), got {indices}")
         if len(kept) not in self.choices:
             raise ValueError(f"{self.name}: {len(kept)} units is not a choice; choices: {self.choices}")
+        groups = self.structure.groups
+        if groups > 1:
+            per_group = [0] * groups
+            for u in kept:
+                per_group[self.structure.group_of(u)] += 1
+            if len(set(per_group)) != 1:
+                raise ValueError(
+                    f"{self.name}: every one of the {groups} KV groups must keep the same number "
+                    f"of query heads (gqa='even'); {kept} keeps {per_group} per group"
+                )
         self._m._mm_set_kept(kept)
 
     def top(self, count: int, order: torch.Tensor | None = None) -> list[int]:
-        """The ``count`` most important units (by ``order``, else ``importance``), ascending."""
+        """The ``count`` most important units (by ``order``, else ``importance``), ascending.
+
+        With grouped units (``structure.groups > 1``) each group gives its own
+        ``count // groups`` most important units.
+        """
         if order is None:
             order = self.unit_order()
-        return sorted(int(i) for i in order[:count])
+        groups = self.structure.groups
+        if groups == 1:
+            return sorted(int(i) for i in order[:count])
+        quota = [count // groups] * groups
+        out = []
+        for i in order.tolist():
+            g = self.structure.group_of(int(i))
+            if quota[g] > 0:
+                quota[g] -= 1
+                out.append(int(i))
+        return sorted(out)
 
     def unit_order(self) -> torch.Tensor:
         """Units from most to least important (ties: lower index first)."""

@@ -1,10 +1,26 @@
 """Plain PyTorch structures: ``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv``.
 
-Inside an ``nn.Sequential``, a producer layer (``nn.Linear``, ``nn.Conv1d``,
-``nn.Conv2d``; ungrouped) followed by channel-wise modules (activations,
-dropout, batch norm, identity) and then a consumer of the same kind has
+A producer layer (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``; ungrouped)
+whose output goes only through channel-wise operations (activations, dropout,
+batch norm after a conv, identity) into a consumer of the same kind has
 searchable output channels. The mask sits on the consumer's input; export
 slices the producer's outputs, the batch norms and the consumer's inputs.
+
+Such pairs are found in two ways:
+
+* inside any ``nn.Sequential`` (children in order), always;
+* in custom modules (``forward`` written by hand), by tracing the model with
+  ``torch.fx.symbolic_trace``, when the model has no Hugging Face blocks. The
+  chain must then be a straight line: the producer's output (and every
+  channel-wise step's) feeds exactly one operation, e.g. ``self.fc2(F.relu(self.fc1(x)))``.
+  A residual add, a reshape, a concatenation or a second use between the two
+  layers ends the chain (those channels are not searched). Recognised
+  channel-wise functions: ``F.relu``, ``F.gelu``, ``F.silu``, ``torch.tanh`` and
+  the like (:data:`CHANNELWISE_FUNCTIONS`), and the matching tensor methods.
+  Models that ``symbolic_trace`` cannot trace (data-dependent control flow,
+  for instance) keep only their ``nn.Sequential`` pairs;
+  :func:`plain_structures_report` says why tracing failed, and ``gradnas``
+  puts that reason in its error when nothing is searchable.
 
 Examples:
     >>> import torch.nn as nn
@@ -13,11 +29,27 @@ Examples:
     >>> s = plain_structures(net)["0"]
     >>> (s.key, s.n_units, s.mask_module, s.mask_dim)
     ('nn.Conv2d', 8, '3', 1)
+    >>> import torch.nn.functional as F
+    >>> class Block(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.up, self.down = nn.Linear(4, 16), nn.Linear(16, 4)
+    ...     def forward(self, x):
+    ...         return x + self.down(F.gelu(self.up(x)))
+    >>> s = plain_structures(Block())["up"]
+    >>> (s.n_units, s.mask_module)
+    (16, 'down')
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .structure import Slice, Structure, weight_of
 
@@ -41,17 +73,42 @@ def _key(module: nn.Module) -> str | None:
     return None
 
 
-def plain_structures(root: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, Structure]:
-    """``{producer name: Structure}`` for every producer/consumer pair in ``root``'s Sequentials.
+def _structure(key: str, prod: tuple[str, nn.Module], middle: list[tuple[str, nn.Module]],
+               cons: tuple[str, nn.Module]) -> Structure | None:
+    """The channels structure of ``producer -> middle... -> consumer`` (``None``: shapes differ)."""
+    full, producer = prod
+    cons_name, consumer = cons
+    n = weight_of(producer).shape[0]
+    if weight_of(consumer).shape[1] != n:
+        return None
+    slices = [Slice(full, "weight", 0, 1), Slice(full, "bias", 0, 1)]
+    for bn, mid in middle:
+        if isinstance(mid, nn.modules.batchnorm._BatchNorm):
+            slices += [Slice(bn, t, 0, 1) for t in ("weight", "bias", "running_mean", "running_var")]
+    slices.append(Slice(cons_name, "weight", 1, 1))
+    return Structure(
+        name=full, key=key, kind="channels", family="plain", n_units=n, unit_size=1,
+        mask_module=cons_name, mask_dim=-1 if key == "nn.Linear" else 1,
+        slices=slices, flop_scope=[full, cons_name],
+    )
 
-    Modules under a name in ``skip`` (blocks a family plugin handles) are ignored.
-    """
+
+def _is_channelwise_module(module: nn.Module, key: str) -> bool:
+    return isinstance(module, CHANNELWISE) or (
+        isinstance(module, nn.modules.batchnorm._BatchNorm) and key != "nn.Linear")
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip)
+
+
+def sequential_structures(root: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, Structure]:
+    """``{producer name: Structure}`` for the producer/consumer pairs in ``root``'s Sequentials."""
     out: dict[str, Structure] = {}
     for seq_name, seq in root.named_modules():
-        if not isinstance(seq, nn.Sequential):
+        if not isinstance(seq, nn.Sequential) or _skipped(seq_name, skip):
             continue
-        if any(seq_name == s or seq_name.startswith(s + ".") for s in skip):
-            continue
+        prefix = f"{seq_name}." if seq_name else ""
         children = list(seq.named_children())
         for i, (pname, producer) in enumerate(children):
             key = _key(producer)
@@ -60,32 +117,102 @@ def plain_structures(root: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, S
             middle: list[tuple[str, nn.Module]] = []
             consumer = None
             for cname, child in children[i + 1:]:
-                if isinstance(child, CHANNELWISE) or (
-                    isinstance(child, nn.modules.batchnorm._BatchNorm) and key != "nn.Linear"
-                ):
-                    middle.append((cname, child))
+                if _is_channelwise_module(child, key):
+                    middle.append((prefix + cname, child))
                     continue
                 if _key(child) == key:
-                    consumer = (cname, child)
+                    consumer = (prefix + cname, child)
                 break
             if consumer is None:
                 continue
-            full = f"{seq_name}.{pname}" if seq_name else pname
-            cons_name = f"{seq_name}.{consumer[0]}" if seq_name else consumer[0]
-            n = weight_of(producer).shape[0]
-            if weight_of(consumer[1]).shape[1] != n:
-                continue
-            slices = [Slice(full, "weight", 0, 1), Slice(full, "bias", 0, 1)]
-            scope = [full, cons_name]
-            for mname, mid in middle:
-                if isinstance(mid, nn.modules.batchnorm._BatchNorm):
-                    bn = f"{seq_name}.{mname}" if seq_name else mname
-                    slices += [Slice(bn, t, 0, 1) for t in
-                               ("weight", "bias", "running_mean", "running_var")]
-            slices.append(Slice(cons_name, "weight", 1, 1))
-            out[full] = Structure(
-                name=full, key=key, kind="channels", family="plain", n_units=n, unit_size=1,
-                mask_module=cons_name, mask_dim=-1 if key == "nn.Linear" else 1,
-                slices=slices, flop_scope=scope,
-            )
+            found = _structure(key, (prefix + pname, producer), middle, consumer)
+            if found is not None:
+                out[found.name] = found
     return out
+
+
+#: functions (and same-named tensor methods) that act channel by channel, for traced graphs
+CHANNELWISE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    F.relu, F.relu6, F.gelu, F.silu, F.elu, F.leaky_relu, F.mish, F.hardswish, F.hardsigmoid,
+    F.softplus, F.dropout, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
+)
+_CHANNELWISE_METHODS = frozenset({"relu", "relu_", "sigmoid", "tanh", "sigmoid_", "tanh_"})
+
+
+def traced_structures(root: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, Structure]:
+    """``{producer name: Structure}`` found in ``torch.fx.symbolic_trace(root)``'s graph.
+
+    Raises whatever ``symbolic_trace`` raises when ``root`` cannot be traced.
+    """
+    graph = torch.fx.symbolic_trace(root).graph
+    modules = dict(root.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out: dict[str, Structure] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or _skipped(node.target, skip):
+            continue
+        producer = modules[node.target]
+        key = _key(producer)
+        if key is None:
+            continue
+        middle: list[tuple[str, nn.Module]] = []
+        current, consumer = node, None
+        while len(current.users) == 1:
+            (user,) = current.users
+            if not user.args or user.args[0] is not current or any(
+                a is current for a in list(user.args[1:]) + list(user.kwargs.values())
+            ):
+                break
+            if user.op == "call_module":
+                mod = modules[user.target]
+                if calls[user.target] != 1:
+                    break
+                if _is_channelwise_module(mod, key):
+                    middle.append((user.target, mod))
+                    current = user
+                    continue
+                if _key(mod) == key:
+                    consumer = (user.target, mod)
+                break
+            if (user.op == "call_function" and user.target in CHANNELWISE_FUNCTIONS) or (
+                user.op == "call_method" and user.target in _CHANNELWISE_METHODS
+            ):
+                current = user
+                continue
+            break
+        if consumer is None or _skipped(consumer[0], skip):
+            continue
+        found = _structure(key, (node.target, producer), middle, consumer)
+        if found is not None:
+            out[found.name] = found
+    return out
+
+
+def plain_structures_report(
+    root: nn.Module, skip: tuple[str, ...] = (), trace: bool = True
+) -> tuple[dict[str, Structure], str | None]:
+    """Sequential pairs plus (``trace=True``) traced pairs, and why tracing failed (or ``None``)."""
+    out = sequential_structures(root, skip)
+    reason = None
+    if trace:
+        try:
+            traced = traced_structures(root, skip)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure only limits what is found
+            reason = f"torch.fx.symbolic_trace({type(root).__name__}) failed: {type(exc).__name__}: {exc}"
+        else:
+            for name, structure in traced.items():
+                out.setdefault(name, structure)
+    return out, reason
+
+
+def plain_structures(root: nn.Module, skip: tuple[str, ...] = (), trace: bool = True
+                     ) -> dict[str, Structure]:
+    """``{producer name: Structure}`` for every producer/consumer pair in ``root``.
+
+    Modules under a name in ``skip`` (blocks a family plugin handles) are ignored;
+    ``trace=False`` looks only inside ``nn.Sequential`` containers.
+    """
+    return plain_structures_report(root, skip, trace)[0]

@@ -27,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -38,6 +39,9 @@ from tqdm.auto import tqdm
 from .hparam import gradnas_hparams
 
 ScoreType = Literal["gradnas", "michel"]
+
+#: below this largest |loss| over the scoring batches, collect_scores warns that scores are noise
+TINY_LOSS = 1e-6
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -107,6 +111,8 @@ def collect_scores(
     are added up: every rank ends with the same scores, those of one process
     scoring all the ranks' batches. Scores that are not finite (an fp16
     overflow, a NaN loss) raise a ``ValueError`` naming the hparams.
+    A loss that is ~0 on every batch (the full model at its minimum, as with a
+    self-distillation loss) has no gradient signal: a warning says so.
     """
     if score_type not in ("gradnas", "michel"):
         raise ValueError(f"score_type must be 'gradnas' or 'michel', got {score_type!r}")
@@ -125,6 +131,7 @@ def collect_scores(
     sums = [torch.zeros(mask.numel(), dtype=torch.float64, device=mask.device) for mask in masks]
     was_training = model.training
     steps = 0
+    largest: torch.Tensor | None = None
     total = max_iter_data_loader
     if total is None and hasattr(data_loader, "__len__"):
         total = len(data_loader)  # type: ignore[arg-type]
@@ -137,6 +144,8 @@ def collect_scores(
                 batch = to_device(batch, device)
                 inputs = collect_func(batch) if collect_func is not None else batch
                 loss = loss_func(run_model(model, inputs), batch)
+                size = loss.detach().abs().max()  # no host sync per batch
+                largest = size if largest is None else torch.maximum(largest, size)
                 grads = torch.autograd.grad(loss, masks, allow_unused=True)
                 for acc, g in zip(sums, grads, strict=True):
                     if g is None:
@@ -157,6 +166,15 @@ def collect_scores(
         raise ValueError(
             f"collect_scores: the scores of {bad} are not finite (a NaN/inf loss or gradient, "
             "e.g. an fp16 overflow): score in float32/bfloat16 or scale the loss down"
+        )
+    largest_loss = float(largest) if largest is not None else 0.0
+    if largest_loss < TINY_LOSS:
+        warnings.warn(
+            f"collect_scores: the loss is ~0 on every batch (|loss| <= {largest_loss:.3g}), so "
+            "the model sits at the loss's minimum and its mask gradients (the scores) are "
+            "numerical noise; a distillation loss against the unpruned model's own outputs does "
+            "this. Score with a task loss (labels) or one not minimised by the full model.",
+            stacklevel=2,
         )
     out = {}
     for (name, hp), acc in zip(hps.items(), sums, strict=True):

@@ -57,11 +57,16 @@ class Slice:
 
 @dataclass(frozen=True)
 class AttrUpdate:
-    """After export set ``module.attr = kept_units * per_unit`` (only if the attribute exists)."""
+    """After export set ``module.attr = kept_units * per_unit // divisor`` (if the attribute exists).
+
+    ``divisor`` > 1 serves counts per group, e.g. ``num_key_value_groups`` (query heads per KV
+    head) when query heads are pruned evenly within grouped-query attention groups.
+    """
 
     module: str
     attr: str
     per_unit: int
+    divisor: int = 1
 
 
 @dataclass
@@ -81,6 +86,13 @@ class Structure:
     #: modules whose FLOPs scale with the number of kept units (for FLOPs constraints)
     flop_scope: list[str] = field(default_factory=list)
     heads_per_unit: int = 1
+    #: the units form ``groups`` contiguous equal groups that must all keep the same number of
+    #: units (query heads pruned evenly within grouped-query attention KV groups); 1: free
+    groups: int = 1
+
+    def group_of(self, unit: int) -> int:
+        """The group of ``unit`` (always 0 when ``groups == 1``)."""
+        return unit // (self.n_units // self.groups)
 
     def params_per_unit(self, model: nn.Module) -> int:
         """Parameters (and BN statistics excluded) removed with each unit."""
@@ -142,4 +154,4 @@ def slice_structure(model: nn.Module, structure: Structure, kept: list[int]) -> 
     for upd in structure.attrs:
         module = modules[upd.module]
         if hasattr(module, upd.attr):
-            setattr(module, upd.attr, len(kept) * upd.per_unit)
+            setattr(module, upd.attr, len(kept) * upd.per_unit // upd.divisor)
