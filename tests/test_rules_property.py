@@ -173,20 +173,25 @@ def _as_mapping(spec: Any) -> dict | None:
     return spec
 
 
+def _oracle_fields(mapping: dict | None, name: str) -> dict | None:
+    """The oracle's merge: fields of every matching glob in order, ``None`` if off at the end."""
+    if mapping is None:
+        return None
+    on, fields = False, {}
+    for glob, rule in mapping.items():
+        if fnmatchcase(name, glob):
+            on = rule is not None
+            fields.update(rule or {})
+    return fields if on else None
+
+
 def _expected(mode: str, config: dict, net: nn.Module) -> tuple[dict[str, dict], str | None]:
     """``({module name: merged rule fields}, expected error or None)``."""
     seen = [(n, _key_of(m)) for n, m in net.named_modules() if _key_of(m)]
     selected: dict[str, dict] = {}
     for name, key in seen:
-        mapping = _as_mapping(config[key]) if key in config else DEFAULT_SPEC
-        if mapping is None:
-            continue
-        on, fields = False, {}
-        for glob, rule in mapping.items():
-            if fnmatchcase(name, glob):
-                on = rule is not None
-                fields.update(rule or {})
-        if on:
+        fields = _oracle_fields(_as_mapping(config[key]) if key in config else DEFAULT_SPEC, name)
+        if fields is not None:
             selected[name] = {**COMMON_DEFAULTS, **RULE_DEFAULTS[mode], **fields}
     for key in TYPE_KEYS:
         for glob, rule in (_as_mapping(config.get(key)) or {}).items():
@@ -362,15 +367,8 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
     """``({dimension: choices}, expected error or None)``."""
     selected: dict[str, list[int]] = {}
     for name, key, n in G_DIMS:
-        mapping = _g_as_mapping(config[key]) if key in config else DEFAULT_SPEC
-        if mapping is None:
-            continue
-        on, fields = False, {}
-        for glob, rule in mapping.items():
-            if fnmatchcase(name, glob):
-                on = rule is not None
-                fields.update(rule or {})
-        if on:
+        fields = _oracle_fields(_g_as_mapping(config[key]) if key in config else DEFAULT_SPEC, name)
+        if fields is not None:
             selected[name] = _g_choices(n, fields.get("ratios"), fields.get("divisor", 1))
     for key in G_KEYS:
         for glob, rule in (_g_as_mapping(config.get(key)) or {}).items():
