@@ -47,7 +47,7 @@ def _select(model: nn.Module, names: Iterable[str] | None) -> dict[str, MaskedLa
 
 
 def l0_loss(model: nn.Module) -> torch.Tensor:
-    """Sum of every active mask's expected L0 (differentiable in training), float32.
+    """Sum of every active mask's expected L0 (differentiable in training), float32 (or wider).
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -55,12 +55,13 @@ def l0_loss(model: nn.Module) -> torch.Tensor:
         >>> float(mm.l0_loss(net).detach())  # sigmoid(0) * 4 entries
         2.0
     """
+    layers = _select(model, None)
     terms = [
-        tech.l0() for layer in _select(model, None).values() if layer.use_masks
+        tech.l0() for layer in layers.values() if layer.use_masks
         for _, tech in layer._mask_modules()
     ]
-    if not terms:
-        return torch.zeros(())
+    if not terms:  # every mask switched off: a zero on the model's device (not the CPU)
+        return torch.zeros((), device=next(iter(layers.values())).weight.device)
     return torch.stack([t.to(terms[0].device) for t in terms]).sum()
 
 

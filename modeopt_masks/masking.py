@@ -97,7 +97,7 @@ class MaskTechnique(nn.Module):
         raise NotImplementedError
 
     def l0(self) -> torch.Tensor:
-        """Expected number of kept entries (float32 scalar)."""
+        """Expected number of kept entries (float32 scalar; float64 for float64 masks)."""
         raise NotImplementedError
 
     def version(self) -> tuple[int, ...]:
@@ -110,6 +110,22 @@ class MaskTechnique(nn.Module):
     def extra_repr(self) -> str:
         temp = f", temperature={self.temperature:g}" if self.has_temperature else ""
         return f"shape={self.shape}{temp}"
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in the dtype masks are computed in: float32, or wider if ``tensor`` is.
+
+    Half-precision mask parameters are upcast (a soft mask in fp16 loses its small
+    gradients); float64 ones stay float64 (``.float()`` would silently drop them to
+    float32 in a float64 model).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.masking import compute_dtype
+        >>> [compute_dtype(torch.zeros(1, dtype=d)).dtype for d in (torch.bfloat16, torch.float64)]
+        [torch.float32, torch.float64]
+    """
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 @contextmanager

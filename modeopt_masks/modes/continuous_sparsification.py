@@ -30,7 +30,7 @@ import torch
 from pydantic import Field, field_validator
 
 from ..layer_kinds import LayerKind
-from ..masking import MaskTechnique
+from ..masking import MaskTechnique, compute_dtype
 from ..registry import register_mode
 from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
 
@@ -67,7 +67,7 @@ class ContinuousSparsificationMask(MaskTechnique):
 
     def mask(self) -> torch.Tensor:
         if self.training:
-            return torch.sigmoid(self.temperature * self.logits.float())
+            return torch.sigmoid(self.temperature * compute_dtype(self.logits))
         return self.circuit().float()
 
     def circuit(self) -> torch.Tensor:
@@ -75,7 +75,7 @@ class ContinuousSparsificationMask(MaskTechnique):
 
     def l0(self) -> torch.Tensor:
         if self.training:
-            return torch.sigmoid(self.temperature * self.logits.float()).sum()
+            return torch.sigmoid(self.temperature * compute_dtype(self.logits)).sum()
         return self.circuit().sum().float()
 
 

@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from ..layer_kinds import LayerKind
-from ..masking import MaskTechnique
+from ..masking import MaskTechnique, compute_dtype
 from ..registry import register_mode
 from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
 
@@ -59,7 +59,7 @@ class HardConcreteMask(MaskTechnique):
     def mask(self) -> torch.Tensor:
         if not self.training:
             return self.circuit().float()
-        log_alpha = self.log_alpha.float()
+        log_alpha = compute_dtype(self.log_alpha)
         u = torch.rand_like(log_alpha).clamp(_EPS, 1 - _EPS)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.temperature)
         return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
@@ -71,7 +71,7 @@ class HardConcreteMask(MaskTechnique):
         if not self.training:
             return self.circuit().sum().float()
         shift = self.temperature * math.log(-GAMMA / ZETA)
-        return torch.sigmoid(self.log_alpha.float() - shift).sum()
+        return torch.sigmoid(compute_dtype(self.log_alpha) - shift).sum()
 
 
 class HardConcreteMode(MaskModeDescriptor):

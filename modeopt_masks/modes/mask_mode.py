@@ -120,7 +120,11 @@ class MaskModeDescriptor(ModeDescriptor):
         for tech, tensor in ((weight_mask, weight), (bias_mask, bias)):
             if tech is not None and tensor is not None:
                 tech.rule = rule
-                tech.to(device=tensor.device)
+                # on the layer's device; float32, or float64 for a float64 layer (half-precision
+                # layers keep float32 masks: the bool buffers of fixed masks are not touched)
+                tech.to(device=tensor.device,
+                        dtype=torch.promote_types(tensor.dtype, torch.float32)
+                        if tensor.is_floating_point() else None)
                 tech.train(module.training)  # new children follow the layer's train/eval state
         return weight_mask, bias_mask
 
