@@ -169,7 +169,12 @@ class DensityController(nn.Module):
         self.register_buffer("lambda_2", torch.full((), float(lambda_2_init), dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("initial_density", torch.full((), float("nan"), dtype=torch.float64))
-        self.last_density: float | None = None
+        self._last_density: torch.Tensor | None = None
+
+    @property
+    def last_density(self) -> float | None:
+        """The expected density of the last call (``None`` before the first)."""
+        return None if self._last_density is None else float(self._last_density)
 
     def target(self) -> float:
         """The target of the current step (the final target once warm-up is over)."""
@@ -179,22 +184,34 @@ class DensityController(nn.Module):
         frac = int(self.steps) / self.warmup_steps
         return start + (self.target_density - start) * frac
 
+    def _target_tensor(self) -> torch.Tensor:
+        """:meth:`target` as a float64 tensor on the buffers' device (no host sync)."""
+        init, final = self.initial_density, torch.full_like(self.initial_density, self.target_density)
+        if self.warmup_steps == 0:
+            return final
+        frac = self.steps.to(init.dtype) / self.warmup_steps
+        warm = init + (self.target_density - init) * frac
+        return torch.where(torch.isnan(init) | (self.steps >= self.warmup_steps), final, warm)
+
     def forward(self, model: nn.Module) -> torch.Tensor:
+        # tensor arithmetic only: with the controller on the masks' device (it follows
+        # ``CircuitModel.to``) a training step makes no host sync
         density = expected_density(model)
         if not density.requires_grad and torch.is_grad_enabled() and self.training:
             raise ValueError(
                 "the expected density does not depend on any trainable mask (magnitude_pruning "
                 "masks are fixed, or the masks are in eval mode): nothing to control"
             )
-        if math.isnan(float(self.initial_density)):
-            self.initial_density.fill_(float(density.detach()))
-        target = self.target()
-        gap = density - target
-        l1, l2 = float(self.lambda_1), float(self.lambda_2)
+        measured = density.detach().to(self.initial_density)
+        self.initial_density.copy_(
+            torch.where(torch.isnan(self.initial_density), measured, self.initial_density)
+        )
+        gap = density - self._target_tensor().to(density)
+        l1, l2 = self.lambda_1.to(density), self.lambda_2.to(density)
         penalty = l1 * gap + l2 * gap * gap
-        self.last_density = float(density.detach())
+        self._last_density = measured
         if self.training and torch.is_grad_enabled():
-            g = float(gap.detach())
+            g = gap.detach().to(self.lambda_1)
             self.lambda_1.add_(self.lr * g)
             self.lambda_2.add_(self.lr * g * g)
             self.steps.add_(1)
