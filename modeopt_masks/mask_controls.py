@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 import torch
 import torch.nn as nn
 
-from .masking import MaskedLayer, check_ablation
+from .masking import MaskedLayer, MaskTechnique, check_ablation
 
 
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
@@ -65,6 +65,13 @@ def l0_loss(model: nn.Module) -> torch.Tensor:
     return torch.stack([t.to(terms[0].device) for t in terms]).sum()
 
 
+def _count(tech: MaskTechnique) -> float:
+    # hard masks are counted exactly (a float32 sum is inexact past 2**24 entries)
+    if tech.training and tech.learnable:
+        return float(tech.l0())
+    return float(int(tech.circuit().sum()))
+
+
 def l0_stats(model: nn.Module) -> dict:
     """``total_l0``, ``max_l0`` and per-layer ``layer2l0`` / ``layer2maxl0`` (weight + bias masks).
 
@@ -81,7 +88,7 @@ def l0_stats(model: nn.Module) -> dict:
     with torch.no_grad():
         for name, layer in _select(model, None).items():
             techniques = [tech for _, tech in layer._mask_modules()]
-            layer2l0[name] = float(sum(float(t.l0()) for t in techniques))
+            layer2l0[name] = float(sum(_count(t) for t in techniques))
             layer2max[name] = int(sum(int(torch.Size(t.shape).numel()) for t in techniques))
     return {
         "total_l0": float(sum(layer2l0.values())),

@@ -211,3 +211,13 @@ def test_freeze_base_keeps_base_in_eval_and_frozen():
     mm.export(net)
     assert all(p.requires_grad for p in net.parameters())
     assert type(net) is nn.Sequential
+
+
+def test_l0_stats_counts_hard_masks_exactly_beyond_float32_precision():
+    # 2**24 + 1 kept entries: a float32 sum would round it to 2**24
+    n = 2**24 + 1
+    layer = nn.Linear(n, 1, bias=False, device="meta")
+    net = mm.convert(nn.Sequential(layer).to_empty(device="cpu"), "magnitude_pruning")
+    with torch.no_grad():
+        net[0].weight_mask.keep.fill_(True)
+    assert mm.l0_stats(net)["total_l0"] == n
