@@ -45,3 +45,12 @@ def test_cli_lists_modes(capsys):
 def test_cli_rejects_unknown_command():
     with pytest.raises(SystemExit):
         main(["nope"])
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "modeopt_masks", "modes"], capture_output=True,
+                         text=True, check=True)
+    assert "gradnas" in out.stdout.split()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +27,10 @@ def test_public_object_has_docstring_with_example(name):
 
 
 def test_api_reference_builds_strictly(tmp_path):
-    if shutil.which("mkdocs") is None:
+    if importlib.util.find_spec("mkdocs") is None:
         pytest.fail("mkdocs is not installed: pip install -e '.[test]'")
-    result = subprocess.run(
-        ["mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+    result = subprocess.run(  # through this interpreter: console scripts may not be on PATH
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
