@@ -69,18 +69,10 @@ from .searchers import (
     measure_flops,
 )
 from .structured import SUPPORTED_FAMILIES, StructuredHParam, collect_scores, gradnas_hparams
-from .training import DensityController, ExponentialSchedule, expected_density
+from .training import DensityController, ExponentialSchedule, MaskTrainingCallback, expected_density
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    # the HF Trainer callback loads transformers' trainer: only when asked for
-    if name == "MaskTrainingCallback":
-        from . import training
-
-        return training.MaskTrainingCallback
-    raise AttributeError(f"module 'modeopt_masks' has no attribute {name!r}")
 
 
 __all__ = [

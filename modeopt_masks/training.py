@@ -42,7 +42,7 @@ from .mask_controls import get_temperature, l0_stats, masked_modules, set_temper
 __all__ = [
     "DensityController",
     "ExponentialSchedule",
-    "MaskTrainingCallback",  # noqa: F822  (created on first access: see __getattr__)
+    "MaskTrainingCallback",
     "expected_density",
 ]
 
@@ -224,8 +224,22 @@ class DensityController(nn.Module):
         )
 
 
-# -- Hugging Face Trainer callback (transformers imported on first use) -------------------
-class _MaskTrainingCallbackImpl:
+# -- Hugging Face Trainer callback -------------------------------------------------------
+try:  # transformers is optional; trainer_callback alone is light (no Trainer import)
+    from transformers.trainer_callback import TrainerCallback as _TrainerCallbackBase
+except ImportError:  # pragma: no cover - exercised in a subprocess test without transformers
+
+    class _TrainerCallbackBase:  # type: ignore[no-redef]
+        """Stand-in base when transformers is missing: constructing the callback raises."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise ImportError(
+                "MaskTrainingCallback needs transformers (pip install 'modeopt-masks[hf]'); in a "
+                "plain loop use ExponentialSchedule.apply and DensityController directly"
+            )
+
+
+class MaskTrainingCallback(_TrainerCallbackBase):
     """Anneal mask temperature and log L0 statistics in a ``transformers.Trainer``.
 
     ``schedule`` maps the step (``unit="step"``) or the number of finished epochs
@@ -249,6 +263,7 @@ class _MaskTrainingCallbackImpl:
         log_l0: bool = True,
         density_controller: DensityController | None = None,
     ) -> None:
+        super().__init__()  # without transformers, the stand-in base raises here
         if unit not in ("step", "epoch"):
             raise ValueError(f"unit must be 'step' or 'epoch', got {unit!r}")
         if schedule is not None and not callable(schedule):
@@ -306,30 +321,3 @@ class _MaskTrainingCallbackImpl:
         if state.log_history:
             state.log_history[-1].update(extra)
 
-
-_CALLBACK_CLASS: type | None = None
-
-
-def _callback_class() -> type:
-    global _CALLBACK_CLASS
-    if _CALLBACK_CLASS is None:
-        try:
-            from transformers import TrainerCallback
-        except ImportError as e:  # pragma: no cover - only without transformers
-            raise ImportError(
-                "MaskTrainingCallback needs transformers (pip install 'modeopt-masks[hf]'); in a "
-                "plain loop use ExponentialSchedule.apply and DensityController directly"
-            ) from e
-        _CALLBACK_CLASS = type(
-            "MaskTrainingCallback",
-            (_MaskTrainingCallbackImpl, TrainerCallback),
-            {"__module__": __name__, "__doc__": _MaskTrainingCallbackImpl.__doc__,
-             "__qualname__": "MaskTrainingCallback"},
-        )
-    return _CALLBACK_CLASS
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MaskTrainingCallback":
-        return _callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -203,7 +203,8 @@ def test_works_without_transformers():
         "c = CircuitModel(CircuitConfig(target_layers=['0']), nn.Sequential(nn.Linear(2, 2)))\n"
         "ExponentialSchedule(1, 10, 5).apply(c, 5); print(c.temperature)\n"
         "import modeopt_masks.training as t\n"
-        "try:\n    t.MaskTrainingCallback\nexcept ImportError as e:\n    print('needs transformers' in str(e))\n"
+        "try:\n    t.MaskTrainingCallback(ExponentialSchedule(1, 10, 5))\n"
+        "except ImportError as e:\n    print('needs transformers' in str(e))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["10.0", "True"]
