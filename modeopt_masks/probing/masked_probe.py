@@ -172,13 +172,22 @@ class MaskedProbe(nn.Module):
         input_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> ProbeOutput:
         """Run the model and score ``probe_vector`` (``labels``/``token_mask``: module doc).
 
         The loss (with ``labels``) is the subclass's objective plus, in training,
-        ``l0_lambda * L0``.
+        ``l0_lambda * L0``. The common model inputs are named parameters because the HF
+        ``Trainer`` (``remove_unused_columns=True``, its default) silently drops every batch
+        key that is not one; pass any other model input with ``remove_unused_columns=False``.
         """
+        named = {"attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "position_ids": position_ids, "pixel_values": pixel_values}
+        kwargs = {**{k: v for k, v in named.items() if v is not None}, **kwargs}
         vectors = self._run(input_ids, kwargs)
         chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
         loss, logits = self._score(vectors, chosen, chosen_labels, positions)
