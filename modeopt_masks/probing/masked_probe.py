@@ -65,6 +65,15 @@ class MaskedProbeConfig(StrictModel):
     labeling: Literal["sequence", "token"] = "sequence"
     model_type: str | None = None
     hidden_size: int | None = Field(None, gt=0)
+    #: Not a setting: the HF ``Trainer`` writes ``model.config.use_cache`` (here the probe's
+    #: config); the one field that may be assigned on this frozen config; kept out of dumps.
+    use_cache: bool | None = Field(None, exclude=True, repr=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "use_cache":  # frozen otherwise: ``Trainer.__init__`` would raise
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
 
     @field_validator("probe_vector")
     @classmethod
