@@ -117,6 +117,11 @@ class MaskedProbe(nn.Module):
     ``wrapped_model`` is the :class:`ResidualUpdateModel` around the (masked)
     model; ``model`` is the model itself. A new probe is in training mode; call
     ``.eval()`` for hard masks (ablations, evaluation).
+
+    Saving: ``torch.save(probe.state_dict(), path)`` keeps masks and probe head; to load,
+    build the probe with the same config on a fresh base model and ``load_state_dict``.
+    ``mm.save(probe.model, dir)`` / ``mm.restore(fresh_base, dir)`` keeps the masked model
+    alone (no probe head). Copies (``copy.deepcopy``, ``pickle``) cache and train on their own.
     """
 
     def __init__(self, config: MaskedProbeConfig, model: nn.Module) -> None:
