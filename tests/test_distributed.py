@@ -10,8 +10,9 @@ same processes. ``gradnas`` scores a different shard of batches on each rank
 (the scores are all-reduced, so both ranks choose the same subnetwork, that of
 one process scoring every batch); ``gradnas_local`` turns the all-reduce off to
 show that it is what makes them agree. ``circuit`` trains a ``CircuitModel``
-wrapped in DDP. Adding a case = one function and one ``SCENARIOS`` entry (plus
-``SINGLE_PROCESS_EQUAL`` if it must also equal the single-process run).
+wrapped in DDP, ``subnetwork_probe`` a ``SubnetworkProbe`` (masks and probe weights).
+Adding a case = one function and one ``SCENARIOS`` entry (plus ``SINGLE_PROCESS_EQUAL`` if
+it must also equal the single-process run).
 """
 
 from __future__ import annotations
@@ -200,6 +201,39 @@ def circuit(rank: int, world: int) -> dict[str, torch.Tensor]:
     return out
 
 
+def subnetwork_probe(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """``SubnetworkProbe`` (masks on one BERT layer + a linear probe, frozen base) under DDP."""
+    import transformers
+
+    from modeopt_masks.probing import SubnetworkProbe
+
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=8))
+    probe = SubnetworkProbe({"probe_vector": "mlp_update_1", "n_classes": 3, "l0_lambda": 1e-3,
+                             "target_layers": ["encoder.layer.1.*"],
+                             "mask_hparams": {"mask_init_value": 0.2}}, bert)
+    net: nn.Module = nn.parallel.DistributedDataParallel(probe) if world > 1 else probe
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+    g = torch.Generator().manual_seed(5)
+    ids, labels = torch.randint(0, 30, (GLOBAL_BATCH, 5), generator=g), torch.arange(8) % 3
+    first = torch.zeros(GLOBAL_BATCH, 5, dtype=torch.bool)
+    first[:, 0] = True
+    n = GLOBAL_BATCH // world
+    part = slice(rank * n, (rank + 1) * n)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        net(input_ids=ids[part], labels=labels[part], token_mask=first[part])["loss"].backward()
+        opt.step()
+    out = {k: v.detach().clone() for k, v in probe.state_dict().items()
+           if "weight_mask" in k or k.startswith("probe.")}
+    probe.eval()
+    for name, layer in mm.masked_modules(probe.model).items():
+        out[f"circuit.{name}"] = layer.weight_mask.circuit().clone()
+    return out
+
+
 SCENARIOS = {
     "cs": cs,
     "cs_frozen_neuron": cs_frozen_neuron,
@@ -209,9 +243,11 @@ SCENARIOS = {
     "gradnas": gradnas,
     "gradnas_local": gradnas_local,
     "circuit": circuit,
+    "subnetwork_probe": subnetwork_probe,
 }
 #: scenarios whose DDP result must equal a single process on the global batch
-SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude", "gradnas", "circuit")
+SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude", "gradnas", "circuit",
+                        "subnetwork_probe")
 if importlib.util.find_spec("accelerate") is not None:
     SCENARIOS["cs_accelerate"] = cs_accelerate
 
@@ -289,6 +325,14 @@ def test_circuit_training_moved_the_masks(ranks):
     # the base stayed frozen on both ranks
     assert torch.equal(ranks[0]["circuit"]["wrapped_model.fc1.weight"],
                        CircuitModel(cfg, _LossNet()).state_dict()["wrapped_model.fc1.weight"])
+
+
+def test_subnetwork_probe_training_moved_masks_and_probe(ranks):
+    """The probe comparisons are meaningful: every mask left its init (logits 0.2)."""
+    trained = ranks[0]["subnetwork_probe"]
+    keys = [k for k in trained if k.endswith("weight_mask.logits")]
+    assert keys and all((trained[k] - 0.2).abs().max() > 1e-4 for k in keys)
+    assert {"probe.weight", "probe.bias"} <= trained.keys()
 
 
 def test_gradnas_all_reduce_is_what_makes_the_ranks_agree(ranks):

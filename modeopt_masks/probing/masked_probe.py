@@ -65,6 +65,15 @@ class MaskedProbeConfig(StrictModel):
     labeling: Literal["sequence", "token"] = "sequence"
     model_type: str | None = None
     hidden_size: int | None = Field(None, gt=0)
+    #: Not a setting: the HF ``Trainer`` writes ``model.config.use_cache`` (here the probe's
+    #: config); the one field that may be assigned on this frozen config; kept out of dumps.
+    use_cache: bool | None = Field(None, exclude=True, repr=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "use_cache":  # frozen otherwise: ``Trainer.__init__`` would raise
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
 
     @field_validator("probe_vector")
     @classmethod
@@ -108,6 +117,11 @@ class MaskedProbe(nn.Module):
     ``wrapped_model`` is the :class:`ResidualUpdateModel` around the (masked)
     model; ``model`` is the model itself. A new probe is in training mode; call
     ``.eval()`` for hard masks (ablations, evaluation).
+
+    Saving: ``torch.save(probe.state_dict(), path)`` keeps masks and probe head; to load,
+    build the probe with the same config on a fresh base model and ``load_state_dict``.
+    ``mm.save(probe.model, dir)`` / ``mm.restore(fresh_base, dir)`` keeps the masked model
+    alone (no probe head). Copies (``copy.deepcopy``, ``pickle``) cache and train on their own.
     """
 
     def __init__(self, config: MaskedProbeConfig, model: nn.Module) -> None:
@@ -172,13 +186,22 @@ class MaskedProbe(nn.Module):
         input_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> ProbeOutput:
         """Run the model and score ``probe_vector`` (``labels``/``token_mask``: module doc).
 
         The loss (with ``labels``) is the subclass's objective plus, in training,
-        ``l0_lambda * L0``.
+        ``l0_lambda * L0``. The common model inputs are named parameters because the HF
+        ``Trainer`` (``remove_unused_columns=True``, its default) silently drops every batch
+        key that is not one; pass any other model input with ``remove_unused_columns=False``.
         """
+        named = {"attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "position_ids": position_ids, "pixel_values": pixel_values}
+        kwargs = {**{k: v for k, v in named.items() if v is not None}, **kwargs}
         vectors = self._run(input_ids, kwargs)
         chosen, chosen_labels, positions = self.select(vectors, labels, token_mask)
         loss, logits = self._score(vectors, chosen, chosen_labels, positions)

@@ -187,6 +187,8 @@ class ResidualUpdateModel(nn.Module):
         for i in config.target_layers:
             self._check_layer(i, layers[i])
         self.vector_cache: dict[str, torch.Tensor] = {}
+        #: per target layer: the layer input and hook call counts of the running forward
+        self._layer_state: dict[int, dict[str, Any]] = {}
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._enabled = True
         self.add_hooks()
@@ -217,8 +219,10 @@ class ResidualUpdateModel(nn.Module):
         cfg, lay = self.config, self.layout
         for i in cfg.target_layers:
             layer = self._layers()[i]
-            state: dict[str, Any] = {}
-            self.hooks.append(layer.register_forward_pre_hook(self._layer_start(state), with_kwargs=True))
+            self._layer_state[i] = {}
+            self.hooks.append(
+                layer.register_forward_pre_hook(_LayerStart(self, i), with_kwargs=True)
+            )
             wanted: dict[str, HookPoint | None] = {}
             if cfg.attn:
                 if cfg.updates or (cfg.stream and lay.attn_stream is None):
@@ -237,7 +241,7 @@ class ResidualUpdateModel(nn.Module):
                     by_module.setdefault(point.path, []).append((key, point))
             for path, points in by_module.items():
                 module = layer.get_submodule(path)
-                hook = self._make_hook(state, path, points, keep, i)
+                hook = _Capture(self, i, path, points, keep)
                 self.hooks.append(module.register_forward_hook(hook))
 
     def remove_hooks(self) -> None:
@@ -246,6 +250,7 @@ class ResidualUpdateModel(nn.Module):
             handle.remove()
         self.hooks = []
         self.vector_cache = {}
+        self._layer_state = {}
 
     @property
     def enabled(self) -> bool:
@@ -261,41 +266,66 @@ class ResidualUpdateModel(nn.Module):
         finally:
             self._enabled = previous
 
-    def _layer_start(self, state: dict[str, Any]):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            state.clear()
-            if self._enabled:
-                state["input"] = args[0] if args else kwargs.get("hidden_states")
-                state["calls"] = {}
-
-        return hook
-
-    def _make_hook(
-        self,
-        state: dict[str, Any],
-        path: str,
-        points: list[tuple[str, HookPoint]],
-        keep: set[str],
-        index: int,
-    ):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self._enabled or "calls" not in state:
-                return
-            call = state["calls"][path] = state["calls"].get(path, -1) + 1
-            for key, point in points:
-                if point.call != call:
-                    continue
-                value = _first(output)
-                if key in keep:
-                    self.vector_cache[key] = value
-                if key == f"attn_update_{index}" and self.config.stream and self.layout.attn_stream is None:
-                    # pre-LN: the stream after attention is the layer input plus the update
-                    self.vector_cache[f"attn_stream_{index}"] = state["input"] + value
-
-        return hook
-
     # -- nn.Module --------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Clear ``vector_cache`` and run the wrapped model."""
         self.vector_cache = {}
         return self.wrapped_model(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # deepcopy / pickle: the hooks are module-level callables holding this object, so the
+        # copy's hooks cache into the copy. Cached vectors (and the layer inputs kept between
+        # hooks) are activations of a past forward, usually non-leaf tensors that cannot be
+        # deep-copied: the copy starts with an empty cache.
+        state = super().__getstate__()  # type: ignore[misc]
+        state["vector_cache"] = {}
+        state["_layer_state"] = {i: {} for i in self._layer_state}
+        return state
+
+
+class _LayerStart:
+    """Forward pre-hook of a target layer: remembers its input, resets the call counts.
+
+    A class, not a closure, so that the wrapped model pickles and deep-copies with its hooks.
+    """
+
+    def __init__(self, owner: ResidualUpdateModel, index: int) -> None:
+        self.owner, self.index = owner, index
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        state = self.owner._layer_state.setdefault(self.index, {})
+        state.clear()
+        if self.owner._enabled:
+            state["input"] = args[0] if args else kwargs.get("hidden_states")
+            state["calls"] = {}
+
+
+class _Capture:
+    """Forward hook of one submodule of a target layer: caches the vectors it produces."""
+
+    def __init__(
+        self,
+        owner: ResidualUpdateModel,
+        index: int,
+        path: str,
+        points: list[tuple[str, HookPoint]],
+        keep: set[str],
+    ) -> None:
+        self.owner, self.index, self.path, self.points, self.keep = owner, index, path, points, keep
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        owner, index, path = self.owner, self.index, self.path
+        state = owner._layer_state.get(index, {})
+        if not owner._enabled or "calls" not in state:
+            return
+        call = state["calls"][path] = state["calls"].get(path, -1) + 1
+        for key, point in self.points:
+            if point.call != call:
+                continue
+            value = _first(output)
+            if key in self.keep:
+                owner.vector_cache[key] = value
+            if (key == f"attn_update_{index}" and owner.config.stream
+                    and owner.layout.attn_stream is None):
+                # pre-LN: the stream after attention is the layer input plus the update
+                owner.vector_cache[f"attn_stream_{index}"] = state["input"] + value
