@@ -44,7 +44,7 @@ from .searchers import BaseSearcher, SearchResult, get_searcher
 def _split_config(mode: str, config: Mapping[str, Any], searcher: BaseSearcher
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     cls = get_mode(mode).config_class
-    mode_keys = set(cls.layer_keys) | {k for k in cls.model_fields if k not in ("rules", "user_keys")}
+    mode_keys = set(cls.layer_keys) | set(cls.option_names())
     mode_cfg, search_cfg = {}, {}
     for key, value in config.items():
         if key in mode_keys:
