@@ -15,6 +15,13 @@ Ablation modes (evaluation only, on the hard circuit ``c``):
 * ``randomly_sampled``: ``|c|`` entries drawn from the whole tensor removed;
 * ``complement_sampled``: ``|c|`` entries drawn from outside the circuit removed.
 
+Eval path (every mode): nothing is cached. With hard masks each forward applies the
+boolean circuit with ``torch.where(circuit, weight, 0)``: the only extra memory is the
+circuit of one layer (1 byte per entry; none for ``magnitude_pruning``, whose circuit is
+its stored ``keep`` buffer) and that layer's masked weight, freed after the layer runs.
+So writes of any kind (``w.data.zero_()``, a replaced mask parameter, an EMA, a new
+``keep``) show in the next forward, and no full copy of the weights is kept.
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning")
@@ -25,9 +32,11 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn as nn
@@ -61,6 +70,33 @@ def check_ablation(ablation: str) -> str:
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose one of {list(ABLATIONS)}")
     return ablation
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def run_eagerly(fn: _F) -> _F:
+    """``torch.compiler.disable(fn)``, built on the first call made once dynamo is loaded.
+
+    Decorating with ``torch.compiler.disable`` at import time imports ``torch._dynamo``
+    (seconds); nothing can be compiling before ``torch.compile`` has loaded it.
+
+    Examples:
+        >>> from modeopt_masks.masking import run_eagerly
+        >>> run_eagerly(lambda x: x + 1)(1)
+        2
+    """
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not disabled:
+            if "torch._dynamo" not in sys.modules:
+                return fn(*args, **kwargs)
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class MaskTechnique(nn.Module):
@@ -108,13 +144,6 @@ class MaskTechnique(nn.Module):
     def l0(self) -> torch.Tensor:
         """Expected number of kept entries (float32 scalar; float64 for float64 masks)."""
         raise NotImplementedError
-
-    def version(self) -> tuple[int, ...]:
-        """Changes whenever a mask tensor changes in place (used by the eval cache)."""
-        return tuple(t._version for t in self._mask_tensors())
-
-    def _mask_tensors(self) -> list[torch.Tensor]:
-        return [*self.parameters(recurse=False), *self.buffers(recurse=False)]
 
     def extra_repr(self) -> str:
         temp = f", temperature={self.temperature:g}" if self.has_temperature else ""
@@ -188,8 +217,8 @@ class MaskedLayer:
         self.bias_mask = bias_mask
         self._mm_use_masks = True
         self._mm_ablation: str = "none"
-        self._mm_cache: tuple[Any, tuple[torch.Tensor, torch.Tensor | None]] | None = None
-        self._mm_sampled: dict[tuple[str, str], tuple[Any, torch.Tensor]] = {}
+        # per (tensor, ablation): the circuit the draw was made for, and the draw
+        self._mm_sampled: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._mm_random: dict[str, torch.Tensor] = {}
 
     def _mm_teardown(self) -> None:
@@ -197,7 +226,7 @@ class MaskedLayer:
             if name in self._modules:
                 del self._modules[name]
             self.__dict__.pop(name, None)
-        for attr in ("_mm_use_masks", "_mm_ablation", "_mm_cache", "_mm_sampled", "_mm_random"):
+        for attr in ("_mm_use_masks", "_mm_ablation", "_mm_sampled", "_mm_random"):
             self.__dict__.pop(attr, None)
 
     @property
@@ -218,7 +247,6 @@ class MaskedLayer:
         if force_resample:
             self._mm_sampled.clear()
             self._mm_random.clear()
-            self._mm_cache = None  # the eval cache holds tensors made from the old draws
 
     @property
     def use_masks(self) -> bool:
@@ -255,27 +283,7 @@ class MaskedLayer:
                 f"ablation {self._mm_ablation!r} needs hard masks: call model.eval() first "
                 "(ablations are for evaluating a discovered circuit)"
             )
-        cacheable = not self._masks_soft() and not torch.compiler.is_compiling()
-        if cacheable and torch.is_grad_enabled():
-            cacheable = not any(
-                t.requires_grad for t in (self.weight, self.bias) if t is not None
-            ) and not any(p.requires_grad for _, m in self._mask_modules() for p in m.parameters())
-        if not cacheable:
-            return self._compute_tensors()
-        key = (
-            self._mm_ablation,
-            self.weight._version,
-            self.weight.data_ptr(),
-            None if self.bias is None else (self.bias._version, self.bias.data_ptr()),
-            tuple(m.version() for _, m in self._mask_modules()),
-            self.weight.dtype,
-        )
-        if self._mm_cache is not None and self._mm_cache[0] == key:
-            return self._mm_cache[1]
-        with torch.no_grad():
-            tensors = self._compute_tensors()
-        self._mm_cache = (key, tensors)
-        return tensors
+        return self._compute_tensors()
 
     def _compute_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = self._apply_mask("weight", self.weight, self.weight_mask)
@@ -286,9 +294,11 @@ class MaskedLayer:
 
     def _apply_mask(self, name: str, tensor: torch.Tensor, technique: MaskTechnique) -> torch.Tensor:
         ablation = self._mm_ablation
-        if ablation == "none":
+        if ablation == "none" and technique.training and technique.learnable:
             return tensor * technique.mask().to(tensor.dtype)
         circuit = technique.circuit()
+        if ablation == "none":  # hard mask: no float copy of the mask, no cache
+            return torch.where(circuit, tensor, tensor.new_zeros(()))
         if ablation == "zero_ablate":
             return tensor * (~circuit).to(tensor.dtype)
         if ablation == "random_ablate":
@@ -297,7 +307,7 @@ class MaskedLayer:
 
     # Draws run eagerly even inside torch.compile: traced, the draw became part of the
     # graph (a fresh draw every call, and ``Tensor._version`` is not the real one there).
-    @torch.compiler.disable
+    @run_eagerly
     def _random_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         cached = self._mm_random.get(name)
         if cached is None or cached.shape != tensor.shape or cached.device != tensor.device:
@@ -312,14 +322,15 @@ class MaskedLayer:
             cached = self._mm_random[name] = fresh
         return cached.to(tensor.dtype)
 
-    @torch.compiler.disable
+    @run_eagerly
     def _sampled_mask(
         self, name: str, ablation: str, technique: MaskTechnique, circuit: torch.Tensor
     ) -> torch.Tensor:
         key = (name, ablation)  # one draw per tensor *and* mode: modes never share a draw
         entry = self._mm_sampled.get(key)
-        version = technique.version()
-        if entry is not None and entry[0] == version:
+        # redrawn when the circuit's content changes (compared, not versioned: `.data`
+        # writes and replaced parameters do not bump a version)
+        if entry is not None and entry[0].shape == circuit.shape and torch.equal(entry[0], circuit):
             return entry[1]
         flat = circuit.reshape(-1)
         k = int(flat.sum())
@@ -336,7 +347,7 @@ class MaskedLayer:
         keep = torch.ones_like(flat)
         keep[choice] = False
         sampled = keep.reshape(circuit.shape)
-        self._mm_sampled[key] = (version, sampled)
+        self._mm_sampled[key] = (circuit.clone(), sampled)
         return sampled
 
     # -- forward -----------------------------------------------------------------------
@@ -344,25 +355,7 @@ class MaskedLayer:
         weight, bias = self._effective_tensors()
         return self.layer_kind.forward(self, x, weight, bias)  # type: ignore[arg-type]
 
-    def train(self, mode: bool = True):  # noqa: D102 - nn.Module.train
-        super().train(mode)  # type: ignore[misc]
-        self._mm_cache = None
-        return self
-
-    def __setstate__(self, state):  # noqa: D105 - deepcopy/pickle keep the ablation draws
-        super().__setstate__(state)  # type: ignore[misc]
-        self._mm_cache = None
-        techniques = dict(self._mask_modules())  # copied tensors restart their versions
-        self._mm_sampled = {
-            k: (techniques[k[0]].version(), v[1]) for k, v in self._mm_sampled.items()
-        }
-
-    def _apply(self, fn, recurse=True):  # noqa: D102 - cached tensors follow .to()/.half()
-        self._mm_cache = None
+    def _apply(self, fn, recurse=True):  # noqa: D102 - ablation draws follow .to()/.half()
         self._mm_random = {k: fn(v) for k, v in self._mm_random.items()}
-        out = super()._apply(fn, recurse)  # type: ignore[misc]
-        techniques = dict(self._mask_modules())  # draws stay valid: re-stamp their versions
-        self._mm_sampled = {
-            k: (techniques[k[0]].version(), fn(v[1])) for k, v in self._mm_sampled.items()
-        }
-        return out
+        self._mm_sampled = {k: (fn(c), fn(v)) for k, (c, v) in self._mm_sampled.items()}
+        return super()._apply(fn, recurse)  # type: ignore[misc]

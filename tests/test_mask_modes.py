@@ -167,31 +167,6 @@ def test_magnitude_global_scope_rejects_mixed_percentages_and_leaves_model():
     assert mm.mode_history(net) == []
 
 
-def test_eval_masked_weight_is_computed_once_until_a_mask_changes(monkeypatch):
-    net = mm.convert(nn.Sequential(nn.Linear(4, 4)), ("continuous_sparsification",
-                                                      {"nn.Linear": {"mask_init_value": 1.0}}))
-    tech = net[0].weight_mask
-    calls = []
-    original = type(tech).mask
-    monkeypatch.setattr(type(tech), "mask", lambda self: calls.append(1) or original(self))
-    net.eval()
-    x = torch.randn(2, 4)
-    with torch.no_grad():
-        y1 = net(x)
-        net(x)
-        net(x)
-    assert len(calls) == 1
-    with torch.no_grad():
-        tech.logits[0, 0] = -1.0  # an in-place change invalidates the cache
-        y2 = net(x)
-    assert len(calls) == 2
-    assert not torch.equal(y1, y2)
-    net.train()
-    net(x)
-    net(x)
-    assert len(calls) == 4  # training recomputes every forward (gradients flow)
-
-
 def test_freeze_base_keeps_base_in_eval_and_frozen():
     net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
     net = mm.convert(net, ("continuous_sparsification", {"freeze_base": True}))
