@@ -5,7 +5,13 @@ Workload (issue 2): 4-layer BERT and GPT-2, hidden 256, batch 16 x 128, 2 thread
   the masks) vs a full fine-tuning step of the plain model (Adam on all weights);
 * eval: masked eval forward (cached hard masks) vs plain eval forward;
 * memory: per variant, in a fresh process, the peak RSS a training step adds on top
-  of the resident state, plus that state (parameters, gradients, optimiser state).
+  of the resident state, plus that state (parameters, gradients, optimiser state);
+* eval memory: per variant, in a fresh process, the peak RSS eval forwards add on top of
+  the resident state (``eval_added_mb``: activations, and for the masked model anything
+  its eval path allocates or keeps), plus the resident parameters and buffers. The masked
+  model's resident state includes its mask parameters (continuous sparsification: one
+  float32 logit per weight), so ``eval_peak_rss_ratio`` is reported both with them and
+  without them (``eval_peak_rss_ratio_base``: base weights + what eval adds).
 
 Run: ``python -m benchmarks.bench_masks [--quick]``.
 """
@@ -103,6 +109,36 @@ def memory_probe(family: str, variant: str, quick: str) -> dict:
     return {"peak_rss_mb": peak_rss_mb() - baseline + _state_mb(model, opt)}
 
 
+def eval_memory_probe(family: str, variant: str, quick: str) -> dict:
+    """Peak RSS of a few eval forwards of one variant (run in a fresh process)."""
+    torch.set_num_threads(2)
+    model, ids, key = build(family, quick == "1")
+    if variant == "masked":
+        model = _masked(model, key)
+    model.eval()
+    forward = _eval_forward(model, ids)
+    baseline = current_rss_mb()  # before the first forward: what it leaves behind counts
+    reset_peak_rss()
+    for _ in range(3):
+        forward()
+    added = peak_rss_mb() - baseline
+    mask_ids = {id(t) for m in model.modules() if isinstance(m, mm.MaskTechnique)
+                for t in [*m.parameters(), *m.buffers()]}
+    tensors = [*model.parameters(), *model.buffers()]
+    return {
+        "added_mb": added,
+        "state_mb": _bytes_mb(tensors),
+        "base_state_mb": _bytes_mb([t for t in tensors if id(t) not in mask_ids]),
+    }
+
+
+def _bytes_mb(tensors) -> float:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values()) / 2**20
+
+
 def _state_mb(model, opt) -> float:
     """Parameters + gradients + optimiser state resident across steps, in MiB."""
     tensors = list(model.parameters()) + [
@@ -146,6 +182,12 @@ def run(quick: bool = False) -> dict:
                             "1" if quick else "0")["peak_rss_mb"]
             for v in ("plain", "masked")
         }
+        eval_mem = {
+            v: run_isolated("benchmarks.bench_masks", "eval_memory_probe", family, v,
+                            "1" if quick else "0")
+            for v in ("plain", "masked")
+        }
+        plain_eval = eval_mem["plain"]["added_mb"] + eval_mem["plain"]["state_mb"]
         results[family] = {
             "train_step_ratio": round(train["ratio"], 3),
             "train_step_plain_s": round(train["baseline_s"], 4),
@@ -153,6 +195,14 @@ def run(quick: bool = False) -> dict:
             "eval_forward_plain_s": round(evaluation["baseline_s"], 4),
             "peak_rss_mb": {k: round(v, 1) for k, v in mem.items()},
             "peak_rss_ratio": round(mem["masked"] / mem["plain"], 3),
+            "eval_added_mb": {k: round(v["added_mb"], 1) for k, v in eval_mem.items()},
+            "eval_peak_rss_mb": {k: round(v["added_mb"] + v["state_mb"], 1)
+                                 for k, v in eval_mem.items()},
+            "eval_peak_rss_ratio": round(
+                (eval_mem["masked"]["added_mb"] + eval_mem["masked"]["state_mb"]) / plain_eval, 3),
+            "eval_peak_rss_ratio_base": round(
+                (eval_mem["masked"]["added_mb"] + eval_mem["masked"]["base_state_mb"])
+                / plain_eval, 3),
         }
     return results
 
