@@ -85,5 +85,4 @@ def sync_ablation_draws(model: nn.Module, src: int = 0, group: Any = None) -> in
         else:
             version = layer._mm_sampled[key][0]
             layer._mm_sampled[key] = (version, buffer.to(tensor.dtype))
-        layer._mm_cache = None  # tensors computed from the old draws
     return len(entries)

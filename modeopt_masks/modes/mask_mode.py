@@ -70,6 +70,13 @@ AfterConvert = Callable[[dict[str, MaskedLayer], Any], None]
 class MaskModeDescriptor(ModeDescriptor):
     """Converts every matching layer to a :class:`MaskedLayer` with the mode's technique.
 
+    Refused at convert (the model left unchanged): a layer whose ``weight`` is not its
+    own parameter because a hook recomputes it (``torch.nn.utils.prune``, old-style
+    ``weight_norm`` / ``spectral_norm``). Export bakes the hard mask into the layer's
+    tensors; a *tied* weight (a masked ``lm_head`` sharing the input embedding) is
+    untied first, so the other use keeps its unmasked weight, exported equals masked,
+    and an HF config's ``tie_word_embeddings`` is set to ``False``.
+
     Built by :func:`register_mask_mode`; not subclassed by hand.
     """
 
@@ -99,6 +106,7 @@ class MaskModeDescriptor(ModeDescriptor):
         for name, module, _key, _rule in plan:
             if is_dynamic(module):
                 raise ValueError(f"{name!r} is already converted; export or unconvert first")
+            _check_plain_tensors(name, module)
         techniques = {name: self._techniques(m, cast(MaskRule, rule)) for name, m, _k, rule in plan}
         layers: dict[str, MaskedLayer] = {}
         for name, module, _key, _rule in plan:
@@ -171,6 +179,8 @@ class MaskModeDescriptor(ModeDescriptor):
 
     def _remove(self, model: nn.Module, metadata: Metadata, bake: bool) -> nn.Module:
         modules = dict(model.named_modules())
+        uses = _parameter_uses(model)
+        untied = False
         for name in metadata["layers"]:
             layer = modules[name]
             assert isinstance(layer, MaskedLayer)
@@ -178,14 +188,70 @@ class MaskModeDescriptor(ModeDescriptor):
                 with torch.no_grad(), hard_masks(cast(nn.Module, layer)):
                     weight, bias = layer._compute_tensors() if layer.use_masks else (
                         layer.weight, layer.bias)
-                    layer.weight.copy_(weight)
-                    if bias is not None and layer.bias is not None:
-                        layer.bias.copy_(bias)
+                    for attr, baked in (("weight", weight), ("bias", bias)):
+                        untied |= _bake(cast(nn.Module, layer), attr, baked, uses)
             layer._mm_teardown()
             unswap_class(cast(nn.Module, layer))
         if "frozen" in metadata:
             _unfreeze_base(model, metadata["frozen"])
+        hf_config: Any = getattr(model, "config", None)
+        if untied and getattr(hf_config, "tie_word_embeddings", False):
+            hf_config.tie_word_embeddings = False  # so save/from_pretrained do not re-tie them
         return model
+
+
+def _parameter_uses(model: nn.Module) -> dict[int, int]:
+    """How many module slots hold each parameter (``> 1``: tied, e.g. ``lm_head``/embedding)."""
+    uses: dict[int, int] = {}
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                uses[id(param)] = uses.get(id(param), 0) + 1
+    return uses
+
+
+def _bake(layer: nn.Module, attr: str, baked: torch.Tensor | None, uses: dict[int, int]) -> bool:
+    """Write the masked tensor into ``layer.<attr>``; a tied parameter is untied first.
+
+    Baking into a parameter another module also uses (a tied ``lm_head`` and input
+    embedding) would prune that other use too, so the exported model would compute
+    something else than the masked one. The layer gets its own parameter instead.
+    """
+    param = layer._parameters.get(attr)
+    if param is None or baked is None or baked is param:
+        return False
+    if uses.get(id(param), 0) > 1:
+        uses[id(param)] -= 1
+        layer._parameters[attr] = nn.Parameter(baked.detach().clone(),
+                                               requires_grad=param.requires_grad)
+        return True
+    param.copy_(baked)
+    return False
+
+
+def _check_plain_tensors(name: str, module: nn.Module) -> None:
+    """Refuse a layer whose ``weight`` a hook recomputes, or that already has a ``*_mask``.
+
+    ``torch.nn.utils.prune`` keeps ``weight_orig`` + a ``weight_mask`` buffer, and old-style
+    ``weight_norm`` / ``spectral_norm`` keep ``weight_g``/``weight_v`` (``weight_orig``):
+    their forward pre-hook rewrites ``weight`` every call, so a mask baked into ``weight``
+    on export would be recomputed away, and our ``weight_mask`` would replace theirs.
+    """
+    hooks = [type(h).__name__ for h in module._forward_pre_hooks.values()]
+    clashes = [n for n in ("weight_mask", "bias_mask") if n in module.__dict__
+               or n in module._buffers or n in module._parameters or n in module._modules]
+    if "weight" in module._parameters and not clashes:
+        return
+    remedies = {"WeightNorm": "torch.nn.utils.remove_weight_norm(module)",
+                "SpectralNorm": "torch.nn.utils.remove_spectral_norm(module)"}
+    how = next((remedies[h] for h in hooks if h in remedies),
+               "torch.nn.utils.prune.remove(module, 'weight')")
+    raise ValueError(
+        f"{name!r}: its weight is not a plain parameter of the layer (parameters "
+        f"{sorted(module._parameters)}, buffers {sorted(module._buffers)}, forward pre-hooks "
+        f"{hooks}): it is recomputed by torch.nn.utils.prune, weight_norm or spectral_norm, "
+        f"so masks cannot be applied or exported faithfully. Make it plain first with {how}"
+    )
 
 
 def register_mask_mode(
