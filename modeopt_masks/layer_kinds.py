@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ class LayerKind:
     """One supported layer type.
 
     Examples:
-        >>> from modeopt_masks.layer_kinds import LAYER_KINDS
+        >>> from modeopt_masks.layer_kinds import LAYER_KINDS, hf_conv1d_kind
+        >>> _ = hf_conv1d_kind()  # registered when transformers is first needed
         >>> sorted(LAYER_KINDS)
         ['hf.Conv1D', 'nn.Conv1d', 'nn.Conv2d', 'nn.Linear']
     """
@@ -92,6 +94,8 @@ def register_layer_kind(kind: LayerKind) -> LayerKind:
 def kind_of(module: nn.Module) -> LayerKind | None:
     """The layer kind whose class is exactly ``type(module)`` (or its original class)."""
     cls = getattr(type(module), "_mm_original_cls", type(module))
+    if "hf.Conv1D" not in LAYER_KINDS and "transformers.pytorch_utils" in sys.modules:
+        hf_conv1d_kind()  # a model holding a Conv1D has imported its module already
     for kind in LAYER_KINDS.values():
         if cls is kind.cls:
             return kind
@@ -102,16 +106,27 @@ register_layer_kind(LayerKind("nn.Linear", nn.Linear, 0, _linear_forward, _kaimi
 register_layer_kind(LayerKind("nn.Conv1d", nn.Conv1d, 0, _conv_forward, _kaiming_uniform))
 register_layer_kind(LayerKind("nn.Conv2d", nn.Conv2d, 0, _conv_forward, _kaiming_uniform))
 
-_HFConv1D: type[nn.Module] | None
-try:  # transformers is optional
-    from transformers.pytorch_utils import Conv1D as _HFConv1D
-except ImportError:  # pragma: no cover - exercised only without transformers
-    _HFConv1D = None
-if _HFConv1D is not None:
-    register_layer_kind(
-        LayerKind(
-            "hf.Conv1D", _HFConv1D, 1, _hf_conv1d_forward, lambda w: nn.init.normal_(w, std=0.02)
-        )
+
+
+def hf_conv1d_kind() -> LayerKind | None:
+    """The ``hf.Conv1D`` kind, registered on first use (``None`` without transformers).
+
+    ``import modeopt_masks`` does not import transformers (seconds); :func:`kind_of`
+    registers this kind once ``transformers.pytorch_utils`` is loaded.
+
+    Examples:
+        >>> from modeopt_masks.layer_kinds import hf_conv1d_kind
+        >>> hf_conv1d_kind().out_dim
+        1
+    """
+    if "hf.Conv1D" in LAYER_KINDS:
+        return LAYER_KINDS["hf.Conv1D"]
+    try:  # transformers is optional
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - exercised only without transformers
+        return None
+    return register_layer_kind(
+        LayerKind("hf.Conv1D", Conv1D, 1, _hf_conv1d_forward, lambda w: nn.init.normal_(w, std=0.02))
     )
 
 #: The type keys every mask mode accepts (fixed, so configs validate without transformers).

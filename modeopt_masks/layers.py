@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .conversion import convert
 from .dynamic import is_dynamic
-from .layer_kinds import LAYER_KINDS, kind_of
+from .layer_kinds import LAYER_KINDS, hf_conv1d_kind, kind_of
 from .masking import MaskedLayer, MaskTechnique, check_ablation
 from .modes.continuous_sparsification import ContinuousSparsificationMask
 from .modes.hard_concrete import HardConcreteMask
@@ -99,6 +99,8 @@ def _rule_field_names(mode: str) -> set[str]:
 
 
 def _layer_class(key: str) -> type[nn.Module]:
+    if key == "hf.Conv1D":
+        hf_conv1d_kind()
     if key not in LAYER_KINDS:
         raise ImportError(f"layer type {key!r} is unavailable (hf.Conv1D needs transformers)")
     return LAYER_KINDS[key].cls
