@@ -154,6 +154,9 @@ class Family:
     mlp: tuple[MLPLayout, ...] = ()
     residual: tuple[ResidualLayout, ...] = ()
     structural: bool = False
+    #: blocks of these classes cannot be searched, for the reason in ``why_not`` (an error says so)
+    refused: tuple[str, ...] = ()
+    why_not: str = ""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -200,7 +203,11 @@ def _llama_like(name: str, label: str, model_types: tuple[str, ...], classes: tu
         attention=(AttentionLayout(name, classes, o="o_proj", q="q_proj", k="k_proj", v="v_proj",
                                    attrs=_LLAMA_ATTRS),),
         mlp=(MLPLayout(name, mlp_classes, up=("gate_proj", "up_proj"), down="down_proj"),
-             MLPLayout(name, (), up=("up_proj",), down="down_proj")),  # ungated (Apertus, ...)
+             # ungated MLPs of Llama-like decoders (Apertus, StarCoder2, NanoChat)
+             MLPLayout(name, (), up=("up_proj",), down="down_proj"),
+             MLPLayout(name, (), up=("c_fc",), down="c_proj"),
+             MLPLayout(name, (), up=("fc1",), down="fc2"),
+             MLPLayout(name, mlp_classes, up=("gate_up_proj",), down="down_proj", sections=2)),
         residual=(residual,), structural=True,
     )
 
@@ -287,10 +294,20 @@ register_family(Family(
 ))
 register_family(_llama_like(
     "sandwich", "Gemma 2/3, OLMo 2 (norms after attention and MLP)",
-    ("gemma2", "gemma3_text", "olmo2", "olmo3", "vaultgemma"),
+    ("gemma2", "gemma3_text", "olmo2", "olmo3"),
     ("Gemma2Attention", "Gemma3Attention", "Olmo2Attention"),
     ("Gemma2MLP", "Gemma3MLP", "Olmo2MLP"),
     _pre_ln("sandwich", "post_attention_layernorm", "post_feedforward_layernorm"),
+))
+register_family(_llama_like(
+    "glm4", "GLM-4 (norms after attention and MLP, other names)", ("glm4",),
+    ("Glm4Attention",), ("Glm4MLP",),
+    _pre_ln("glm4", "post_self_attn_layernorm", "post_mlp_layernorm"),
+))
+register_family(_llama_like(
+    "hyperclovax", "HyperCLOVA X (post-norms, updates scaled by residual_multiplier)",
+    ("hyperclovax",), ("HyperCLOVAXAttention",), ("HyperCLOVAXMLP",),
+    _pre_ln("hyperclovax", "post_norm1", "post_norm2", "residual_multiplier"),
 ))
 register_family(_llama_like(
     "granite", "Granite (updates scaled by residual_multiplier)", ("granite",),
@@ -302,6 +319,19 @@ register_family(_llama_like(
     ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"),
     ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"),
     _pre_ln("llama", "self_attn", "mlp"),
+))
+
+# Llama-like by their module names, but their attention heads are not independent units.
+register_family(Family(
+    "diffllama", "DiffLlama (refused: differential attention)", ("diffllama",),
+    refused=("DiffLlamaAttention",),
+    why_not="differential attention subtracts two attention maps per output head and "
+            "normalises all heads together, so its heads cannot be removed one at a time",
+))
+register_family(Family(
+    "doge", "Doge (refused: dynamic mask attention)", ("doge",), refused=("DogeAttention",),
+    why_not="dynamic mask attention computes a gate per head from all heads' values (dt_proj), "
+            "so its heads cannot be removed one at a time",
 ))
 
 ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = tuple(
@@ -489,6 +519,15 @@ def _check_no_cross_head_norm(module: nn.Module, block: str, widths: set[int], h
             )
 
 
+def _check_not_refused(module: nn.Module, name: str, key: str) -> None:
+    for fam in FAMILIES.values():
+        if type(module).__name__ in fam.refused:
+            raise ValueError(
+                f"{name}: gradnas cannot search {type(module).__name__}: {fam.why_not}. Switch "
+                f"it off with {{{key!r}: {{'*': None}}}}."
+            )
+
+
 def attention_structure(root: nn.Module, name: str, module: nn.Module,
                         gqa: str = "groups") -> Structure:
     """The heads :class:`Structure` of attention block ``name`` (a known family).
@@ -498,6 +537,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
     """
     if gqa not in GQA_MODES:
         raise ValueError(f"{name}: gqa must be one of {list(GQA_MODES)}, got {gqa!r}")
+    _check_not_refused(module, name, "hf.attention")
     layout = attention_layout(module)
     if layout is None:
         raise ValueError(
@@ -608,6 +648,16 @@ def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
     if len(widths) != 1 or 0 in widths:
         raise ValueError(f"{name}: the up and down projections disagree on the hidden width "
                          f"({sorted(widths)}); gradnas cannot pair them")
+    for child_name, child in module.named_children():
+        weight = getattr(child, "weight", None)
+        if (child_name not in (*layout.up, layout.down) and isinstance(weight, nn.Parameter)
+                and weight.dim() == 1 and weight.numel() in widths):
+            raise ValueError(
+                f"{name}: {child_name} ({type(child).__name__}) normalises over all "
+                f"{weight.numel()} hidden channels together, so removing a channel would change "
+                "the others and the exported model would not compute the masked one; gradnas "
+                "cannot prune these channels. Switch it off with {'hf.mlp': {'*': None}}."
+            )
     slices.append(Slice(down_name, "weight", down_kind.in_dim, 1))
     scope = [name] if down_name.startswith(name + ".") else [name, down_name]
     return Structure(
