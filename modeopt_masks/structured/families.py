@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch.nn as nn
 
@@ -160,6 +160,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {}
+_VERSION = [0]  # bumped by register_family (the class-name index is rebuilt then)
 
 
 def register_family(family: Family) -> Family:
@@ -176,6 +177,7 @@ def register_family(family: Family) -> Family:
         if name != family.name:
             raise ValueError(f"family {family.name!r}: a layout names family {name!r}")
     FAMILIES[family.name] = family
+    _VERSION[0] += 1
     return family
 
 
@@ -359,14 +361,6 @@ SUPPORTED_FAMILIES = supported_families()
 _L = TypeVar("_L", AttentionLayout, MLPLayout)
 
 
-def _by_class(layouts: tuple[_L, ...]) -> dict[str, list[_L]]:
-    table: dict[str, list[_L]] = {}
-    for layout in layouts:
-        for c in layout.classes:
-            table.setdefault(c, []).append(layout)
-    return table
-
-
 def _has(module: nn.Module, rel: str) -> bool:
     """Whether ``module`` has submodule ``rel`` (paths into the parent count as present)."""
     if not rel or rel.startswith("../"):
@@ -413,23 +407,41 @@ def is_hf_module(module: nn.Module) -> bool:
     )
 
 
-def _by_class_name(module: nn.Module, layouts: Callable[[Family], tuple[_L, ...]]) -> list[_L]:
-    for cls in type(module).__mro__:
-        found = [lay for fam in FAMILIES.values() for lay in layouts(fam)
-                 if cls.__name__ in lay.classes]
-        if found:
-            return found
-    return []
-
-
-def _structural(module: nn.Module, layouts: Callable[[Family], tuple[_L, ...]],
-                paths: Callable[[_L], tuple[str, ...]]) -> _L | None:
-    """The first layout of a structural family whose submodules all exist in ``module``."""
+def _index(layouts: Callable[[Family], tuple[_L, ...]]) -> tuple[dict[str, list[_L]], list[_L]]:
+    """``({class name: layouts}, structural layouts in order)`` over :data:`FAMILIES`."""
+    by_class: dict[str, list[_L]] = {}
+    structural: list[_L] = []
     for fam in FAMILIES.values():
-        if fam.structural:
-            for layout in layouts(fam):
-                if all(_has(module, rel) for rel in paths(layout)):
-                    return layout
+        for layout in layouts(fam):
+            for name in layout.classes:
+                by_class.setdefault(name, []).append(layout)
+            if fam.structural:
+                structural.append(layout)
+    return by_class, structural
+
+
+_INDEX: dict[str, tuple[int, Any]] = {}
+
+
+def _lookup(part: str) -> tuple[dict[str, list[Any]], list[Any]]:
+    """The (cached) class-name index of ``part`` ("attention" or "mlp"), rebuilt when a
+    family is registered."""
+    cached = _INDEX.get(part)
+    if cached is None or cached[0] != _VERSION[0]:
+        cached = (_VERSION[0], _index(lambda fam: getattr(fam, part)))
+        _INDEX[part] = cached
+    return cached[1]
+
+
+def _find(module: nn.Module, part: str, paths: Callable[[Any], tuple[str, ...]]) -> Any:
+    by_class, structural = _lookup(part)
+    for cls in type(module).__mro__:
+        if cls.__name__ in by_class:
+            return _pick(by_class[cls.__name__], module, paths)
+    looks = looks_like_attention if part == "attention" else looks_like_mlp
+    if looks(module):
+        return next((lay for lay in structural if all(_has(module, rel) for rel in paths(lay))),
+                    None)
     return None
 
 
@@ -444,22 +456,12 @@ def _mlp_paths(lay: MLPLayout) -> tuple[str, ...]:
 def attention_layout(module: nn.Module) -> AttentionLayout | None:
     """The family layout of attention block ``module``: by class name, else (a transformers
     ``*Attention`` class) by its submodules; ``None``: not a known attention block."""
-    named = _by_class_name(module, lambda fam: fam.attention)
-    if named:
-        return _pick(named, module, _attn_paths)
-    if looks_like_attention(module):
-        return _structural(module, lambda fam: fam.attention, _attn_paths)
-    return None
+    return _find(module, "attention", _attn_paths)
 
 
 def mlp_layout(module: nn.Module) -> MLPLayout | None:
     """The family layout of MLP block ``module`` (by class name, else by submodules), or ``None``."""
-    named = _by_class_name(module, lambda fam: fam.mlp)
-    if named:
-        return _pick(named, module, _mlp_paths)
-    if looks_like_mlp(module):
-        return _structural(module, lambda fam: fam.mlp, _mlp_paths)
-    return None
+    return _find(module, "mlp", _mlp_paths)
 
 
 def looks_like_attention(module: nn.Module) -> bool:

@@ -168,14 +168,14 @@ def collect_scores(
             f"collect_scores: the scores of {bad} are not finite (a NaN/inf loss or gradient, "
             "e.g. an fp16 overflow): score in float32/bfloat16 or scale the loss down"
         )
-    if all(not bool(acc.any()) for acc in sums):
+    largest_loss = float(largest) if largest is not None else 0.0
+    if largest_loss >= TINY_LOSS and all(not bool(acc.any()) for acc in sums):
         raise ValueError(
             f"collect_scores: every mask gradient is zero over {steps} batch(es), so the scores "
             "cannot rank any unit (the search would keep the lowest-index units). The loss "
             "does not depend on the searched heads/channels: is loss_func reading the model "
             "output (not a constant or a detached tensor)?"
         )
-    largest_loss = float(largest) if largest is not None else 0.0
     if largest_loss < TINY_LOSS:
         warnings.warn(
             f"collect_scores: the loss is ~0 on every batch (|loss| <= {largest_loss:.3g}), so "
