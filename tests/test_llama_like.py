@@ -86,3 +86,18 @@ def test_residual_updates_add_up_to_the_layer_outputs(model_type):
         torch.testing.assert_close(cache[f"attn_stream_{i}"] + cache[f"mlp_update_{i}"],
                                    cache[f"mlp_stream_{i}"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hs[1], cache["mlp_stream_0"])
+
+
+def test_every_registered_family_is_tested():
+    """Each family record gradnas reads is exercised here or by ``gradnas_helpers.FAMILIES``."""
+    from modeopt_masks.structured import FAMILIES
+
+    try:
+        from .gradnas_helpers import FAMILIES as HELPER_FAMILIES
+    except ImportError:  # tests/ is not a package
+        from gradnas_helpers import FAMILIES as HELPER_FAMILIES
+
+    tested = set(DISCOVERED) | set(HELPER_FAMILIES)
+    untested = [name for name, fam in FAMILIES.items()
+                if (fam.attention or fam.mlp or fam.refused) and not set(fam.model_types) & tested]
+    assert not untested
