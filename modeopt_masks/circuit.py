@@ -317,7 +317,7 @@ class _ForwardWithSignature:
         return inspect.signature(self.owner.wrapped_model.forward)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return CircuitModel.forward(self.owner, *args, **kwargs)
+        return type(self.owner).forward(self.owner, *args, **kwargs)
 
 
 def _get_loss(output: Any) -> torch.Tensor | None:

@@ -4,7 +4,7 @@ Examples:
     >>> import torch
     >>> from modeopt_masks.compat.neurosurgeon.Masking.contsparse_layer import ContSparseLinear
     >>> layer = ContSparseLinear(3, 2, mask_bias=True, mask_init_value=-1.0)
-    >>> _ = layer.train(False); float(layer(torch.ones(3)).abs().sum())   # every weight masked
+    >>> _ = layer.train(False); float(layer(torch.ones(3)).detach().abs().sum())   # every weight masked
     0.0
 """
 

@@ -4,7 +4,7 @@ Examples:
     >>> import torch
     >>> from modeopt_masks.compat.neurosurgeon.Masking.magprune_layer import MagPruneLinear
     >>> layer = MagPruneLinear(3, 2, mask_bias=True, prune_percentage=1.0)
-    >>> _ = layer.train(False); float(layer(torch.ones(3)).abs().sum())   # every weight masked
+    >>> _ = layer.train(False); float(layer(torch.ones(3)).detach().abs().sum())   # every weight masked
     0.0
 """
 

@@ -92,6 +92,7 @@ class MaskLayer(metaclass=_MaskLayerMeta):
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+    _parameters: dict[str, nn.Parameter | None]
     weight_mask: MaskTechnique
     bias_mask: MaskTechnique | None
     _mm_cache: Any
@@ -191,7 +192,24 @@ class MaskLayer(metaclass=_MaskLayerMeta):
         if not isinstance(value, nn.Parameter):
             value = nn.Parameter(value)
         setattr(tech, self._ns_param, value)
+        self._parameters[f"{tensor}_mask_params"] = value
         self._mm_cache = None  # masks cached in eval were computed from the old parameter
+
+    def _ns_alias_params(self) -> None:
+        # NeuroSurgeon's parameter names: the technique's parameter is registered on the layer
+        # too, so ``named_parameters`` (which lists a shared parameter once, under its first
+        # name) says ``...dense.weight_mask_params`` as NeuroSurgeon's layers do
+        if self._ns_param is None:
+            return
+        for tensor in ("weight", "bias"):
+            tech = self.weight_mask if tensor == "weight" else self.bias_mask
+            if tech is not None:
+                self._parameters[f"{tensor}_mask_params"] = getattr(tech, self._ns_param)
+
+    def _mm_teardown(self) -> None:  # export/unconvert: the plain layer gets no alias back
+        for name in _MASK_PARAMS:
+            self._parameters.pop(name, None)
+        super()._mm_teardown()  # type: ignore[misc]
 
     @property
     def weight_mask_params(self) -> nn.Parameter:
@@ -469,6 +487,7 @@ def adopt(layer: nn.Module) -> nn.Module:
     if kind is None or mode is None:
         raise TypeError(f"no NeuroSurgeon name for this {type(layer).__name__}")
     layer.__class__ = _impl_class(mode, kind.key)
+    layer._ns_alias_params()  # type: ignore[attr-defined]
     for tech in (layer.weight_mask, layer.bias_mask):
         if tech is not None and not isinstance(tech, MaskView):
             tech.__class__ = _view_class(type(tech))

@@ -1,0 +1,68 @@
+"""NeuroSurgeon's ``CircuitProbe`` (its ``updated_circuit_probe`` branch) on the library's.
+
+Examples:
+    >>> import torch, transformers
+    >>> from modeopt_masks.compat.neurosurgeon.Models.model_configs import CircuitConfig
+    >>> from modeopt_masks.compat.neurosurgeon.Probing.probe_configs import (
+    ...     CircuitProbeConfig, ResidualUpdateModelConfig)
+    >>> from modeopt_masks.compat.neurosurgeon.Probing.circuit_probe import CircuitProbe
+    >>> bert = transformers.BertModel(transformers.BertConfig(hidden_size=16, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=32, vocab_size=30))
+    >>> cp = CircuitProbe(CircuitProbeConfig("mlp_update_1",
+    ...     CircuitConfig(target_layers=["encoder.layer.1.output.dense"]),
+    ...     ResidualUpdateModelConfig("bert", [1], True, False)), bert)
+    >>> out = cp(input_ids=torch.tensor([[1, 2], [3, 4]]), labels=torch.tensor([[0], [1]]),
+    ...          token_mask=torch.tensor([[True, False], [True, False]]))
+    >>> out.loss.requires_grad
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ....mask_controls import masked_modules
+from ....probing import CircuitProbe as CoreCircuitProbe
+from ..Masking.mask_layer import adopt
+from .probe_configs import CircuitProbeConfig
+from .subnetwork_probe import ns_tuple
+
+#: NeuroSurgeon's circuit probe pads labels with -1000.
+LABEL_PAD = -1000
+
+
+class CircuitProbe(CoreCircuitProbe):
+    """Masks trained so one cached vector clusters by label (NeuroSurgeon's interface).
+
+    Labels may be ``[batch]``, ``[batch, 1]`` or rows padded with ``-1000`` (one label
+    per ``True`` of ``token_mask``, NeuroSurgeon's layout).
+
+    Examples:
+        >>> from modeopt_masks.compat.neurosurgeon.Probing.circuit_probe import LABEL_PAD
+        >>> LABEL_PAD
+        -1000
+    """
+
+    def __init__(self, config: CircuitProbeConfig | Any, model: nn.Module) -> None:
+        ns_config = config
+        if isinstance(config, CircuitProbeConfig):
+            config = config.to_core()
+        super().__init__(config, model)
+        self.ns_config = ns_config
+        for layer in masked_modules(self.model).values():
+            adopt(layer)
+
+    def forward(  # type: ignore[override]
+        self, *args: Any, labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None, return_dict: bool = True, **kwargs: Any,
+    ) -> Any:
+        """The library's forward (NeuroSurgeon's label padding accepted)."""
+        if labels is not None and labels.dim() > 1 and token_mask is not None and bool(
+            (labels == LABEL_PAD).any() or labels.shape[1] != token_mask.shape[1]
+        ):
+            labels = labels[labels != LABEL_PAD].reshape(-1)
+        out = super().forward(*args, labels=labels, token_mask=token_mask, **kwargs)
+        return out if return_dict else ns_tuple(out)

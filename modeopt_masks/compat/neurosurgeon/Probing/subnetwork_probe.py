@@ -1,0 +1,65 @@
+"""NeuroSurgeon's ``SubnetworkProbe``: the library's, taking NeuroSurgeon's config.
+
+``forward(..., return_dict=False)`` returns NeuroSurgeon's tuple
+``(loss, probed vectors)`` (just the vectors without labels). The L0 term is added
+to the loss in training (NeuroSurgeon 0.1.0 added none; see docs/neurosurgeon.md).
+
+Examples:
+    >>> import torch, transformers
+    >>> from modeopt_masks.compat.neurosurgeon.Models.model_configs import CircuitConfig
+    >>> from modeopt_masks.compat.neurosurgeon.Probing.probe_configs import (
+    ...     ResidualUpdateModelConfig, SubnetworkProbeConfig)
+    >>> from modeopt_masks.compat.neurosurgeon.Probing.subnetwork_probe import SubnetworkProbe
+    >>> bert = transformers.BertModel(transformers.BertConfig(hidden_size=16, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=32, vocab_size=30))
+    >>> cfg = SubnetworkProbeConfig("mlp_stream_1", 2,
+    ...     CircuitConfig(target_layers=["encoder.layer.1.output.dense"]),
+    ...     ResidualUpdateModelConfig("bert", [1], True, False, updates=False, stream=True))
+    >>> probe = SubnetworkProbe(cfg, bert)
+    >>> mask = torch.tensor([[True, False, False]])
+    >>> loss, vectors = probe(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1]]),
+    ...                       token_mask=mask, return_dict=False)
+    >>> tuple(vectors.shape)
+    (1, 16)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from ....mask_controls import masked_modules
+from ....probing import SubnetworkProbe as CoreSubnetworkProbe
+from ..Masking.mask_layer import adopt
+from .probe_configs import SubnetworkProbeConfig
+
+
+def ns_tuple(out: Any) -> Any:
+    """NeuroSurgeon's ``return_dict=False`` output: ``(loss, vectors)``, or the vectors alone."""
+    return (out.loss, out.hidden_states) if out.loss is not None else out.hidden_states
+
+
+class SubnetworkProbe(CoreSubnetworkProbe):
+    """Masks + probe on one cached vector (NeuroSurgeon's interface).
+
+    Examples:
+        >>> from modeopt_masks.compat.neurosurgeon.Probing.subnetwork_probe import ns_tuple
+        >>> from modeopt_masks.probing import ProbeOutput
+        >>> ns_tuple(ProbeOutput(hidden_states=1))
+        1
+    """
+
+    def __init__(self, config: SubnetworkProbeConfig | Any, model: nn.Module) -> None:
+        ns_config = config
+        if isinstance(config, SubnetworkProbeConfig):
+            config = config.to_core()
+        super().__init__(config, model)
+        self.ns_config = ns_config
+        for layer in masked_modules(self.model).values():
+            adopt(layer)
+
+    def forward(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        """The library's forward; ``return_dict=False`` gives NeuroSurgeon's tuple."""
+        out = super().forward(*args, **kwargs)
+        return out if return_dict else ns_tuple(out)
