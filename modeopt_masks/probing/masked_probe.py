@@ -136,10 +136,13 @@ class MaskedProbe(nn.Module):
     alone (no probe head). Copies (``copy.deepcopy``, ``pickle``) cache and train on their own.
     """
 
+    #: the class of ``wrapped_model`` (a subclass may use its own ``ResidualUpdateModel``)
+    residual_model_class: type[ResidualUpdateModel] = ResidualUpdateModel
+
     def __init__(self, config: MaskedProbeConfig, model: nn.Module) -> None:
         super().__init__()
         self.config = config
-        resid = ResidualUpdateModel(config.resid_config(), model)  # validates before converting
+        resid = self.residual_model_class(config.resid_config(), model)  # validates before converting
         resid.remove_hooks()
         self.hidden_size = config.hidden_size or hidden_size_of(model)
         self.has_masks = bool(config.target_layers)

@@ -61,6 +61,12 @@ class CircuitModel(CoreCircuitModel):
         self._temperature = 1.0
         self._pass_return_dict = _takes(self.wrapped_model, "return_dict")
 
+    def train(self, mode: bool = True) -> CircuitModel:  # noqa: D102 - nn.Module.train
+        super().train(mode)
+        for layer in self._mask_layers():  # mask layers follow ``mode`` even with freeze_base
+            layer.training = mode  # type: ignore[attr-defined]
+        return self
+
     # -- NeuroSurgeon's L0: gated weights -------------------------------------------------
     def _mask_layers(self) -> list[MaskLayer]:
         return [m for m in self.wrapped_model.modules() if isinstance(m, MaskLayer)]

@@ -27,8 +27,10 @@ import torch.nn as nn
 from ....mask_controls import masked_modules
 from ....probing import CircuitProbe as CoreCircuitProbe
 from ..Masking.mask_layer import adopt
+from ....probing import soft_nearest_neighbour_loss
 from .probe_configs import CircuitProbeConfig
-from .subnetwork_probe import ns_tuple
+from .residual_update_model import ResidualUpdateModel
+from .subnetwork_probe import flat_labels, ns_tuple
 
 #: NeuroSurgeon's circuit probe pads labels with -1000.
 LABEL_PAD = -1000
@@ -46,6 +48,8 @@ class CircuitProbe(CoreCircuitProbe):
         -1000
     """
 
+    residual_model_class = ResidualUpdateModel
+
     def __init__(self, config: CircuitProbeConfig | Any, model: nn.Module) -> None:
         ns_config = config
         if isinstance(config, CircuitProbeConfig):
@@ -54,15 +58,23 @@ class CircuitProbe(CoreCircuitProbe):
         self.ns_config = ns_config
         for layer in masked_modules(self.model).values():
             adopt(layer)
+        self.train()
+
+    def train(self, mode: bool = True) -> CircuitProbe:  # noqa: D102 - nn.Module.train
+        super().train(mode)
+        for layer in masked_modules(self.model).values():  # mask layers follow ``mode``
+            layer.training = mode
+        return self
 
     def forward(  # type: ignore[override]
         self, *args: Any, labels: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None, return_dict: bool = True, **kwargs: Any,
     ) -> Any:
-        """The library's forward (NeuroSurgeon's label padding accepted)."""
-        if labels is not None and labels.dim() > 1 and token_mask is not None and bool(
-            (labels == LABEL_PAD).any() or labels.shape[1] != token_mask.shape[1]
-        ):
-            labels = labels[labels != LABEL_PAD].reshape(-1)
+        """The library's forward (NeuroSurgeon's label rows padded with -1000 accepted)."""
+        labels = flat_labels(labels, token_mask, LABEL_PAD)
         out = super().forward(*args, labels=labels, token_mask=token_mask, **kwargs)
         return out if return_dict else ns_tuple(out)
+
+    def _compute_contrastive_loss(self, updates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The soft-nearest-neighbour loss of ``updates`` under ``labels`` (the library's)."""
+        return soft_nearest_neighbour_loss(updates, labels)

@@ -173,4 +173,5 @@ class CircuitProbeConfig(_ProbeConfig):
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {list(objectives)}")
         return CoreCircuitProbeConfig(
             **self._core_fields(), objective=objectives[self.loss], n_classes=self.n_classes,
+            labeling="token",  # NeuroSurgeon's circuit probe reads every True of token_mask
         )

@@ -34,8 +34,6 @@ class ResidualUpdateModel(CoreResidualUpdateModel):
     """
 
     def __init__(self, config: ResidualUpdateModelConfig | Any, model: nn.Module) -> None:
-        ns_config = config
         if isinstance(config, ResidualUpdateModelConfig):
             config = config.to_core()
         super().__init__(config, model)
-        self.ns_config = ns_config

@@ -33,6 +33,21 @@ from ....mask_controls import masked_modules
 from ....probing import SubnetworkProbe as CoreSubnetworkProbe
 from ..Masking.mask_layer import adopt
 from .probe_configs import SubnetworkProbeConfig
+from .residual_update_model import ResidualUpdateModel
+
+
+def flat_labels(labels: Any, token_mask: Any, pad: int) -> Any:
+    """NeuroSurgeon's token labels: the rows' entries other than ``pad``, one per True of ``token_mask``.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.compat.neurosurgeon.Probing.subnetwork_probe import flat_labels
+        >>> flat_labels(torch.tensor([[1, 0, -1], [2, -1, -1]]), torch.ones(2, 4), -1).tolist()
+        [1, 0, 2]
+    """
+    if labels is None or token_mask is None or labels.dim() < 2:
+        return labels
+    return labels[labels != pad].reshape(-1)
 
 
 def ns_tuple(out: Any) -> Any:
@@ -50,6 +65,8 @@ class SubnetworkProbe(CoreSubnetworkProbe):
         1
     """
 
+    residual_model_class = ResidualUpdateModel
+
     def __init__(self, config: SubnetworkProbeConfig | Any, model: nn.Module) -> None:
         ns_config = config
         if isinstance(config, SubnetworkProbeConfig):
@@ -58,8 +75,20 @@ class SubnetworkProbe(CoreSubnetworkProbe):
         self.ns_config = ns_config
         for layer in masked_modules(self.model).values():
             adopt(layer)
+        self.train()
 
-    def forward(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
-        """The library's forward; ``return_dict=False`` gives NeuroSurgeon's tuple."""
-        out = super().forward(*args, **kwargs)
+    def train(self, mode: bool = True) -> SubnetworkProbe:  # noqa: D102 - nn.Module.train
+        super().train(mode)
+        for layer in masked_modules(self.model).values():  # mask layers follow ``mode``
+            layer.training = mode
+        return self
+
+    def forward(  # type: ignore[override]
+        self, *args: Any, labels: Any = None, token_mask: Any = None, return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """The library's forward; NeuroSurgeon's label rows; ``return_dict=False``: its tuple."""
+        if self.config.labeling == "token":
+            labels = flat_labels(labels, token_mask, -1)
+        out = super().forward(*args, labels=labels, token_mask=token_mask, **kwargs)
         return out if return_dict else ns_tuple(out)

@@ -1,0 +1,51 @@
+"""Port NeuroSurgeon's test files: change the import prefix, read hub stand-ins offline.
+
+Run once per NeuroSurgeon release (not a test):
+``python tests/neurosurgeon_compat/port.py SRC_ROOT`` where ``SRC_ROOT/NeuroSurgeon`` is
+NeuroSurgeon's package (the 0.1.0 wheel unpacked, or its repository). Writes
+``tests/neurosurgeon_compat/test_ns_<sub>_<name>.py``; the test bodies are not touched.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+PREFIX = "modeopt_masks.compat.neurosurgeon"
+FILES = {
+    "Masking/test/test_contsparse.py": "masking_contsparse",
+    "Masking/test/test_hardconcrete.py": "masking_hardconcrete",
+    "Masking/test/test_magprune.py": "masking_magprune",
+    "Models/test/test_circuit_model_bert.py": "models_circuit_model_bert",
+    "Models/test/test_other_models.py": "models_other_models",
+    "Probing/test/test_residual_update_model.py": "probing_residual_update_model",
+    "Probing/test/test_subnetwork_probe.py": "probing_subnetwork_probe",
+    "Probing/test/test_circuit_probe.py": "probing_circuit_probe",
+}
+HEADER = '"""Ported from NeuroSurgeon ({src}): imports changed only (see port.py)."""\n\n'
+
+
+def port(text: str, sub: str) -> str:
+    text = re.sub(r"^from \.\.\.", f"from {PREFIX}.", text, flags=re.M)
+    text = re.sub(r"^from \.\.(?!\.)", f"from {PREFIX}.{sub}.", text, flags=re.M)
+    text = re.sub(r"^from transformers import", "from ns_offline import", text, flags=re.M)
+    text = re.sub(r"^from datasets import", "from ns_offline import", text, flags=re.M)
+    return text
+
+
+def main(root: str) -> None:
+    out_dir = Path(__file__).parent
+    for rel, name in FILES.items():
+        src = Path(root) / "NeuroSurgeon" / rel
+        if not src.exists():
+            print(f"skip {rel} (not in {root})")
+            continue
+        sub = rel.split("/")[0]
+        target = out_dir / f"test_ns_{name}.py"
+        target.write_text(HEADER.format(src=f"NeuroSurgeon/{rel}") + port(src.read_text(), sub))
+        print(f"{rel} -> {target.name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
