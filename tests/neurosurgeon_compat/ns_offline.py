@@ -27,7 +27,7 @@ _BERT_TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads":
 _TINY_GPT2 = {"n_embd": 2, "n_layer": 2, "n_head": 2, "vocab_size": 50257, "n_positions": 1024}
 _TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
              "intermediate_size": 37, "image_size": 30, "patch_size": 2, "encoder_stride": 2}
-_SMALL_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+_SMALL_VIT = {"hidden_size": 32, "num_hidden_layers": 12, "num_attention_heads": 4,
               "intermediate_size": 37, "image_size": 32, "patch_size": 16, "encoder_stride": 16}
 _RESNET_18 = {"embedding_size": 8, "hidden_sizes": [8, 8, 16, 16], "depths": [2, 2, 2, 2],
               "layer_type": "basic"}
