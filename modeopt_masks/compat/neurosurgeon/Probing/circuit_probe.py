@@ -53,7 +53,7 @@ class CircuitProbe(CoreCircuitProbe):
     def __init__(self, config: CircuitProbeConfig | Any, model: nn.Module) -> None:
         ns_config = config
         if isinstance(config, CircuitProbeConfig):
-            config = config.to_core()
+            config = config.to_core(model)
         super().__init__(config, model)
         self.ns_config = ns_config
         for layer in masked_modules(self.model).values():

@@ -20,14 +20,46 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+import torch.nn as nn
+
+from ....probing import MODEL_TYPE_TO_FAMILY
 from ....probing import CircuitProbeConfig as CoreCircuitProbeConfig
 from ....probing import ResidualUpdateModelConfig as CoreResidualUpdateModelConfig
 from ....probing import SubnetworkProbeConfig as CoreSubnetworkProbeConfig
+from ....probing.residual_update_model import find_model_type
 from ..Models.model_configs import CircuitConfig
 
 #: NeuroSurgeon's ``model_type`` names -> the library's families.
 MODEL_TYPES = {"gpt": "gpt2", "gptneox": "gpt_neox", "gpt_neox": "gpt_neox", "bert": "bert",
                "vit": "vit"}
+
+
+def resolve_model_type(model_type: str | None, model: nn.Module | None = None) -> str | None:
+    """The library's model type for NeuroSurgeon's ``model_type`` (and the model, if given).
+
+    NeuroSurgeon's ``"bert"`` covers every BERT-style encoder (BERT, RoBERTa, MPNet,
+    ConvBERT, ERNIE, ELECTRA): with the model at hand its own ``config.model_type`` is
+    used when it names one of them, so MPNet gets its own layout.
+
+    Examples:
+        >>> import transformers
+        >>> from modeopt_masks.compat.neurosurgeon.Probing.probe_configs import resolve_model_type
+        >>> mpnet = transformers.MPNetModel(transformers.MPNetConfig(hidden_size=8,
+        ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=10))
+        >>> resolve_model_type("gpt"), resolve_model_type("bert", mpnet)
+        ('gpt2', 'mpnet')
+    """
+    if model_type is None:
+        return None
+    resolved = MODEL_TYPES.get(model_type, model_type)
+    if resolved == "bert" and model is not None:
+        try:
+            detected = find_model_type(model)
+        except ValueError:
+            return resolved
+        if MODEL_TYPE_TO_FAMILY.get(detected) in ("bert", "mpnet"):
+            return detected
+    return resolved
 
 
 class ResidualUpdateModelConfig(PretrainedConfig):
@@ -63,12 +95,10 @@ class ResidualUpdateModelConfig(PretrainedConfig):
         self.updates = updates
         self.stream = stream
 
-    def to_core(self) -> CoreResidualUpdateModelConfig:
-        """The library's config (the ``model_type`` alias resolved)."""
-        model_type = self.model_type
-        model_type = MODEL_TYPES.get(model_type, model_type) if model_type else None
+    def to_core(self, model: nn.Module | None = None) -> CoreResidualUpdateModelConfig:
+        """The library's config (``model_type`` resolved, see :func:`resolve_model_type`)."""
         return CoreResidualUpdateModelConfig(
-            model_type=model_type, target_layers=self.target_layers, mlp=self.mlp,
+            model_type=resolve_model_type(self.model_type, model), target_layers=self.target_layers, mlp=self.mlp,
             attn=self.attn, updates=self.updates, stream=self.stream,
         )
 
@@ -85,10 +115,10 @@ class _ProbeConfig(PretrainedConfig):
         if resid.mlp == resid.attn:
             raise ValueError("probing reads one vector: set exactly one of mlp, attn")
 
-    def _core_fields(self) -> dict[str, Any]:
+    def _core_fields(self, model: nn.Module | None) -> dict[str, Any]:
         self._check()
         circuit = self.circuit_config.to_core()
-        resid = self.resid_config.to_core()
+        resid = self.resid_config.to_core(model)
         return {
             "probe_vector": self.probe_vectors, "target_layers": circuit.target_layers,
             "mask_method": circuit.mask_method, "mask_hparams": circuit.mask_hparams,
@@ -128,10 +158,10 @@ class SubnetworkProbeConfig(_ProbeConfig):
         self.intermediate_size = intermediate_size
         self.labeling = labeling
 
-    def to_core(self) -> CoreSubnetworkProbeConfig:
-        """The library's ``SubnetworkProbeConfig`` (validated)."""
+    def to_core(self, model: nn.Module | None = None) -> CoreSubnetworkProbeConfig:
+        """The library's ``SubnetworkProbeConfig`` (validated) for probing ``model``."""
         return CoreSubnetworkProbeConfig(
-            **self._core_fields(), n_classes=self.n_classes,
+            **self._core_fields(model), n_classes=self.n_classes,
             intermediate_size=self.intermediate_size, labeling=self.labeling,
         )
 
@@ -166,12 +196,12 @@ class CircuitProbeConfig(_ProbeConfig):
         self.loss = loss
         self.n_classes = n_classes
 
-    def to_core(self) -> CoreCircuitProbeConfig:
-        """The library's ``CircuitProbeConfig`` (validated)."""
+    def to_core(self, model: nn.Module | None = None) -> CoreCircuitProbeConfig:
+        """The library's ``CircuitProbeConfig`` (validated) for probing ``model``."""
         objectives = {"contrastive": "snn", "linear": "linear"}
         if self.loss not in objectives:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {list(objectives)}")
         return CoreCircuitProbeConfig(
-            **self._core_fields(), objective=objectives[self.loss], n_classes=self.n_classes,
+            **self._core_fields(model), objective=objectives[self.loss], n_classes=self.n_classes,
             labeling="token",  # NeuroSurgeon's circuit probe reads every True of token_mask
         )

@@ -35,5 +35,5 @@ class ResidualUpdateModel(CoreResidualUpdateModel):
 
     def __init__(self, config: ResidualUpdateModelConfig | Any, model: nn.Module) -> None:
         if isinstance(config, ResidualUpdateModelConfig):
-            config = config.to_core()
+            config = config.to_core(model)
         super().__init__(config, model)

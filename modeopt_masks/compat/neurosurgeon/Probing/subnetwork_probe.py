@@ -70,7 +70,7 @@ class SubnetworkProbe(CoreSubnetworkProbe):
     def __init__(self, config: SubnetworkProbeConfig | Any, model: nn.Module) -> None:
         ns_config = config
         if isinstance(config, SubnetworkProbeConfig):
-            config = config.to_core()
+            config = config.to_core(model)
         super().__init__(config, model)
         self.ns_config = ns_config
         for layer in masked_modules(self.model).values():
