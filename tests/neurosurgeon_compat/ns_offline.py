@@ -91,6 +91,7 @@ def _bert_tokenizer(fast: bool) -> Any:
 @cache
 def _gpt2_tokenizer() -> Any:
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = sorted({w for text in topics.values() for w in re.findall(r"[a-z]+", text.lower())})

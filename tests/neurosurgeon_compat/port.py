@@ -23,7 +23,17 @@ FILES = {
     "Probing/test/test_subnetwork_probe.py": "probing_subnetwork_probe",
     "Probing/test/test_circuit_probe.py": "probing_circuit_probe",
 }
-HEADER = '"""Ported from NeuroSurgeon ({src}): imports changed only (see port.py)."""\n\n'
+#: NeuroSurgeon's documented modules (its API pages autodoc them with all members)
+API_MODULES = [
+    "Masking/mask_layer.py", "Masking/contsparse_layer.py", "Masking/hardconcrete_layer.py",
+    "Masking/magprune_layer.py", "Models/circuit_model.py", "Models/model_configs.py",
+    "Probing/probe_configs.py", "Probing/residual_update_model.py",
+    "Probing/subnetwork_probe.py", "Probing/circuit_probe.py",
+]
+HEADER = (
+    "# ruff: noqa\n"  # NeuroSurgeon's code, kept as it is
+    '"""Ported from NeuroSurgeon ({src}): imports changed only (see port.py)."""\n\n'
+)
 
 
 def port(text: str, sub: str) -> str:
@@ -34,8 +44,44 @@ def port(text: str, sub: str) -> str:
     return text
 
 
+def api(root: str) -> dict:
+    """``{module: {class: {"members": [...], "signatures": {method: [[name, default]]}}}}``."""
+    import ast
+
+    out: dict = {}
+    for rel in API_MODULES:
+        src = Path(root) / "NeuroSurgeon" / rel
+        if not src.exists():
+            continue
+        module = rel[:-3].replace("/", ".")
+        for node in ast.parse(src.read_text()).body:
+            if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
+                continue
+            members, signatures = [], {}
+            for item in node.body:
+                if not isinstance(item, ast.FunctionDef):
+                    continue
+                if not item.name.startswith("_"):
+                    members.append(item.name)
+                if item.name in ("__init__", "from_layer"):
+                    args = [a.arg for a in item.args.args][1:]
+                    defaults = [ast.unparse(d) for d in item.args.defaults]
+                    pad = [None] * (len(args) - len(defaults))
+                    signatures[item.name] = [[a, d] for a, d in zip(args, pad + defaults, strict=True)]
+            out.setdefault(module, {})[node.name] = {
+                "members": sorted(set(members)), "signatures": signatures}
+    return out
+
+
 def main(root: str) -> None:
+    import json
+
     out_dir = Path(__file__).parent
+    api_file = out_dir / "ns_api.json"
+    surface = json.loads(api_file.read_text()) if api_file.exists() else {}
+    for module, classes in api(root).items():
+        surface.setdefault(module, {}).update(classes)
+    api_file.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n")
     for rel, name in FILES.items():
         src = Path(root) / "NeuroSurgeon" / rel
         if not src.exists():

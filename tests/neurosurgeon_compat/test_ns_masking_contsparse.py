@@ -1,3 +1,4 @@
+# ruff: noqa
 """Ported from NeuroSurgeon (NeuroSurgeon/Masking/test/test_contsparse.py): imports changed only (see port.py)."""
 
 import pytest

@@ -1,3 +1,4 @@
+# ruff: noqa
 """Ported from NeuroSurgeon (NeuroSurgeon/Models/test/test_circuit_model_bert.py): imports changed only (see port.py)."""
 
 import pytest

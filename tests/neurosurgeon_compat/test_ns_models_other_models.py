@@ -1,3 +1,4 @@
+# ruff: noqa
 """Ported from NeuroSurgeon (NeuroSurgeon/Models/test/test_other_models.py): imports changed only (see port.py)."""
 
 import pytest

@@ -1,3 +1,4 @@
+# ruff: noqa
 """Ported from NeuroSurgeon (NeuroSurgeon/Probing/test/test_circuit_probe.py): imports changed only (see port.py)."""
 
 from copy import deepcopy

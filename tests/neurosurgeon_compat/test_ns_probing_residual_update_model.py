@@ -1,3 +1,4 @@
+# ruff: noqa
 """Ported from NeuroSurgeon (NeuroSurgeon/Probing/test/test_residual_update_model.py): imports changed only (see port.py)."""
 
 import pytest

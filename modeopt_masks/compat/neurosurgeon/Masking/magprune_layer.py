@@ -47,7 +47,7 @@ class MagPruneLayer(MaskLayer):
             raise ValueError(f"prune_percentage must be in [0, 1], got {value}")
         for tensor, tech in ((self.weight, self.weight_mask), (self.bias, self.bias_mask)):
             if tech is not None and tensor is not None:
-                keep = keep_largest(_scores(self.layer_kind, tensor, tech.shape), value)
+                keep = keep_largest(_scores(self.layer_kind, tensor, tech.shape), value)  # type: ignore[attr-defined]
                 tech.keep.copy_(keep)  # type: ignore[operator]
         self.__dict__["_ns_prune_percentage"] = float(value)
         self._mm_cache = None

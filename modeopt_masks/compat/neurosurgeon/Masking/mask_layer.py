@@ -32,11 +32,12 @@ Examples:
 
 from __future__ import annotations
 
+import builtins
 import copy
 import inspect
 import math
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn as nn
@@ -408,18 +409,37 @@ class MaskView:
         """``mask.sum(...)``."""
         return self._ns_value().sum(*args, **kwargs)
 
-    def numel(self) -> int:
+    def numel(self) -> builtins.int:
         """Entries of the (full-shape) mask."""
         return self._ns_value().numel()
 
 
 # -- class plumbing ---------------------------------------------------------------------------
 def register(cls: type[MaskLayer]) -> type[MaskLayer]:
-    """Record a NeuroSurgeon layer class (a family when ``_ns_key`` is None)."""
+    """Record a NeuroSurgeon layer class (a family when ``_ns_key`` is None).
+
+    A layer class gets NeuroSurgeon's signatures (``inspect.signature(ContSparseLinear)``,
+    ``inspect.signature(ContSparseLinear.from_layer)``).
+    """
     if cls._ns_key is None:
         _BY_MODE[cls._ns_mode] = cls
-    else:
-        _NAMES[(cls._ns_mode, cls._ns_key)] = cls
+        return cls
+    _NAMES[(cls._ns_mode, cls._ns_key)] = cls
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    mask_params = [inspect.Parameter(n, kind, default=d) for n, d in cls._ns_mask_args]
+    cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, kind, default=d) for n, d in _LAYER_ARGS[cls._ns_key]] + mask_params
+    )
+    base = MaskLayer.__dict__["from_layer"].__func__
+
+    def from_layer(klass: Any, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return base(klass, layer, *args, **kwargs)
+
+    from_layer.__doc__ = base.__doc__
+    from_layer.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("cls", kind), inspect.Parameter("layer", kind), *mask_params]
+    )
+    cls.from_layer = classmethod(from_layer)  # type: ignore[method-assign,assignment]
     return cls
 
 
@@ -487,7 +507,7 @@ def adopt(layer: nn.Module) -> nn.Module:
     if kind is None or mode is None:
         raise TypeError(f"no NeuroSurgeon name for this {type(layer).__name__}")
     layer.__class__ = _impl_class(mode, kind.key)
-    layer._ns_alias_params()  # type: ignore[attr-defined]
+    cast(Any, layer)._ns_alias_params()
     for tech in (layer.weight_mask, layer.bias_mask):
         if tech is not None and not isinstance(tech, MaskView):
             tech.__class__ = _view_class(type(tech))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,7 @@ class CircuitModel(CoreCircuitModel):
         self.core_config = core
         self.config = config  # type: ignore[assignment]
         for layer in masked_modules(self.wrapped_model).values():
-            adopt(layer)
+            adopt(cast(nn.Module, layer))
         self._temperature = 1.0
         self._pass_return_dict = _takes(self.wrapped_model, "return_dict")
 

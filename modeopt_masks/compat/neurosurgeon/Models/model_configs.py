@@ -39,8 +39,8 @@ class CircuitConfig(PretrainedConfig):
     def __init__(
         self,
         mask_method: str = "continuous_sparsification",
-        mask_hparams: dict[str, Any] | None = None,
-        target_layers: list[str] | None = None,
+        mask_hparams: dict[str, Any] = {},  # noqa: B006 - NeuroSurgeon's signature; copied below
+        target_layers: list[str] = [],  # noqa: B006
         freeze_base: bool = True,
         add_l0: bool = True,
         l0_lambda: float = 1e-8,
@@ -76,4 +76,5 @@ class CircuitConfig(PretrainedConfig):
             freeze_base=self.freeze_base,
             add_l0=self.add_l0,
             l0_lambda=self.l0_lambda,
+            use_cache=None,
         )

@@ -19,15 +19,15 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
 
 from ....mask_controls import masked_modules
 from ....probing import CircuitProbe as CoreCircuitProbe
-from ..Masking.mask_layer import adopt
 from ....probing import soft_nearest_neighbour_loss
+from ..Masking.mask_layer import adopt
 from .probe_configs import CircuitProbeConfig
 from .residual_update_model import ResidualUpdateModel
 from .subnetwork_probe import flat_labels, ns_tuple
@@ -57,7 +57,7 @@ class CircuitProbe(CoreCircuitProbe):
         super().__init__(config, model)
         self.ns_config = ns_config
         for layer in masked_modules(self.model).values():
-            adopt(layer)
+            adopt(cast(nn.Module, layer))
         self.train()
 
     def train(self, mode: bool = True) -> CircuitProbe:  # noqa: D102 - nn.Module.train
@@ -67,12 +67,12 @@ class CircuitProbe(CoreCircuitProbe):
         return self
 
     def forward(  # type: ignore[override]
-        self, *args: Any, labels: torch.Tensor | None = None,
+        self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None, return_dict: bool = True, **kwargs: Any,
     ) -> Any:
         """The library's forward (NeuroSurgeon's label rows padded with -1000 accepted)."""
         labels = flat_labels(labels, token_mask, LABEL_PAD)
-        out = super().forward(*args, labels=labels, token_mask=token_mask, **kwargs)
+        out = super().forward(input_ids, labels, token_mask, **kwargs)
         return out if return_dict else ns_tuple(out)
 
     def _compute_contrastive_loss(self, updates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,10 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import PretrainedConfig
+from typing import Any, cast
 
 import torch.nn as nn
+from transformers import PretrainedConfig
 
 from ....probing import MODEL_TYPE_TO_FAMILY
 from ....probing import CircuitProbeConfig as CoreCircuitProbeConfig
@@ -88,7 +87,7 @@ class ResidualUpdateModelConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.model_type = model_type  # type: ignore[assignment]  # an instance setting here
+        self.model_type = model_type  # type: ignore[misc,assignment]  # an instance setting here
         self.target_layers = list(target_layers or [])
         self.mlp = mlp
         self.attn = attn
@@ -161,8 +160,8 @@ class SubnetworkProbeConfig(_ProbeConfig):
     def to_core(self, model: nn.Module | None = None) -> CoreSubnetworkProbeConfig:
         """The library's ``SubnetworkProbeConfig`` (validated) for probing ``model``."""
         return CoreSubnetworkProbeConfig(
-            **self._core_fields(model), n_classes=self.n_classes,
-            intermediate_size=self.intermediate_size, labeling=self.labeling,
+            **self._core_fields(model), n_classes=cast(int, self.n_classes),
+            intermediate_size=self.intermediate_size, labeling=cast(Any, self.labeling),
         )
 
 
@@ -202,6 +201,6 @@ class CircuitProbeConfig(_ProbeConfig):
         if self.loss not in objectives:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {list(objectives)}")
         return CoreCircuitProbeConfig(
-            **self._core_fields(model), objective=objectives[self.loss], n_classes=self.n_classes,
+            **self._core_fields(model), objective=cast(Any, objectives[self.loss]), n_classes=self.n_classes,
             labeling="token",  # NeuroSurgeon's circuit probe reads every True of token_mask
         )

@@ -25,7 +25,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch.nn as nn
 
@@ -74,7 +74,7 @@ class SubnetworkProbe(CoreSubnetworkProbe):
         super().__init__(config, model)
         self.ns_config = ns_config
         for layer in masked_modules(self.model).values():
-            adopt(layer)
+            adopt(cast(nn.Module, layer))
         self.train()
 
     def train(self, mode: bool = True) -> SubnetworkProbe:  # noqa: D102 - nn.Module.train
@@ -84,11 +84,11 @@ class SubnetworkProbe(CoreSubnetworkProbe):
         return self
 
     def forward(  # type: ignore[override]
-        self, *args: Any, labels: Any = None, token_mask: Any = None, return_dict: bool = True,
-        **kwargs: Any,
+        self, input_ids: Any = None, labels: Any = None, token_mask: Any = None,
+        return_dict: bool = True, **kwargs: Any,
     ) -> Any:
         """The library's forward; NeuroSurgeon's label rows; ``return_dict=False``: its tuple."""
         if self.config.labeling == "token":
             labels = flat_labels(labels, token_mask, -1)
-        out = super().forward(*args, labels=labels, token_mask=token_mask, **kwargs)
+        out = super().forward(input_ids, labels, token_mask, **kwargs)
         return out if return_dict else ns_tuple(out)
