@@ -39,8 +39,8 @@ HEADER = (
 def port(text: str, sub: str) -> str:
     text = re.sub(r"^from \.\.\.", f"from {PREFIX}.", text, flags=re.M)
     text = re.sub(r"^from \.\.(?!\.)", f"from {PREFIX}.{sub}.", text, flags=re.M)
-    text = re.sub(r"^from transformers import", "from ns_offline import", text, flags=re.M)
-    text = re.sub(r"^from datasets import", "from ns_offline import", text, flags=re.M)
+    text = re.sub(r"^from transformers import", "from neurosurgeon_compat.ns_offline import", text, flags=re.M)
+    text = re.sub(r"^from datasets import", "from neurosurgeon_compat.ns_offline import", text, flags=re.M)
     return text
 
 

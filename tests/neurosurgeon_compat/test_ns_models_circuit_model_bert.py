@@ -4,11 +4,11 @@
 import pytest
 import torch
 import torch.nn as nn
-from ns_offline import load_dataset
+from neurosurgeon_compat.ns_offline import load_dataset
 from torch.optim import AdamW
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from ns_offline import BertForSequenceClassification, BertModel, BertTokenizer
+from neurosurgeon_compat.ns_offline import BertForSequenceClassification, BertModel, BertTokenizer
 
 from modeopt_masks.compat.neurosurgeon.Masking.mask_layer import MaskLayer
 from modeopt_masks.compat.neurosurgeon.Models.circuit_model import CircuitModel

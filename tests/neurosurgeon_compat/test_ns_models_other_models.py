@@ -3,11 +3,11 @@
 
 import pytest
 import torch
-from ns_offline import load_dataset
+from neurosurgeon_compat.ns_offline import load_dataset
 from torch.optim import AdamW
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from ns_offline import (
+from neurosurgeon_compat.ns_offline import (
     AutoImageProcessor,
     GPT2ForSequenceClassification,
     GPT2Model,

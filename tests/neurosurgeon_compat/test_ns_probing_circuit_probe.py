@@ -6,7 +6,7 @@ from copy import deepcopy
 import pytest
 import torch
 from torch.optim import AdamW
-from ns_offline import BertModel, BertTokenizerFast
+from neurosurgeon_compat.ns_offline import BertModel, BertTokenizerFast
 
 from modeopt_masks.compat.neurosurgeon.Masking.mask_layer import MaskLayer
 from modeopt_masks.compat.neurosurgeon.Models.circuit_model import CircuitModel

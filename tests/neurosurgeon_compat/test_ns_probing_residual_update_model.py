@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-from ns_offline import load_dataset
-from ns_offline import (
+from neurosurgeon_compat.ns_offline import load_dataset
+from neurosurgeon_compat.ns_offline import (
     AutoImageProcessor,
     BertForMaskedLM,
     BertModel,
