@@ -332,3 +332,28 @@ def test_item16_documented_model_types_and_architectures(ns_type, build):
                                    cache["mlp_stream_1"])
     if ns_type == "bert":
         torch.testing.assert_close(cache["mlp_stream_1"], out.last_hidden_state)
+
+
+def test_compat_models_copy_save_and_export_like_library_models(tmp_path):
+    import copy
+
+    net = _net()
+    circuit = CircuitModel(CircuitConfig(target_layers=["0"], mask_hparams={"mask_init_value": 0.5}),
+                           net)
+    with torch.no_grad():
+        circuit.wrapped_model[0].weight_mask_params.uniform_(-1, 1)
+    twin = copy.deepcopy(circuit)
+    layer = twin.wrapped_model[0]
+    assert type(layer).__name__ == "ContSparseLinear"
+    assert layer.weight_mask_params is layer.weight_mask.logits  # the alias survives the copy
+    x = torch.randn(3, 4)
+    circuit.eval()
+    twin.eval()
+    assert torch.equal(circuit(x), twin(x))
+    mm.save(circuit.wrapped_model, tmp_path)
+    restored = mm.restore(_net(), tmp_path).eval()  # a library model from a NeuroSurgeon one
+    assert torch.equal(restored(x), circuit(x))
+    exported = mm.export(twin.wrapped_model)
+    assert type(exported[0]) is nn.Linear and "weight_mask_params" not in dict(
+        exported.named_parameters())
+    assert torch.equal(exported(x), circuit(x))
