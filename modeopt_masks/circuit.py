@@ -20,7 +20,7 @@ Examples:
     ...         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
     >>> cfg = CircuitConfig(mask_method="continuous_sparsification", target_layers=["fc*"],
     ...                     mask_hparams={"mask_init_value": 0.5}, l0_lambda=1e-3)
-    >>> circuit = CircuitModel(cfg, Net()).train()
+    >>> circuit = CircuitModel(cfg, Net())   # starts in training mode, as any new module
     >>> out = circuit(torch.randn(3, 4), labels=torch.tensor([0, 1, 1]))
     >>> sorted(circuit.compute_l0_statistics()["layer2maxl0"].items())
     [('fc1', 32), ('fc2', 16)]
@@ -29,13 +29,15 @@ Examples:
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import warnings
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field
 
 from .conversion import convert, export
 from .mask_controls import (
@@ -47,10 +49,8 @@ from .mask_controls import (
     set_temperature,
     use_masks,
 )
-from .masking import check_ablation, hard_masks
-from .registry import get_mode
-from .rules import StrictModel
-from .targets import MaskMethod, resolve_targets, target_rules
+from .masking import hard_masks
+from .targets import MaskTargets, resolve_targets
 
 if TYPE_CHECKING:
     from .training import DensityController
@@ -58,27 +58,16 @@ if TYPE_CHECKING:
 _WRAPPED = "wrapped_model"
 
 
-def _mode_fields(method: str) -> tuple[set[str], set[str]]:
-    """(rule fields, global option fields) of a mask mode's config."""
-    cls = get_mode(method).config_class
-    options = set(cls.option_names()) - {"freeze_base"}  # a CircuitConfig field of its own
-    return set(cls.rule_class.model_fields), options
-
-
-class CircuitConfig(StrictModel):
+class CircuitConfig(MaskTargets):
     """How :class:`CircuitModel` masks a model (NeuroSurgeon's ``CircuitConfig``).
 
-    * ``mask_method``: ``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning``.
-    * ``mask_hparams``: the mode's rule fields (e.g. ``mask_init_value``, ``temperature``,
-      ``mask_init_percentage``, ``prune_percentage``, ``mask_unit``, ``mask_bias``), the
-      mode's options (``scope`` for magnitude pruning), and ``ablation`` (the initial
-      ablation mode, as in NeuroSurgeon). Unknown keys are errors naming the valid ones.
-    * ``target_layers``: module names of the wrapped model, exact or globs (``fnmatch``;
-      ``*`` crosses dots). Globs mean exactly what they match: output heads are included
-      when a glob covers them.
-    * ``freeze_base``: base weights frozen and the base kept in eval mode (no dropout) on
-      ``.train()``; only the masks train.
-    * ``add_l0`` / ``l0_lambda``: add ``l0_lambda * L0`` to the output's loss in training.
+    ``mask_method``, ``mask_hparams``, ``target_layers``, ``freeze_base``: see
+    :class:`~modeopt_masks.targets.MaskTargets` (shared with the probes; validated
+    when the config is built). ``target_layers=[]`` (the default) masks nothing.
+    Globs mean exactly what they match: output heads are included when a glob
+    covers them. ``add_l0`` / ``l0_lambda``: add ``l0_lambda * L0`` to the output's
+    loss in training (L0 as :func:`modeopt_masks.l0_loss` counts it: one per mask
+    entry, so a neuron mask counts units).
 
     Examples:
         >>> from modeopt_masks.circuit import CircuitConfig
@@ -91,64 +80,50 @@ class CircuitConfig(StrictModel):
         ... except ValueError as e:
         ...     print("mask_init_percentage" in str(e))
         True
+        >>> CircuitConfig().to_dict()["target_layers"]
+        []
     """
 
     model_config = ConfigDict(validate_assignment=True)
 
-    mask_method: MaskMethod = "continuous_sparsification"
-    mask_hparams: dict[str, Any] = Field(default_factory=dict)
-    target_layers: list[str] = Field(min_length=1)
-    freeze_base: bool = True
     add_l0: bool = True
     l0_lambda: float = Field(1e-8, ge=0)
     #: Not a setting: the HF ``Trainer`` writes ``model.config.use_cache``; kept out of dumps.
     use_cache: bool | None = Field(None, exclude=True, repr=False)
 
-    @field_validator("target_layers")
-    @classmethod
-    def _no_empty_names(cls, v: list[str]) -> list[str]:
-        if any(not isinstance(t, str) or not t for t in v):
-            raise ValueError(f"target_layers must be non-empty module names or globs, got {v}")
-        return v
+    # -- the serialisation methods of a transformers ``PretrainedConfig`` --------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (``PretrainedConfig.to_dict``)."""
+        return self.model_dump()
 
-    @model_validator(mode="after")
-    def _check_hparams(self) -> CircuitConfig:
-        rule_fields, options = _mode_fields(self.mask_method)
-        valid = rule_fields | options | {"ablation"}
-        unknown = sorted(set(self.mask_hparams) - valid)
-        if unknown:
-            raise ValueError(
-                f"mask_hparams {unknown} are not valid for {self.mask_method!r}; "
-                f"valid keys: {sorted(valid)}"
-            )
-        check_ablation(self.mask_hparams.get("ablation", "none"))
-        try:  # the values (ranges, types) of the rule fields and options
-            get_mode(self.mask_method).config_class.rule_class.model_validate(self.rule_fields())
-            self.mode_config()
-        except ValueError as e:
-            raise ValueError(f"mask_hparams for {self.mask_method!r}: {e}") from e
-        return self
+    def to_json_string(self) -> str:
+        """The settings as JSON (``PretrainedConfig.to_json_string``)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def rule_fields(self) -> dict[str, Any]:
-        """The ``mask_hparams`` that are per-layer rule fields of the mode."""
-        rule_fields, _ = _mode_fields(self.mask_method)
-        return {k: v for k, v in self.mask_hparams.items() if k in rule_fields}
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Write ``circuit_config.json`` into ``save_directory`` (created if missing).
 
-    def mode_config(self, targets: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
-        """The ``mm.convert`` config dict: ``{type key: {target glob: rule}}`` plus options.
-
-        ``targets`` maps each type key to the target patterns that match modules of
-        that type (see :func:`~modeopt_masks.targets.resolve_targets`); type keys without
-        targets are switched off.
+        Examples:
+            >>> import tempfile
+            >>> from modeopt_masks.circuit import CircuitConfig
+            >>> cfg = CircuitConfig(target_layers=["fc*"], l0_lambda=1e-4)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     cfg.save_pretrained(d)
+            ...     CircuitConfig.from_pretrained(d) == cfg
+            True
         """
-        _, options = _mode_fields(self.mask_method)
-        targets = targets or {}
-        rule = self.rule_fields()
-        spec: dict[str, Any] = {k: v for k, v in self.mask_hparams.items() if k in options}
-        spec["freeze_base"] = self.freeze_base
-        spec.update(target_rules(targets, rule))
-        get_mode(self.mask_method).config_class.model_validate(spec)
-        return spec
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, _CONFIG_FILE), "w") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> CircuitConfig:
+        """Read what :meth:`save_pretrained` wrote."""
+        with open(os.path.join(directory, _CONFIG_FILE)) as f:
+            return cls.model_validate(json.load(f))
+
+
+_CONFIG_FILE = "circuit_config.json"
 
 
 class CircuitModel(nn.Module):
@@ -186,19 +161,27 @@ class CircuitModel(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.config = config
-        was_training = model.training
-        targets = self.resolve_targets(config.target_layers, model)
-        model = convert(model, (config.mask_method, config.mode_config(targets)))
+        if config.target_layers:
+            targets = self.resolve_targets(config.target_layers, model)
+            model = convert(model, (config.mask_method, config.mode_config(targets)))
+        elif config.freeze_base:  # no masks: a frozen model (plain probing)
+            for param in model.parameters():
+                param.requires_grad_(False)
         self.wrapped_model = model
         self.density_controller = density_controller
         self._warned_no_loss = False
         # ``forward`` advertises the wrapped model's signature (HF Trainer reads it to keep
         # the dataset columns the model takes)
         self.forward = _ForwardWithSignature(self)  # type: ignore[method-assign]
-        ablation = config.mask_hparams.get("ablation", "none")
-        if ablation != "none":
-            set_ablation(model, ablation)
-        self.train(was_training)
+        if config.ablation != "none" and config.target_layers:
+            set_ablation(model, config.ablation)
+        self.train()  # a new module trains, as nn.Module (and NeuroSurgeon's CircuitModel) does
+
+    def train(self, mode: bool = True) -> CircuitModel:  # noqa: D102 - nn.Module.train
+        super().train(mode)
+        if self.config.freeze_base and not self.config.target_layers:
+            self.wrapped_model.train(False)  # with masks, the converted root keeps the base in eval
+        return self
 
     # -- targets -------------------------------------------------------------------------
     @staticmethod
@@ -218,8 +201,6 @@ class CircuitModel(nn.Module):
         return resolve_targets(model, targets)
 
     # -- forward -------------------------------------------------------------------------
-    # (no ``train`` override: with ``freeze_base`` the wrapped model's root, converted by
-    # the mask mode, keeps the base in eval while the masks follow ``.train(mode)``)
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model; in training with ``add_l0`` add the L0 term to its loss."""
         output = self.wrapped_model(*args, **kwargs)
@@ -239,6 +220,8 @@ class CircuitModel(nn.Module):
 
     def l0_term(self) -> torch.Tensor:
         """The regulariser the forward adds: ``l0_lambda * mm.l0_loss`` or the controller's."""
+        if not self.config.target_layers:
+            return torch.zeros(())
         if self.density_controller is not None:
             return self.density_controller(self.wrapped_model)
         return self.config.l0_lambda * l0_loss(self.wrapped_model)
@@ -248,8 +231,12 @@ class CircuitModel(nn.Module):
         """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the hard circuit.
 
         Counts are hard (eval masks) whatever the train state, as in NeuroSurgeon;
-        nothing else about the model's state changes.
+        nothing else about the model's state changes. Counts are mask entries (a
+        neuron mask counts units; ``modeopt_masks.compat.neurosurgeon`` counts the
+        weights they gate, as NeuroSurgeon does).
         """
+        if not self.config.target_layers:
+            return {"total_l0": 0.0, "max_l0": 0, "layer2l0": {}, "layer2maxl0": {}}
         with hard_masks(self.wrapped_model):
             return l0_stats(self.wrapped_model)
 
@@ -330,7 +317,7 @@ class _ForwardWithSignature:
         return inspect.signature(self.owner.wrapped_model.forward)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return CircuitModel.forward(self.owner, *args, **kwargs)
+        return type(self.owner).forward(self.owner, *args, **kwargs)
 
 
 def _get_loss(output: Any) -> torch.Tensor | None:

@@ -1,8 +1,11 @@
 """Target layers: "mask these modules (exact names or globs)" as a mask mode's type-key rules.
 
-:class:`~modeopt_masks.circuit.CircuitModel` and the probes
-(:mod:`modeopt_masks.probing`) take ``target_layers``; both resolve them here, so
-the same globs mean the same modules and a bad target gets the same helpful error.
+:class:`MaskTargets` is the one front-end of the interfaces that mask named
+layers: :class:`~modeopt_masks.circuit.CircuitConfig` and the probes' configs
+(:mod:`modeopt_masks.probing`) inherit it, so ``mask_method``, ``mask_hparams``,
+``target_layers`` and ``freeze_base`` are validated once, the same way, when the
+config is built (the mask methods are the registered mask modes), the same globs
+mean the same modules and a bad target gets the same helpful error.
 Globs are ``fnmatch`` patterns on the full dotted module name (``*`` crosses dots)
 and mean exactly what they match: output heads are included when a glob covers them.
 
@@ -22,14 +25,141 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any
 
 import torch.nn as nn
+from pydantic import Field, field_validator, model_validator
 
 from .layer_kinds import MASKABLE_KEYS, kind_of
+from .masking import check_ablation
+from .registry import available_modes, get_mode
+from .rules import StrictModel
 
-#: The mask modes that ``target_layers`` interfaces (circuits, probes) accept.
-MaskMethod = Literal["continuous_sparsification", "hard_concrete", "magnitude_pruning"]
+#: A mask mode's name (one of :func:`mask_methods`).
+MaskMethod = str
+
+
+def mask_methods() -> list[str]:
+    """The registered modes that mask named layers (their config is a ``MaskModeConfig``).
+
+    Examples:
+        >>> from modeopt_masks.targets import mask_methods
+        >>> mask_methods()
+        ['continuous_sparsification', 'hard_concrete', 'magnitude_pruning']
+    """
+    from . import modes  # noqa: F401  (registers the built-in modes)
+    from .modes.mask_mode import MaskModeConfig
+
+    return sorted(
+        name for name in available_modes()
+        if issubclass(get_mode(name).config_class, MaskModeConfig)
+    )
+
+
+def _mode_fields(method: str) -> tuple[set[str], set[str]]:
+    """(rule fields, global option fields) of a mask mode's config."""
+    cls = get_mode(method).config_class
+    options = set(cls.option_names()) - {"freeze_base"}  # a field of MaskTargets itself
+    return set(cls.rule_class.model_fields), options
+
+
+class MaskTargets(StrictModel):
+    """Which layers get which mask: the fields every layer-masking interface shares.
+
+    * ``mask_method``: a registered mask mode (:func:`mask_methods`).
+    * ``mask_hparams``: the mode's rule fields (e.g. ``mask_init_value``, ``temperature``,
+      ``mask_init_percentage``, ``prune_percentage``, ``mask_unit``, ``mask_bias``), the
+      mode's options (``scope`` for magnitude pruning) and ``ablation`` (the initial
+      ablation mode). Unknown keys and bad values are errors naming the valid ones.
+    * ``target_layers``: module names, exact or globs (``fnmatch``; ``*`` crosses dots);
+      ``[]`` masks nothing.
+    * ``freeze_base``: base weights frozen and the base kept in eval mode; only masks train.
+
+    Examples:
+        >>> from modeopt_masks.targets import MaskTargets
+        >>> t = MaskTargets(mask_method="magnitude_pruning", target_layers=["fc*"],
+        ...                 mask_hparams={"scope": "global", "ablation": "zero_ablate"})
+        >>> t.rule_fields(), t.ablation
+        ({}, 'zero_ablate')
+        >>> try:
+        ...     MaskTargets(mask_method="gradnas")
+        ... except ValueError as e:
+        ...     print("hard_concrete" in str(e))
+        True
+    """
+
+    mask_method: MaskMethod = "continuous_sparsification"
+    mask_hparams: dict[str, Any] = Field(default_factory=dict)
+    target_layers: list[str] = Field(default_factory=list)
+    freeze_base: bool = True
+
+    @field_validator("mask_method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        methods = mask_methods()
+        if v not in methods:
+            raise ValueError(f"unknown mask_method {v!r}; choose one of {methods}")
+        return v
+
+    @field_validator("target_layers")
+    @classmethod
+    def _no_empty_names(cls, v: list[str]) -> list[str]:
+        if any(not isinstance(t, str) or not t for t in v):
+            raise ValueError(f"target_layers must be non-empty module names or globs, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_hparams(self) -> MaskTargets:
+        rule_fields, options = _mode_fields(self.mask_method)
+        valid = rule_fields | options | {"ablation"}
+        unknown = sorted(set(self.mask_hparams) - valid)
+        if unknown:
+            raise ValueError(
+                f"mask_hparams {unknown} are not valid for {self.mask_method!r}; "
+                f"valid keys: {sorted(valid)}"
+            )
+        check_ablation(self.mask_hparams.get("ablation", "none"))
+        try:  # the values (ranges, types) of the rule fields and options
+            get_mode(self.mask_method).config_class.rule_class.model_validate(self.rule_fields())
+            self.mode_config()
+        except ValueError as e:
+            raise ValueError(f"mask_hparams for {self.mask_method!r}: {e}") from e
+        return self
+
+    @property
+    def ablation(self) -> str:
+        """The initial ablation mode (``mask_hparams["ablation"]``, default ``"none"``)."""
+        return self.mask_hparams.get("ablation", "none")
+
+    def rule_fields(self) -> dict[str, Any]:
+        """The ``mask_hparams`` that are per-layer rule fields of the mode."""
+        rule_fields, _ = _mode_fields(self.mask_method)
+        return {k: v for k, v in self.mask_hparams.items() if k in rule_fields}
+
+    def mode_config(self, targets: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+        """The ``mm.convert`` config dict: ``{type key: {target glob: rule}}`` plus options.
+
+        ``targets`` maps each type key to the target patterns that match modules of
+        that type (see :func:`resolve_targets`); type keys without targets are off.
+        """
+        _, options = _mode_fields(self.mask_method)
+        spec: dict[str, Any] = {k: v for k, v in self.mask_hparams.items() if k in options}
+        spec["freeze_base"] = self.freeze_base
+        spec.update(target_rules(targets or {}, self.rule_fields()))
+        get_mode(self.mask_method).config_class.model_validate(spec)
+        return spec
+
+    def mode_spec(self, model: nn.Module) -> tuple[str, dict[str, Any]]:
+        """``(mask_method, config)`` for ``mm.convert`` masking exactly what ``target_layers`` match.
+
+        Examples:
+            >>> import torch.nn as nn
+            >>> from modeopt_masks.targets import MaskTargets
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+            >>> MaskTargets(target_layers=["2"]).mode_spec(net)[1]["nn.Linear"]
+            {'2': {}}
+        """
+        return self.mask_method, self.mode_config(resolve_targets(model, self.target_layers))
 
 
 def resolve_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, list[str]]:

@@ -141,8 +141,8 @@ def test_bad_targets_and_hparams_raise_clearly_and_leave_model_unchanged():
                       mask_hparams={"prune_percentage": 1.5})
     with pytest.raises(ValueError, match="ablation"):
         CircuitConfig(target_layers=["x"], mask_hparams={"ablation": "zero"})
-    with pytest.raises(ValueError):
-        CircuitConfig(target_layers=[])
+    with pytest.raises(ValueError, match="non-empty"):
+        CircuitConfig(target_layers=[""])
     assert {n: type(m) for n, m in model.named_modules()} == cls_before
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

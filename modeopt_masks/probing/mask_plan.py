@@ -1,8 +1,9 @@
 """Turn "mask these layers (names or globs) with this method" into a ``convert`` mode spec.
 
-The probes mask through :func:`modeopt_masks.convert` only; this module just
-builds the mode config with :mod:`modeopt_masks.targets` (shared with
-:class:`~modeopt_masks.circuit.CircuitModel`): for every layer type key, the
+The probes mask through :func:`modeopt_masks.convert` only, with the spec
+:meth:`modeopt_masks.targets.MaskTargets.mode_spec` builds (shared with
+:class:`~modeopt_masks.circuit.CircuitModel`); this function is that, for
+callers holding the fields rather than a config: for every layer type key, the
 user's globs that match modules of that type switch masking on, everything
 else stays off.
 
@@ -11,7 +12,7 @@ Examples:
     >>> from modeopt_masks.probing.mask_plan import mask_mode_spec
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
     >>> mask_mode_spec(net, "hard_concrete", ["2"], {"mask_init_percentage": 0.9}, True)
-    ('hard_concrete', {'nn.Linear': {'2': {'mask_init_percentage': 0.9}}, 'nn.Conv1d': None, 'nn.Conv2d': None, 'hf.Conv1D': None, 'freeze_base': True})
+    ('hard_concrete', {'freeze_base': True, 'nn.Linear': {'2': {'mask_init_percentage': 0.9}}, 'nn.Conv1d': None, 'nn.Conv2d': None, 'hf.Conv1D': None})
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..targets import resolve_targets, target_rules
+from ..targets import MaskTargets
 
 
 def mask_mode_spec(
@@ -35,6 +36,6 @@ def mask_mode_spec(
     A pattern that matches no maskable module raises, naming the closest maskable ones
     (see :func:`modeopt_masks.targets.resolve_targets`).
     """
-    config = target_rules(resolve_targets(model, target_layers), hparams)
-    config["freeze_base"] = freeze_base
-    return method, config
+    targets = MaskTargets(mask_method=method, mask_hparams=hparams, target_layers=target_layers,
+                          freeze_base=freeze_base)
+    return targets.mode_spec(model)

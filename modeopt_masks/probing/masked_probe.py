@@ -13,8 +13,10 @@ Label layouts:
   (bool) with exactly one ``True`` per row, the position whose vector is probed
   (e.g. the CLS token, or the last token of a decoder).
 * ``labeling="token"``: ``labels`` ``[batch, seq]`` with ``-100`` where there is
-  no label; an optional ``token_mask`` restricts the positions further. Labels
-  may also be given flat, one per ``True`` of ``token_mask``.
+  no label; an optional ``token_mask`` restricts the positions further (a label
+  outside it is an error). Labels may also be given one per ``True`` of
+  ``token_mask``: flat, or NeuroSurgeon's ``[batch, n]`` rows padded with ``-1``.
+* NeuroSurgeon's ``[batch, 1]`` sequence labels are accepted too.
 """
 
 from __future__ import annotations
@@ -27,27 +29,36 @@ import torch.nn as nn
 from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
 from ..conversion import convert
-from ..mask_controls import l0_loss, l0_stats, masked_modules
+from ..mask_controls import l0_loss, l0_stats, masked_modules, set_ablation
 from ..masking import hard_masks
-from ..rules import StrictModel
-from ..targets import MaskMethod
-from .mask_plan import mask_mode_spec
+from ..targets import MaskTargets
 from .probe_output import ProbeOutput
 from .residual_update_model import ResidualUpdateModel, ResidualUpdateModelConfig
 
 IGNORE_INDEX = -100
+#: NeuroSurgeon pads token labels ``[batch, n_labels]`` with -1.
+NS_LABEL_PAD = -1
 _VECTOR = re.compile(r"^(attn|mlp)_(update|stream)_(\d+)$")
 
 
-class MaskedProbeConfig(StrictModel):
+class MaskedProbeConfig(MaskTargets):
     """Shared probe settings (see the module docstring).
 
-    ``target_layers``: exact names or globs of the modules to mask (``[]``: no
-    mask). ``mask_method`` / ``mask_hparams``: the mask mode and its rule
-    fields (e.g. ``{"mask_init_value": 0.5}``). ``freeze_base``: only masks and
-    probe train; the base stays in eval. ``add_l0`` / ``l0_lambda``: add
-    ``l0_lambda * mm.l0_loss`` to the loss in training. ``hidden_size``: the
-    probed vector's size, read from the model's config when ``None``.
+    ``target_layers`` (``[]``: no mask), ``mask_method``, ``mask_hparams`` (rule
+    fields, mode options such as ``scope``, and ``ablation``) and ``freeze_base``
+    (only masks and probe train; the base stays in eval): the mask-target
+    front-end shared with :class:`~modeopt_masks.circuit.CircuitConfig`
+    (:class:`~modeopt_masks.targets.MaskTargets`), validated when the config is
+    built. ``add_l0`` / ``l0_lambda``: add ``l0_lambda * mm.l0_loss`` to the loss in
+    training. ``hidden_size``: the probed vector's size, read from the model's
+    config when ``None``.
+
+    Examples:
+        >>> from modeopt_masks.probing import SubnetworkProbeConfig
+        >>> cfg = SubnetworkProbeConfig(probe_vectors="mlp_update_0", n_classes=2,
+        ...                             mask_hparams={"ablation": "zero_ablate"})
+        >>> cfg.probe_vectors, cfg.ablation
+        ('mlp_update_0', 'zero_ablate')
     """
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
@@ -56,10 +67,6 @@ class MaskedProbeConfig(StrictModel):
     probe_vector: str = Field(
         validation_alias=AliasChoices("probe_vector", "probe_vectors", "probe_activations")
     )
-    target_layers: list[str] = []
-    mask_method: MaskMethod = "continuous_sparsification"
-    mask_hparams: dict[str, Any] = {}
-    freeze_base: bool = True
     add_l0: bool = True
     l0_lambda: float = Field(1e-8, ge=0)
     labeling: Literal["sequence", "token"] = "sequence"
@@ -74,6 +81,11 @@ class MaskedProbeConfig(StrictModel):
             self.__dict__[name] = value
             return
         super().__setattr__(name, value)
+
+    @property
+    def probe_vectors(self) -> str:
+        """NeuroSurgeon's name of ``probe_vector``."""
+        return self.probe_vector
 
     @field_validator("probe_vector")
     @classmethod
@@ -124,19 +136,20 @@ class MaskedProbe(nn.Module):
     alone (no probe head). Copies (``copy.deepcopy``, ``pickle``) cache and train on their own.
     """
 
+    #: the class of ``wrapped_model`` (a subclass may use its own ``ResidualUpdateModel``)
+    residual_model_class: type[ResidualUpdateModel] = ResidualUpdateModel
+
     def __init__(self, config: MaskedProbeConfig, model: nn.Module) -> None:
         super().__init__()
         self.config = config
-        resid = ResidualUpdateModel(config.resid_config(), model)  # validates before converting
+        resid = self.residual_model_class(config.resid_config(), model)  # validates before converting
         resid.remove_hooks()
         self.hidden_size = config.hidden_size or hidden_size_of(model)
         self.has_masks = bool(config.target_layers)
         if self.has_masks:
-            spec = mask_mode_spec(
-                model, config.mask_method, config.target_layers, config.mask_hparams,
-                config.freeze_base,
-            )
-            model = convert(model, spec)
+            model = convert(model, config.mode_spec(model))
+            if config.ablation != "none":
+                set_ablation(model, config.ablation)
         elif config.freeze_base:
             for param in model.parameters():
                 param.requires_grad_(False)
@@ -190,14 +203,16 @@ class MaskedProbe(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        return_dict: bool = True,
         **kwargs: Any,
-    ) -> ProbeOutput:
+    ) -> ProbeOutput | tuple[torch.Tensor, ...]:
         """Run the model and score ``probe_vector`` (``labels``/``token_mask``: module doc).
 
         The loss (with ``labels``) is the subclass's objective plus, in training,
         ``l0_lambda * L0``. The common model inputs are named parameters because the HF
         ``Trainer`` (``remove_unused_columns=True``, its default) silently drops every batch
         key that is not one; pass any other model input with ``remove_unused_columns=False``.
+        ``return_dict=False`` gives the present fields as a tuple (``ProbeOutput.to_tuple``).
         """
         named = {"attention_mask": attention_mask, "token_type_ids": token_type_ids,
                  "position_ids": position_ids, "pixel_values": pixel_values}
@@ -207,7 +222,8 @@ class MaskedProbe(nn.Module):
         loss, logits = self._score(vectors, chosen, chosen_labels, positions)
         if loss is not None:
             loss = self._with_l0(loss)
-        return ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+        out = ProbeOutput(loss=loss, logits=logits, hidden_states=chosen, labels=chosen_labels)
+        return out if return_dict else out.to_tuple()
 
     def _score(
         self,
@@ -252,19 +268,42 @@ class MaskedProbe(nn.Module):
             if not bool((token_mask.sum(dim=1) == 1).all()):
                 raise ValueError("labeling='sequence': token_mask needs exactly one True per row")
             positions = token_mask
+            if labels is not None and labels.shape == (batch, 1):
+                labels = labels.reshape(batch)  # NeuroSurgeon's [batch, 1]
             if labels is not None and labels.shape != (batch,):
-                raise ValueError(f"sequence labels must be [batch] = [{batch}], got {tuple(labels.shape)}")
+                raise ValueError(
+                    f"sequence labels must be [batch] or [batch, 1] = [{batch}], got "
+                    f"{tuple(labels.shape)}"
+                )
             return vectors[positions], labels, positions
         # token labelling
-        if labels is not None and labels.dim() == 1:
-            if token_mask is None or int(token_mask.sum()) != labels.numel():
-                raise ValueError("flat token labels need a token_mask with one True per label")
-            return vectors[token_mask], labels, token_mask
+        if labels is not None and token_mask is not None and (
+            labels.dim() == 1 or bool((labels == NS_LABEL_PAD).any()) or labels.shape != (batch, seq)
+        ):  # one label per True of token_mask: flat, or NeuroSurgeon's rows padded with -1
+            flat = labels.reshape(-1)
+            flat = flat[flat != NS_LABEL_PAD] if labels.dim() > 1 else flat
+            if int(token_mask.sum()) != flat.numel():
+                raise ValueError(
+                    f"token_mask selects {int(token_mask.sum())} positions but labels give "
+                    f"{flat.numel()} (flat labels, or rows padded with -1, are read one per True "
+                    "of token_mask)"
+                )
+            return vectors[token_mask], flat, token_mask
         if labels is not None and labels.shape != (batch, seq):
-            raise ValueError(f"token labels must be [batch, seq] = {(batch, seq)}, got {tuple(labels.shape)}")
+            raise ValueError(
+                f"token labels must be [batch, seq] = {(batch, seq)} with -100 where unlabelled, "
+                f"flat with one per True of token_mask, or [batch, n] padded with -1; got "
+                f"{tuple(labels.shape)}"
+            )
         positions = torch.ones(batch, seq, dtype=torch.bool, device=vectors.device)
         if labels is not None:
             positions = positions & (labels != IGNORE_INDEX)
+            if token_mask is not None and bool((positions & ~token_mask).any()):
+                raise ValueError(
+                    "labels [batch, seq] label positions outside token_mask; use -100 for "
+                    "unlabelled positions, or give one label per True of token_mask "
+                    "(flat, or rows padded with -1)"
+                )
         if token_mask is not None:
             positions = positions & token_mask
         return vectors[positions], None if labels is None else labels[positions], positions

@@ -1,0 +1,1 @@
+"""NeuroSurgeon test files, ported (see port.py), run against modeopt_masks.compat.neurosurgeon."""
