@@ -4,7 +4,12 @@
 removed (exactly ``round(p * n)`` of them), per layer (``scope="layer"``) or
 over all converted layers together (``scope="global"``, one percentage for all).
 With ``mask_unit="neuron"`` whole output units are ranked by their L2 norm and
-a bias mask follows its units.
+a bias mask follows its units. ``pattern="N:M"`` (e.g. ``"2:4"``) keeps the N
+largest of every M consecutive input weights instead (``prune_percentage`` is
+then unused). NaN/inf weights raise a ``ValueError`` (they cannot be ranked).
+The global scope finds its threshold by a streaming radix select
+(:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
+scores, its extra memory is bounded by one chunk.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -16,21 +21,47 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import Field
+import torch.nn as nn
+from pydantic import Field, field_validator, model_validator
 
+from ..calibration import from_matrix, weight_matrix
 from ..layer_kinds import LayerKind
 from ..masking import MaskedLayer, MaskTechnique
-from ..registry import register_mode
-from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
+from ..registry import Metadata, register_mode
+from ..rules import ModeConfig, match_modules
+from ..selection import CHUNK, check_finite, global_keep, keep_largest, keep_n_of_m, parse_pattern
+from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule, _kind_key
+
+__all__ = ["MagnitudeMask", "MagnitudePruningConfig", "MagnitudePruningRule", "keep_largest"]
 
 
 class MagnitudePruningRule(MaskRule):
-    """Per-layer settings: the fraction of entries to remove."""
+    """Per-layer settings: the fraction of entries to remove, or an ``"N:M"`` ``pattern``."""
 
     prune_percentage: float = Field(0.5, ge=0, le=1)
+    pattern: str = "unstructured"
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        parse_pattern(v)
+        return v
+
+    @model_validator(mode="after")
+    def _pattern_on_weights(self) -> MagnitudePruningRule:
+        if self.pattern != "unstructured" and (self.mask_unit != "weight" or self.mask_bias):
+            raise ValueError(f"pattern {self.pattern!r} groups weight entries: it needs "
+                             "mask_unit='weight' and mask_bias=False")
+        return self
+
+    @property
+    def n_of_m(self) -> tuple[int, int] | None:
+        """``(N, M)`` of an N:M pattern, or ``None`` (unstructured)."""
+        return parse_pattern(self.pattern)
 
 
 class MagnitudePruningConfig(MaskModeConfig):
@@ -60,27 +91,6 @@ class MagnitudeMask(MaskTechnique):
         return self.keep.sum().float()
 
 
-def keep_largest(scores: torch.Tensor, prune_fraction: float) -> torch.Tensor:
-    """Boolean mask that drops exactly ``round(prune_fraction * n)`` smallest scores.
-
-    Examples:
-        >>> import torch
-        >>> keep_largest(torch.tensor([3.0, -5.0, 1.0, 4.0]).abs(), 0.5).tolist()
-        [False, True, False, True]
-    """
-    flat = scores.reshape(-1)
-    k = round(prune_fraction * flat.numel())
-    if k == 0:
-        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    # O(n) selection instead of a sort: the k-th smallest value, then ties broken by index
-    threshold = flat.kthvalue(k).values
-    keep = flat > threshold
-    ties = torch.nonzero(flat == threshold).reshape(-1)
-    drop_from_ties = k - int((flat < threshold).sum())
-    keep[ties[drop_from_ties:]] = True
-    return keep.reshape(scores.shape)
-
-
 def _keep(tech: MaskTechnique) -> torch.Tensor:
     return cast(MagnitudeMask, tech).keep
 
@@ -99,9 +109,24 @@ class MagnitudePruningMode(MaskModeDescriptor):
     name = "magnitude_pruning"
     config_class = MagnitudePruningConfig
 
+    def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:
+        assert isinstance(config, MagnitudePruningConfig)
+        for name, module, _key, rule in match_modules(model, config, lambda _n, m: _kind_key(m)):
+            tensors = [("weight", module.weight)]
+            if rule.mask_bias and getattr(module, "bias", None) is not None:
+                tensors.append(("bias", module.bias))
+            for what, tensor in tensors:
+                check_finite(cast(torch.Tensor, tensor).detach(),
+                             f"magnitude_pruning: the {what} of {name!r}")
+        return super().convert(model, config)
+
     def make_technique(
         self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
     ) -> MaskTechnique:
+        nm = rule.n_of_m
+        if nm is not None and tensor.dim() > 1:
+            scores = weight_matrix(kind.key, tensor.detach()).float().abs()
+            return MagnitudeMask(from_matrix(kind.key, keep_n_of_m(scores, *nm), shape))
         return MagnitudeMask(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
 
     def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
@@ -113,25 +138,36 @@ class MagnitudePruningMode(MaskModeDescriptor):
                 bias_keep.copy_(_keep(layer.weight_mask).reshape(bias_keep.shape))
 
     def _prune_globally(self, layers: dict[str, MaskedLayer]) -> None:
-        rules = {(t.rule.prune_percentage, t.rule.mask_unit) for t in
+        rules = {(t.rule.prune_percentage, t.rule.mask_unit, t.rule.pattern) for t in
                  (layer.weight_mask for layer in layers.values())}
-        if len(rules) != 1:
+        if len(rules) != 1 or next(iter(rules))[2] != "unstructured":
             raise ValueError(
-                "scope='global' needs one prune_percentage and mask_unit for every layer, got "
-                f"{sorted(rules)}; use scope='layer' for per-layer percentages"
+                "scope='global' needs one prune_percentage and mask_unit for every layer and no "
+                f"N:M pattern, got {sorted(rules)}; use scope='layer' for per-layer percentages "
+                "or patterns"
             )
-        ((fraction, _unit),) = rules
-        scores = [
-            _scores(layer.layer_kind, layer.weight, layer.weight_mask.shape)
-            for layer in layers.values()
-        ]
-        flat = torch.cat([s.reshape(-1).cpu() for s in scores])
-        keep = keep_largest(flat, fraction)
-        offset = 0
-        for layer, score in zip(layers.values(), scores, strict=True):
-            n = score.numel()
-            _keep(layer.weight_mask).copy_(keep[offset : offset + n].reshape(score.shape))
-            offset += n
+        ((fraction, _unit, _pattern),) = rules
+        chosen = list(layers.values())
+        written: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(chosen))}
+        global_keep([lambda layer=layer: _score_chunks(layer) for layer in chosen],
+                    sum(int(torch.Size(layer.weight_mask.shape).numel()) for layer in chosen),
+                    fraction, lambda i, keep: written[i].append(keep))
+        for i, layer in enumerate(chosen):
+            keep = _keep(layer.weight_mask)
+            keep.copy_(torch.cat(written[i]).reshape(keep.shape))
+            written[i] = []
+
+
+def _score_chunks(layer: MaskedLayer) -> Iterator[torch.Tensor]:
+    """The layer's magnitude scores in flat order, ``CHUNK``-sized pieces (no full copy)."""
+    shape = layer.weight_mask.shape
+    weight = layer.weight.detach()
+    if shape != tuple(weight.shape):  # neuron masks: one norm per unit, small
+        yield _scores(layer.layer_kind, weight, shape).reshape(-1)
+        return
+    flat = weight.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        yield flat[start:start + CHUNK].float().abs()
 
 
 register_mode(MagnitudePruningMode())
