@@ -53,6 +53,7 @@ def load_model():
 def prepare(out: str, n_cal: int, seq: int, n_eval: int) -> None:
     """Tokenise pydoc_data.topics once; write ``{"cal": [n_cal, seq], "eval": [n_eval, seq]}``."""
     import pydoc_data.topics
+
     import torch
     import transformers
 

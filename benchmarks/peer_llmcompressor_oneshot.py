@@ -38,7 +38,7 @@ def main(method: str, tokens_path: str) -> dict:
     sparsity = 0.5
     cls = WandaPruningModifier if name == "wanda" else SparseGPTModifier
     modifier = cls(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
-                   ignore=["lm_head"])
+                   ignore=["re:.*lm_head"])
     cal = data["cal"]
     loader = torch.utils.data.DataLoader(
         [{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in cal],
@@ -46,6 +46,17 @@ def main(method: str, tokens_path: str) -> dict:
     reset_peak_rss()
     before = current_rss_mb()
     start = time.perf_counter()
+    import tempfile
+
+    # oneshot re-reads the config from model.config.name_or_path: point it at a plain copy
+    # (the GGUF folder has no config.json)
+    # and the weights are dequantised float32: drop the GGUF quantisation record
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    config_dir = tempfile.mkdtemp()
+    model.config.save_pretrained(config_dir)
+    model.config._name_or_path = config_dir
     folder, gguf = gguf_location()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     oneshot(model=model, processor=tokenizer, dataset=loader, recipe=[modifier], num_calibration_samples=len(cal),

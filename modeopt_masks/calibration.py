@@ -54,12 +54,12 @@ def n_groups(layer: nn.Module) -> int:
     return int(getattr(layer, "groups", 1)) if isinstance(layer, nn.modules.conv._ConvNd) else 1
 
 
-def _transposed(layer: nn.Module | str) -> bool:
+def _transposed(layer: Any) -> bool:
     key = layer if isinstance(layer, str) else getattr(kind_of(layer), "key", None)
     return key == "hf.Conv1D"  # stores [in, out]
 
 
-def weight_matrix(layer: nn.Module | str, tensor: torch.Tensor | None = None) -> torch.Tensor:
+def weight_matrix(layer: Any, tensor: torch.Tensor | None = None) -> torch.Tensor:
     """``tensor`` (default the layer's weight) as ``[outputs, input features]`` (a view).
 
     ``layer`` is the layer or its type key (``"nn.Linear"``, ``"hf.Conv1D"``, ...).
@@ -69,13 +69,13 @@ def weight_matrix(layer: nn.Module | str, tensor: torch.Tensor | None = None) ->
         >>> weight_matrix(nn.Conv2d(3, 4, 2)).shape
         torch.Size([4, 12])
     """
-    w: torch.Tensor = layer.weight if tensor is None else tensor  # type: ignore[union-attr, assignment]
+    w: torch.Tensor = layer.weight if tensor is None else tensor
     if _transposed(layer):
         return w.t()
     return w.reshape(w.shape[0], -1)
 
 
-def from_matrix(layer: nn.Module | str, matrix: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def from_matrix(layer: Any, matrix: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Inverse of :func:`weight_matrix`: ``matrix`` in the weight layout ``shape``."""
     if _transposed(layer):
         return matrix.t().contiguous()
@@ -340,7 +340,7 @@ def _capture(model: nn.Module, block_list: list[nn.Module], data_loader: Iterabl
                 return  # batch 0 runs block 0 to check that block 1 takes its output
         raise _Stop
 
-    def out0(_mod: nn.Module, _args: Any, output: Any) -> None:
+    def first_output(_mod: nn.Module, _args: Any, output: Any) -> None:
         if "out0" not in saved:
             saved["out0"] = _stream(output)
 
@@ -350,7 +350,7 @@ def _capture(model: nn.Module, block_list: list[nn.Module], data_loader: Iterabl
         raise _Stop
 
     handles = [block_list[0].register_forward_pre_hook(first, with_kwargs=True),
-               block_list[0].register_forward_hook(out0)]
+               block_list[0].register_forward_hook(first_output)]
     if len(block_list) > 1:
         handles.append(block_list[1].register_forward_pre_hook(second, with_kwargs=True))
     try:

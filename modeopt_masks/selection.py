@@ -149,7 +149,7 @@ def global_keep(
         >>> out = {0: [], 1: []}
         >>> global_keep([lambda: [a], lambda: [b]], 5, 0.4, lambda i, k: out[i].append(k))
         >>> [torch.cat(v).tolist() for v in out.values()]
-        [[True, True], [False, False, True]]
+        [[False, True], [True, False, True]]
     """
     k = round(prune_fraction * total)
 

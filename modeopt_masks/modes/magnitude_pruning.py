@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any, ClassVar, Literal, cast
 
 import torch
@@ -113,7 +114,7 @@ class MagnitudePruningMode(MaskModeDescriptor):
         assert isinstance(config, MagnitudePruningConfig)
         for name, module, _key, rule in match_modules(model, config, lambda _n, m: _kind_key(m)):
             tensors = [("weight", module.weight)]
-            if rule.mask_bias and getattr(module, "bias", None) is not None:
+            if cast(MagnitudePruningRule, rule).mask_bias and getattr(module, "bias", None) is not None:
                 tensors.append(("bias", module.bias))
             for what, tensor in tensors:
                 check_finite(cast(torch.Tensor, tensor).detach(),
@@ -149,9 +150,12 @@ class MagnitudePruningMode(MaskModeDescriptor):
         ((fraction, _unit, _pattern),) = rules
         chosen = list(layers.values())
         written: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(chosen))}
-        global_keep([lambda layer=layer: _score_chunks(layer) for layer in chosen],
+        def write(i: int, keep: torch.Tensor) -> None:
+            written[i].append(keep)
+
+        global_keep([partial(_score_chunks, layer) for layer in chosen],
                     sum(int(torch.Size(layer.weight_mask.shape).numel()) for layer in chosen),
-                    fraction, lambda i, keep: written[i].append(keep))
+                    fraction, write)
         for i, layer in enumerate(chosen):
             keep = _keep(layer.weight_mask)
             keep.copy_(torch.cat(written[i]).reshape(keep.shape))

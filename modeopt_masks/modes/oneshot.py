@@ -20,7 +20,7 @@ then ``(M - N) / M``). Weights or calibration inputs with NaN/inf raise a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn as nn
@@ -83,7 +83,7 @@ class OneShotDescriptor(MaskModeDescriptor):
 
     config_class: ClassVar[type[MaskModeConfig]] = OneShotConfig
     #: the input statistic each layer needs
-    statistic: ClassVar[Callable[[nn.Module], Statistic]]
+    statistic: ClassVar[Any]
     #: whether pruning writes the layers' weights (restored if convert fails)
     writes_weights: ClassVar[bool] = False
 
@@ -104,7 +104,8 @@ class OneShotDescriptor(MaskModeDescriptor):
     def check_plan(self, plan: list[tuple[str, nn.Module, str, Any]], config: Any) -> None:
         """Refuse what cannot be pruned before anything changes."""
         for name, module, _key, rule in plan:
-            check_finite(module.weight.detach(), f"{self.name}: the weight of {name!r}")
+            check_finite(cast(torch.Tensor, module.weight).detach(),
+                         f"{self.name}: the weight of {name!r}")
             nm = rule.n_of_m
             if nm is not None:
                 features = _input_width(module, _key)
@@ -152,9 +153,10 @@ class OneShotDescriptor(MaskModeDescriptor):
                     weight.copy_(saved)
             self.revert(model, config, metadata)
             raise
-        # used once: the history, pickles and save keep only the rules
-        config.data_loader = None
-        config.collect_func = None
+        # used once: the history, pickles and save keep only the rules. (Set without
+        # validate_assignment, which would re-run the config's key split on every field.)
+        for field in ("data_loader", "collect_func"):
+            object.__setattr__(config, field, None)
         return model, metadata
 
     def restore(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:

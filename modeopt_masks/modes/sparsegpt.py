@@ -109,10 +109,10 @@ def sparsegpt_prune(
                                                  *n_of_m, check=False)
             col = w1[:, i]
             q = torch.where(drop1[:, i], torch.zeros_like(col), col)
-            e = (col - q) / d[i]
-            w1[:, i:] -= e.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            err = (col - q) / d[i]
+            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
             w1[:, i] = q
-            err1[:, i] = e
+            err1[:, i] = err
         w[:, i1:i2] = w1
         keep[:, i1:i2] = ~drop1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]

@@ -24,7 +24,8 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from functools import partial
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 
@@ -33,6 +34,7 @@ from ..masking import MaskedLayer
 from ..registry import register_mode
 from ..rules import ModeConfig
 from ..selection import CHUNK, global_keep, keep_largest, keep_largest_per_row, keep_n_of_m
+from .magnitude_pruning import MagnitudeMask
 from .oneshot import OneShotConfig, OneShotDescriptor, OneShotRule
 
 
@@ -91,7 +93,7 @@ class WandaMode(OneShotDescriptor):
                 keep = keep_largest_per_row(scores, rule.sparsity)
             else:
                 keep = keep_largest(scores, rule.sparsity)
-            layer.weight_mask.keep.copy_(from_matrix(layer, keep, tuple(layer.weight.shape)))
+            cast(MagnitudeMask, layer.weight_mask).keep.copy_(from_matrix(layer, keep, tuple(layer.weight.shape)))
 
     def finish(self, layers: dict[str, MaskedLayer], config: Any, state: dict[str, Any]) -> None:
         if config.scope != "global" or not state:
@@ -112,12 +114,14 @@ class WandaMode(OneShotDescriptor):
                 yield wanda_scores(layer, state[name], slice(start, start + step)).reshape(-1)
 
         total = sum(int(layer.weight.numel()) for layer in chosen.values())
-        global_keep([lambda n=n: chunks(n) for n in names], total, fractions.pop(),
-                    lambda i, keep: written[i].append(keep))
+        def write(i: int, keep: torch.Tensor) -> None:
+            written[i].append(keep)
+
+        global_keep([partial(chunks, n) for n in names], total, fractions.pop(), write)
         for i, name in enumerate(names):
             layer = chosen[name]
             keep = torch.cat(written[i]).reshape(weight_matrix(layer).shape)
-            layer.weight_mask.keep.copy_(from_matrix(layer, keep, tuple(layer.weight.shape)))
+            cast(MagnitudeMask, layer.weight_mask).keep.copy_(from_matrix(layer, keep, tuple(layer.weight.shape)))
 
 
 register_mode(WandaMode())
