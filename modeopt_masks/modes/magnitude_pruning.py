@@ -6,8 +6,9 @@ over all converted layers together (``scope="global"``, one percentage for all).
 With ``mask_unit="neuron"`` whole output units are ranked by their L2 norm and
 a bias mask follows its units. ``pattern="N:M"`` (e.g. ``"2:4"``) keeps the N
 largest of every M consecutive input weights instead (``prune_percentage`` is
-then unused). NaN/inf weights raise a ``ValueError`` (they cannot be ranked).
-The global scope finds its threshold by a streaming radix select
+then unused). NaN/inf weights raise a ``ValueError`` naming the layer (they
+cannot be ranked) and leave the model unchanged. The global scope finds its
+threshold by a streaming radix select
 (:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
 scores, its extra memory is bounded by one chunk.
 
@@ -23,21 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
-import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
 
 from ..calibration import from_matrix, weight_matrix
 from ..layer_kinds import LayerKind
 from ..masking import MaskedLayer, MaskTechnique
-from ..registry import Metadata, register_mode
-from ..rules import ModeConfig, match_modules
 from ..selection import CHUNK, check_finite, global_keep, keep_largest, keep_n_of_m, parse_pattern
-from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule, _kind_key
+from .mask_mode import MaskRule, register_mask_mode
 
-__all__ = ["MagnitudeMask", "MagnitudePruningConfig", "MagnitudePruningRule", "keep_largest"]
+__all__ = ["MagnitudeMask", "MagnitudePruningRule", "keep_largest"]
 
 
 class MagnitudePruningRule(MaskRule):
@@ -65,13 +63,6 @@ class MagnitudePruningRule(MaskRule):
         return parse_pattern(self.pattern)
 
 
-class MagnitudePruningConfig(MaskModeConfig):
-    """Rule config of ``magnitude_pruning``: type keys, ``scope`` and ``freeze_base``."""
-
-    rule_class: ClassVar = MagnitudePruningRule
-    scope: Literal["layer", "global"] = "layer"
-
-
 class MagnitudeMask(MaskTechnique):
     """A fixed boolean ``keep`` buffer (saved with the model)."""
 
@@ -81,6 +72,19 @@ class MagnitudeMask(MaskTechnique):
     def __init__(self, keep: torch.Tensor) -> None:
         super().__init__(tuple(keep.shape))
         self.register_buffer("keep", keep.bool())
+
+    @classmethod
+    def from_rule(
+        cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> MagnitudeMask:
+        if not bool(torch.isfinite(tensor.detach()).all()):
+            # refused by name in _after_convert (which reverts the conversion)
+            return cls(torch.ones(shape, dtype=torch.bool))
+        nm = getattr(rule, "n_of_m", None)
+        if nm is not None and tensor.dim() > 1:
+            scores = weight_matrix(kind.key, tensor.detach()).float().abs()
+            return cls(from_matrix(kind.key, keep_n_of_m(scores, *nm), shape))
+        return cls(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
 
     def mask(self) -> torch.Tensor:
         return self.keep.float()
@@ -104,62 +108,42 @@ def _scores(kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...]) -> to
     return tensor.detach().float().abs()
 
 
-class MagnitudePruningMode(MaskModeDescriptor):
-    """Descriptor of ``magnitude_pruning``."""
+def _after_convert(layers: dict[str, MaskedLayer], config: Any) -> None:
+    """Global scope ranks all layers together; neuron bias masks follow their units."""
+    for name, layer in layers.items():
+        for what, _tech in layer._mask_modules():
+            check_finite(getattr(layer, what).detach(), f"magnitude_pruning: the {what} of {name!r}")
+    if config.scope == "global":
+        _prune_globally(layers)
+    for layer in layers.values():
+        if layer.bias_mask is not None and layer.weight_mask.rule.mask_unit == "neuron":
+            bias_keep = _keep(layer.bias_mask)
+            bias_keep.copy_(_keep(layer.weight_mask).reshape(bias_keep.shape))
 
-    name = "magnitude_pruning"
-    config_class = MagnitudePruningConfig
 
-    def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:
-        assert isinstance(config, MagnitudePruningConfig)
-        for name, module, _key, rule in match_modules(model, config, lambda _n, m: _kind_key(m)):
-            tensors = [("weight", module.weight)]
-            if cast(MagnitudePruningRule, rule).mask_bias and getattr(module, "bias", None) is not None:
-                tensors.append(("bias", module.bias))
-            for what, tensor in tensors:
-                check_finite(cast(torch.Tensor, tensor).detach(),
-                             f"magnitude_pruning: the {what} of {name!r}")
-        return super().convert(model, config)
+def _prune_globally(layers: dict[str, MaskedLayer]) -> None:
+    rules = {(t.rule.prune_percentage, t.rule.mask_unit, t.rule.pattern) for t in
+             (layer.weight_mask for layer in layers.values())}
+    if len(rules) != 1 or next(iter(rules))[2] != "unstructured":
+        raise ValueError(
+            "scope='global' needs one prune_percentage and mask_unit for every layer and no "
+            f"N:M pattern, got {sorted(rules)}; use scope='layer' for per-layer percentages "
+            "or patterns"
+        )
+    ((fraction, _unit, _pattern),) = rules
+    chosen = list(layers.values())
+    written: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(chosen))}
 
-    def make_technique(
-        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
-    ) -> MaskTechnique:
-        nm = rule.n_of_m
-        if nm is not None and tensor.dim() > 1:
-            scores = weight_matrix(kind.key, tensor.detach()).float().abs()
-            return MagnitudeMask(from_matrix(kind.key, keep_n_of_m(scores, *nm), shape))
-        return MagnitudeMask(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
+    def write(i: int, keep: torch.Tensor) -> None:
+        written[i].append(keep)
 
-    def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
-        if config.scope == "global":
-            self._prune_globally(layers)
-        for layer in layers.values():
-            if layer.bias_mask is not None and layer.weight_mask.rule.mask_unit == "neuron":
-                bias_keep = _keep(layer.bias_mask)
-                bias_keep.copy_(_keep(layer.weight_mask).reshape(bias_keep.shape))
-
-    def _prune_globally(self, layers: dict[str, MaskedLayer]) -> None:
-        rules = {(t.rule.prune_percentage, t.rule.mask_unit, t.rule.pattern) for t in
-                 (layer.weight_mask for layer in layers.values())}
-        if len(rules) != 1 or next(iter(rules))[2] != "unstructured":
-            raise ValueError(
-                "scope='global' needs one prune_percentage and mask_unit for every layer and no "
-                f"N:M pattern, got {sorted(rules)}; use scope='layer' for per-layer percentages "
-                "or patterns"
-            )
-        ((fraction, _unit, _pattern),) = rules
-        chosen = list(layers.values())
-        written: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(chosen))}
-        def write(i: int, keep: torch.Tensor) -> None:
-            written[i].append(keep)
-
-        global_keep([partial(_score_chunks, layer) for layer in chosen],
-                    sum(int(torch.Size(layer.weight_mask.shape).numel()) for layer in chosen),
-                    fraction, write)
-        for i, layer in enumerate(chosen):
-            keep = _keep(layer.weight_mask)
-            keep.copy_(torch.cat(written[i]).reshape(keep.shape))
-            written[i] = []
+    global_keep([partial(_score_chunks, layer) for layer in chosen],
+                sum(int(torch.Size(layer.weight_mask.shape).numel()) for layer in chosen),
+                fraction, write)
+    for i, layer in enumerate(chosen):
+        keep = _keep(layer.weight_mask)
+        keep.copy_(torch.cat(written[i]).reshape(keep.shape))
+        written[i] = []
 
 
 def _score_chunks(layer: MaskedLayer) -> Iterator[torch.Tensor]:
@@ -174,4 +158,6 @@ def _score_chunks(layer: MaskedLayer) -> Iterator[torch.Tensor]:
         yield flat[start:start + CHUNK].float().abs()
 
 
-register_mode(MagnitudePruningMode())
+register_mask_mode("magnitude_pruning", MagnitudePruningRule, MagnitudeMask,
+                   options={"scope": (Literal["layer", "global"], "layer")},
+                   after_convert=_after_convert)

@@ -82,6 +82,8 @@ class OneShotDescriptor(MaskModeDescriptor):
     """Converts with all-keep masks, then calibrates and prunes (``prune_layers``)."""
 
     config_class: ClassVar[type[MaskModeConfig]] = OneShotConfig
+    #: convert needs calibration data (``data_loader``)
+    needs_calibration: ClassVar[bool] = True
     #: the input statistic each layer needs
     statistic: ClassVar[Any]
     #: whether pruning writes the layers' weights (restored if convert fails)
