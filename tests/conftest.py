@@ -69,8 +69,10 @@ MODEL_FACTORIES = {
     "convnet": tiny_convnet,
 }
 #: every registered mask mode (read from the registry, so a new technique is tested too)
+#: (calibrated one-shot modes need a data_loader; tests/test_oneshot.py covers them)
 MASK_MODES = sorted(
     name for name in mm.available_modes() if isinstance(mm.get_mode(name), MaskModeDescriptor)
+    and not getattr(mm.get_mode(name), "needs_calibration", False)
 )
 
 

@@ -1,3 +1,10 @@
 """The built-in modes; importing this package registers them."""
 
-from . import continuous_sparsification, gradnas, hard_concrete, magnitude_pruning  # noqa: F401
+from . import (  # noqa: F401
+    continuous_sparsification,
+    gradnas,
+    hard_concrete,
+    magnitude_pruning,
+    sparsegpt,
+    wanda,
+)

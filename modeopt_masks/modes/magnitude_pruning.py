@@ -4,7 +4,13 @@
 removed (exactly ``round(p * n)`` of them), per layer (``scope="layer"``) or
 over all converted layers together (``scope="global"``, one percentage for all).
 With ``mask_unit="neuron"`` whole output units are ranked by their L2 norm and
-a bias mask follows its units.
+a bias mask follows its units. ``pattern="N:M"`` (e.g. ``"2:4"``) keeps the N
+largest of every M consecutive input weights instead (``prune_percentage`` is
+then unused). NaN/inf weights raise a ``ValueError`` naming the layer (they
+cannot be ranked) and leave the model unchanged. The global scope finds its
+threshold by a streaming radix select
+(:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
+scores, its extra memory is bounded by one chunk.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -16,20 +22,45 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, Literal, cast
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from ..calibration import from_matrix, weight_matrix
 from ..layer_kinds import LayerKind
 from ..masking import MaskedLayer, MaskTechnique
+from ..selection import CHUNK, check_finite, global_keep, keep_largest, keep_n_of_m, parse_pattern
 from .mask_mode import MaskRule, register_mask_mode
+
+__all__ = ["MagnitudeMask", "MagnitudePruningRule", "keep_largest"]
 
 
 class MagnitudePruningRule(MaskRule):
-    """Per-layer settings: the fraction of entries to remove."""
+    """Per-layer settings: the fraction of entries to remove, or an ``"N:M"`` ``pattern``."""
 
     prune_percentage: float = Field(0.5, ge=0, le=1)
+    pattern: str = "unstructured"
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        parse_pattern(v)
+        return v
+
+    @model_validator(mode="after")
+    def _pattern_on_weights(self) -> MagnitudePruningRule:
+        if self.pattern != "unstructured" and (self.mask_unit != "weight" or self.mask_bias):
+            raise ValueError(f"pattern {self.pattern!r} groups weight entries: it needs "
+                             "mask_unit='weight' and mask_bias=False")
+        return self
+
+    @property
+    def n_of_m(self) -> tuple[int, int] | None:
+        """``(N, M)`` of an N:M pattern, or ``None`` (unstructured)."""
+        return parse_pattern(self.pattern)
 
 
 class MagnitudeMask(MaskTechnique):
@@ -46,6 +77,13 @@ class MagnitudeMask(MaskTechnique):
     def from_rule(
         cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
     ) -> MagnitudeMask:
+        if not bool(torch.isfinite(tensor.detach()).all()):
+            # refused by name in _after_convert (which reverts the conversion)
+            return cls(torch.ones(shape, dtype=torch.bool))
+        nm = getattr(rule, "n_of_m", None)
+        if nm is not None and tensor.dim() > 1:
+            scores = weight_matrix(kind.key, tensor.detach()).float().abs()
+            return cls(from_matrix(kind.key, keep_n_of_m(scores, *nm), shape))
         return cls(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
 
     def mask(self) -> torch.Tensor:
@@ -56,27 +94,6 @@ class MagnitudeMask(MaskTechnique):
 
     def l0(self) -> torch.Tensor:
         return self.keep.sum().float()
-
-
-def keep_largest(scores: torch.Tensor, prune_fraction: float) -> torch.Tensor:
-    """Boolean mask that drops exactly ``round(prune_fraction * n)`` smallest scores.
-
-    Examples:
-        >>> import torch
-        >>> keep_largest(torch.tensor([3.0, -5.0, 1.0, 4.0]).abs(), 0.5).tolist()
-        [False, True, False, True]
-    """
-    flat = scores.reshape(-1)
-    k = round(prune_fraction * flat.numel())
-    if k == 0:
-        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    # O(n) selection instead of a sort: the k-th smallest value, then ties broken by index
-    threshold = flat.kthvalue(k).values
-    keep = flat > threshold
-    ties = torch.nonzero(flat == threshold).reshape(-1)
-    drop_from_ties = k - int((flat < threshold).sum())
-    keep[ties[drop_from_ties:]] = True
-    return keep.reshape(scores.shape)
 
 
 def _keep(tech: MaskTechnique) -> torch.Tensor:
@@ -93,6 +110,9 @@ def _scores(kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...]) -> to
 
 def _after_convert(layers: dict[str, MaskedLayer], config: Any) -> None:
     """Global scope ranks all layers together; neuron bias masks follow their units."""
+    for name, layer in layers.items():
+        for what, _tech in layer._mask_modules():
+            check_finite(getattr(layer, what).detach(), f"magnitude_pruning: the {what} of {name!r}")
     if config.scope == "global":
         _prune_globally(layers)
     for layer in layers.values():
@@ -102,25 +122,40 @@ def _after_convert(layers: dict[str, MaskedLayer], config: Any) -> None:
 
 
 def _prune_globally(layers: dict[str, MaskedLayer]) -> None:
-    rules = {(t.rule.prune_percentage, t.rule.mask_unit) for t in
+    rules = {(t.rule.prune_percentage, t.rule.mask_unit, t.rule.pattern) for t in
              (layer.weight_mask for layer in layers.values())}
-    if len(rules) != 1:
+    if len(rules) != 1 or next(iter(rules))[2] != "unstructured":
         raise ValueError(
-            "scope='global' needs one prune_percentage and mask_unit for every layer, got "
-            f"{sorted(rules)}; use scope='layer' for per-layer percentages"
+            "scope='global' needs one prune_percentage and mask_unit for every layer and no "
+            f"N:M pattern, got {sorted(rules)}; use scope='layer' for per-layer percentages "
+            "or patterns"
         )
-    ((fraction, _unit),) = rules
-    scores = [
-        _scores(layer.layer_kind, layer.weight, layer.weight_mask.shape)
-        for layer in layers.values()
-    ]
-    flat = torch.cat([s.reshape(-1).cpu() for s in scores])
-    keep = keep_largest(flat, fraction)
-    offset = 0
-    for layer, score in zip(layers.values(), scores, strict=True):
-        n = score.numel()
-        _keep(layer.weight_mask).copy_(keep[offset : offset + n].reshape(score.shape))
-        offset += n
+    ((fraction, _unit, _pattern),) = rules
+    chosen = list(layers.values())
+    written: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(chosen))}
+
+    def write(i: int, keep: torch.Tensor) -> None:
+        written[i].append(keep)
+
+    global_keep([partial(_score_chunks, layer) for layer in chosen],
+                sum(int(torch.Size(layer.weight_mask.shape).numel()) for layer in chosen),
+                fraction, write)
+    for i, layer in enumerate(chosen):
+        keep = _keep(layer.weight_mask)
+        keep.copy_(torch.cat(written[i]).reshape(keep.shape))
+        written[i] = []
+
+
+def _score_chunks(layer: MaskedLayer) -> Iterator[torch.Tensor]:
+    """The layer's magnitude scores in flat order, ``CHUNK``-sized pieces (no full copy)."""
+    shape = layer.weight_mask.shape
+    weight = layer.weight.detach()
+    if shape != tuple(weight.shape):  # neuron masks: one norm per unit, small
+        yield _scores(layer.layer_kind, weight, shape).reshape(-1)
+        return
+    flat = weight.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        yield flat[start:start + CHUNK].float().abs()
 
 
 register_mask_mode("magnitude_pruning", MagnitudePruningRule, MagnitudeMask,
