@@ -379,12 +379,18 @@ def test_defect20_circuit_config_refuses_infinite_l0_lambda():
         mm.CircuitConfig(target_layers=["0"], l0_lambda=math.inf)
 
 
-def test_defect20_mask_bias_on_a_layer_without_bias_is_an_error():
+def test_defect20_mask_bias_that_reaches_no_bias_is_an_error():
     net = _base(bias=False)
     before = fingerprint(net)
-    with pytest.raises(ValueError, match=r"mask_bias=True on layers without a bias: \['0', '2'\]"):
+    with pytest.raises(ValueError, match=r"mask_bias=True reaches no bias.*\['0', '2'\]"):
         mm.convert(net, ("hard_concrete", {"nn.Linear": {"mask_bias": True}}))
     assert_unchanged(before, net)
+    mixed = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    with pytest.raises(ValueError, match=r"'2'"):  # names the bias-less layer exactly
+        mm.convert(mixed, ("hard_concrete", {"nn.Linear": {"*": {}, "2": {"mask_bias": True}}}))
+    # a glob over mixed layers masks the biases that exist
+    mm.convert(mixed, ("hard_concrete", {"nn.Linear": {"mask_bias": True}}))
+    assert mixed[0].bias_mask is not None and mixed[2].bias_mask is None
 
 
 def test_defect20_a_params_fraction_below_one_suggests_a_percentage():
