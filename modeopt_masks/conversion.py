@@ -221,6 +221,39 @@ def protect(tensor: torch.Tensor) -> None:
         journal.protect(tensor)
 
 
+def protect_attributes(obj: object, *names: str) -> None:
+    """Record attributes of ``obj`` (a config, say: not a module, which is recorded anyway)
+    in every open :func:`transaction`, to be set back (or deleted, if absent) on rollback.
+
+    Examples:
+        >>> import torch.nn as nn
+        >>> from types import SimpleNamespace
+        >>> from modeopt_masks.conversion import protect_attributes, transaction
+        >>> cfg = SimpleNamespace(heads=4)
+        >>> try:
+        ...     with transaction(nn.Linear(2, 2)):
+        ...         protect_attributes(cfg, "heads", "extra"); cfg.heads = 2; cfg.extra = 1
+        ...         raise RuntimeError
+        ... except RuntimeError:
+        ...     pass
+        >>> cfg.heads, hasattr(cfg, "extra")
+        (4, False)
+    """
+    missing = object()
+    saved = [(name, getattr(obj, name, missing)) for name in names]
+
+    def undo() -> None:
+        for name, value in saved:
+            if value is missing:
+                if hasattr(obj, name):
+                    delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+    for journal in _ACTIVE.get():
+        journal.add_undo(undo)
+
+
 def converted_submodules(model: nn.Module) -> list[str]:
     """Names of submodules (not ``model`` itself) that carry their own mode history.
 
