@@ -455,3 +455,23 @@ def test_an_untampered_copy_restores():
     for p in _checkpoint().iterdir():
         shutil.copy(p, d / p.name)
     assert mm.masked_modules(mm.restore(_base(seed=1), d))
+
+
+def test_a_version_1_checkpoint_still_restores(tmp_path):
+    """Directories the earlier save wrote (``model.safetensors``, an unsealed manifest)."""
+    from safetensors.torch import save_model
+
+    net = _cs()
+    mm.save(net, tempfile.mkdtemp())  # refresh the metadata as save does
+    save_model(net, str(tmp_path / "model.safetensors"))
+    state = mm.mode_history(net)[0]
+    (tmp_path / STATE_FILE).write_text(json.dumps({
+        "format": "modeopt-masks", "format_version": 1, "model_class": "Sequential",
+        "modes": [{"mode": state.mode, "config": state.config.to_dict(),
+                   "metadata": state.metadata}],
+        "tensors_sha256": hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest(),
+    }))
+    assert torch.equal(_out(mm.restore(_base(seed=4), tmp_path)), _out(net))
+    mm.save(net, tmp_path)  # saving over it replaces the version-1 files
+    assert not (tmp_path / "model.safetensors").exists()
+    assert torch.equal(_out(mm.restore(_base(seed=5), tmp_path)), _out(net))
