@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, cast
 
@@ -323,6 +324,11 @@ def register_mask_mode(
         "technique_class": technique_class,
         "after_convert": hook,
     })
+    # pickle finds classes by module attribute: bind the generated ones where they claim to live
+    home = sys.modules.get(technique_class.__module__)
+    if home is not None:
+        for cls in (config_class, descriptor_class):
+            setattr(home, cls.__name__, cls)
     return cast(MaskModeDescriptor, register_mode(descriptor_class()))
 
 
