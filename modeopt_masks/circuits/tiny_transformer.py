@@ -93,7 +93,7 @@ class TinyBlock(nn.Module):
         self.input_layernorm = norm()
         self.self_attn = TinyAttention(cfg)
         self.post_attention_layernorm = norm()
-        self.mlp: nn.Module | None = None
+        self.mlp: nn.Sequential | None = None
         if cfg.d_mlp:
             self.mlp = nn.Sequential(
                 nn.Linear(cfg.d_model, cfg.d_mlp), nn.ReLU(), nn.Linear(cfg.d_mlp, cfg.d_model)
@@ -117,6 +117,10 @@ class TinyTransformer(nn.Module):
         self.layers = nn.ModuleList([TinyBlock(cfg) for _ in range(cfg.n_layers)])
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm else nn.Identity()
         self.unembed = nn.Linear(cfg.d_model, cfg.n_out or cfg.vocab_size, bias=cfg.unembed_bias)
+
+    def blocks(self) -> list[TinyBlock]:
+        """The layers, typed."""
+        return list(self.layers)  # type: ignore[arg-type]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[batch, seq, n_out]``."""
