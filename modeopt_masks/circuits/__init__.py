@@ -1,0 +1,36 @@
+"""Circuits at the level of edges between components, and ground-truth models to check them.
+
+* :class:`EdgeMaskedModel`: hard-concrete masks on the edges of a native HF model (GPT-2,
+  Llama family with GQA) or a :class:`TinyTransformer`.
+* :func:`edge_attribution_patching`: the one-shot EAP baseline in the same edge space.
+* :func:`acdc`: greedy edge pruning (ACDC), for programs whose gates get no gradient.
+* :func:`compiled_edges`, :func:`tiny_from_tracr`: Tracr programs and their true edges.
+* :func:`draw_edges`: the circuit as a graph image.
+
+Examples:
+    >>> from modeopt_masks import circuits
+    >>> sorted(circuits.LAYOUTS)
+    ['gpt2', 'llama']
+"""
+
+from .acdc import acdc
+from .eap import edge_attribution_patching, top_edges
+from .edges import LAYOUTS, EdgeLayout, EdgeMaskedModel
+from .graph import draw_edges
+from .tiny_transformer import TinyTransformer, TinyTransformerConfig
+from .tracr import compiled_edges, load_tracr_fixture, tiny_from_tracr
+
+__all__ = [
+    "LAYOUTS",
+    "EdgeLayout",
+    "EdgeMaskedModel",
+    "TinyTransformer",
+    "TinyTransformerConfig",
+    "acdc",
+    "compiled_edges",
+    "draw_edges",
+    "load_tracr_fixture",
+    "tiny_from_tracr",
+    "edge_attribution_patching",
+    "top_edges",
+]

@@ -1,0 +1,182 @@
+"""Helpers to check discovered circuits against known ones: training loops, scores, baselines.
+
+* :func:`fit_edges`: train edge masks on a loss (L0 penalty or a density controller).
+* :func:`precision_recall`: of a recovered edge set against the true one.
+* :func:`random_edge_sets`: same-size random subnetworks (the usual baseline).
+* :func:`induction_batch`, :func:`train_induction_model`, :func:`previous_token_head`,
+  :func:`induction_head`: the 2-layer attention-only induction model.
+
+Examples:
+    >>> from modeopt_masks.circuits.ground_truth import precision_recall
+    >>> precision_recall([("a", "b"), ("b", "c")], [("a", "b"), ("a", "c")])
+    (0.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from ..training import DensityController
+from .edges import EdgeMaskedModel
+from .tiny_transformer import TinyTransformer, TinyTransformerConfig
+
+Edge = tuple[str, str]
+
+
+def precision_recall(found: Iterable[Edge], truth: Iterable[Edge]) -> tuple[float, float]:
+    """``(precision, recall)`` of ``found`` against ``truth`` (1.0 for empty denominators)."""
+    found_s, truth_s = set(found), set(truth)
+    hit = len(found_s & truth_s)
+    return (hit / len(found_s) if found_s else 1.0, hit / len(truth_s) if truth_s else 1.0)
+
+
+def random_edge_sets(edges: EdgeMaskedModel, size: int, n: int, seed: int = 0) -> list[list[Edge]]:
+    """``n`` random sets of ``size`` edges of the graph.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.circuits import EdgeMaskedModel, TinyTransformer, TinyTransformerConfig
+        >>> from modeopt_masks.circuits.ground_truth import random_edge_sets
+        >>> e = EdgeMaskedModel(TinyTransformer(TinyTransformerConfig(
+        ...     vocab_size=5, d_model=8, n_layers=1, n_heads=2, d_head=4)))
+        >>> [len(s) for s in random_edge_sets(e, 3, 2)]
+        [3, 3]
+    """
+    rng = random.Random(seed)
+    pool = edges.all_edges()
+    return [rng.sample(pool, size) for _ in range(n)]
+
+
+def fit_edges(
+    edges: EdgeMaskedModel,
+    loss_fn: Callable[[EdgeMaskedModel], torch.Tensor],
+    steps: int,
+    lr: float = 0.1,
+    l0_lambda: float = 0.0,
+    controller: DensityController | None = None,
+    temperature: tuple[float, float] | None = None,
+) -> list[float]:
+    """Train the edge gates for ``steps`` Adam steps on ``loss_fn(edges)`` plus sparsity.
+
+    Sparsity is ``l0_lambda * expected edges / num_edges`` or the ``controller``'s
+    penalty. ``temperature=(start, end)`` anneals beta geometrically. Returns the task
+    losses; the base model is left untouched and the gates end in eval (hard) mode.
+    """
+    edges.train()
+    opt = torch.optim.Adam(edges.mask_parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        if temperature is not None:
+            t0, t1 = temperature
+            edges.set_temperature(t0 * (t1 / t0) ** (step / max(steps - 1, 1)))
+        task = loss_fn(edges)
+        loss = task + (controller(edges) if controller is not None
+                       else l0_lambda * edges.expected_density())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(task.detach()))
+    edges.eval()
+    return losses
+
+
+# -- induction ------------------------------------------------------------------------------
+def induction_batch(
+    batch: int, half: int, vocab: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[batch, 2 half]`` and the mask of copy positions ``[batch, 2 half - 1]``.
+
+    Each row is a random sequence of random length ``h`` in ``[half // 2, half]``, then the
+    same sequence again, then random filler; position ``t`` is a copy position when the next
+    token is determined by the first copy (``h <= t < 2 h - 1``). The varying ``h`` rules
+    out a purely positional solution: only induction copies.
+    """
+    ids = torch.randint(0, vocab, (batch, 2 * half), generator=generator)
+    lengths = torch.randint(half // 2, half + 1, (batch,), generator=generator)
+    pos = torch.arange(2 * half)
+    second = (pos >= lengths[:, None]) & (pos < 2 * lengths[:, None])
+    source = (pos - lengths[:, None]).clamp(min=0)
+    ids = torch.where(second, ids.gather(1, source), ids)
+    t = pos[:-1]
+    copy = (t >= lengths[:, None]) & (t < 2 * lengths[:, None] - 1)
+    return ids, copy
+
+
+def copying_accuracy(logits: torch.Tensor, ids: torch.Tensor, copy: torch.Tensor) -> float:
+    """Next-token accuracy at the copy positions."""
+    pred = logits[:, :-1].argmax(-1)
+    return float((pred == ids[:, 1:])[copy].float().mean())
+
+
+def induction_loss(logits: torch.Tensor, ids: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the next token at the copy positions."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1][copy], ids[:, 1:][copy])
+
+
+def train_induction_model(
+    vocab: int = 24, half: int = 8, n_heads: int = 4, d_model: int = 32, steps: int = 600,
+    batch: int = 64, seed: int = 0,
+) -> tuple[TinyTransformer, float]:
+    """A 2-layer attention-only transformer trained to copy the repeated half; (model, accuracy)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = TinyTransformer(TinyTransformerConfig(
+        vocab_size=vocab, d_model=d_model, n_layers=2, n_heads=n_heads,
+        d_head=d_model // n_heads, d_mlp=0, max_len=2 * half, norm=False))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(steps):
+        ids, copy = induction_batch(batch, half, vocab, gen)
+        loss = induction_loss(net(ids), ids, copy)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        ids, copy = induction_batch(256, half, vocab, gen)
+        acc = copying_accuracy(net(ids), ids, copy)
+    return net, acc
+
+
+def _pattern_score(net: TinyTransformer, layer: int, ids: torch.Tensor, offset: Callable[[int], int],
+                   positions: Sequence[int]) -> torch.Tensor:
+    with torch.no_grad():
+        net(ids)
+    pattern = net.blocks()[layer].self_attn.last_pattern
+    assert pattern is not None
+    return torch.stack([pattern[:, :, t, offset(t)] for t in positions]).mean(dim=(0, 1))
+
+
+def previous_token_head(net: TinyTransformer, ids: torch.Tensor) -> tuple[int, float]:
+    """The layer-0 head that attends most to the previous position: (head, mean attention)."""
+    scores = _pattern_score(net, 0, ids, lambda t: t - 1, range(1, ids.shape[1]))
+    return int(scores.argmax()), float(scores.max())
+
+
+def induction_head(net: TinyTransformer, ids: torch.Tensor) -> tuple[int, float]:
+    """The layer-1 head that attends most to the token after the earlier occurrence.
+
+    ``ids``: sequences repeated exactly once (``[A, A]``, e.g. ``induction_batch`` with
+    ``half // 2 == half``... or any ``torch.cat([a, a], 1)``).
+    """
+    half = ids.shape[1] // 2
+    scores = _pattern_score(net, 1, ids, lambda t: t - half + 1, range(half, ids.shape[1]))
+    return int(scores.argmax()), float(scores.max())
+
+
+def evaluate_with_edges(edges: EdgeMaskedModel, keep: Iterable[Edge],
+                        metric: Callable[[Any], float], *args: Any) -> float:
+    """``metric(output)`` with exactly ``keep`` switched on (the gates are restored after)."""
+    saved = [p.detach().clone() for p in edges.mask_parameters()]
+    try:
+        edges.eval()
+        edges.set_edges(keep)
+        with torch.no_grad():
+            return metric(edges(*args))
+    finally:
+        with torch.no_grad():
+            for p, s in zip(edges.mask_parameters(), saved, strict=True):
+                p.copy_(s)

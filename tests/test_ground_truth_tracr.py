@@ -1,0 +1,62 @@
+"""Tracr ground truth from cached compiled programs (no jax needed; see benchmarks/ground_truth_tracr*.py)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+from modeopt_masks.circuits import EdgeMaskedModel, acdc, compiled_edges, load_tracr_fixture
+from modeopt_masks.circuits.ground_truth import precision_recall, random_edge_sets
+from modeopt_masks.circuits.tracr import fixture_accuracy, fixture_batches
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(params=["reverse", "frac_prevs"])
+def fixture(request):
+    return load_tracr_fixture(str(FIXTURES / f"tracr_{request.param}.npz"))
+
+
+def test_converted_model_computes_the_compiled_program(fixture):
+    assert len(fixture.inputs) == sum(3**n for n in range(1, 6))  # every input of length 1..5
+    assert fixture_accuracy(fixture, fixture.model) == 1.0
+
+
+def test_compiled_edges_alone_solve_the_task_and_random_ones_do_not(fixture):
+    edges = EdgeMaskedModel(fixture.model)
+    truth = compiled_edges(edges)
+    assert 0 < len(truth) < edges.num_edges / 3
+    edges.eval().set_edges(truth)
+    assert fixture_accuracy(fixture, edges) == 1.0
+    random_acc = []
+    for subset in random_edge_sets(edges, len(truth), 10, seed=1):
+        edges.set_edges(subset)
+        random_acc.append(fixture_accuracy(fixture, edges))
+    assert max(random_acc) < 0.5
+
+
+def test_compiled_edges_of_reverse_are_the_program_graph():
+    fx = load_tracr_fixture(str(FIXTURES / "tracr_reverse.npz"))
+    truth = set(compiled_edges(EdgeMaskedModel(fx.model)))
+    # length (selector width: layer-0 head + MLP 0), opp_idx (MLP 1), opp_idx - 1 (MLP 2),
+    # then the reversing aggregate (layer-3 head) that alone writes the output
+    assert {("a0.h0", "m0"), ("m0", "m1"), ("m1", "m2"), ("m2", "a3.h0.q"),
+            ("embed", "a3.h0.k"), ("embed", "a3.h0.v"), ("a3.h0", "logits")} <= truth
+    assert {w for w, _ in truth} == {"embed", "a0.h0", "m0", "m1", "m2", "a3.h0"}
+
+
+def test_acdc_recovers_frac_prevs_exactly():
+    fx = load_tracr_fixture(str(FIXTURES / "tracr_frac_prevs.npz"))
+    batches = fixture_batches(fx)
+    with torch.no_grad():
+        refs = [fx.model(b) for b in batches]
+    edges = EdgeMaskedModel(fx.model)
+
+    def distance(e):
+        return max(float((e(b) - r)[:, 1:].abs().max()) for b, r in zip(batches, refs, strict=True))
+
+    found = acdc(edges, distance, threshold=1e-4)
+    assert precision_recall(found, compiled_edges(edges)) == (1.0, 1.0)
+    assert fixture_accuracy(fx, edges) == 1.0
