@@ -162,8 +162,7 @@ class CircuitModel(nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.config = config
         if config.target_layers:
-            targets = self.resolve_targets(config.target_layers, model)
-            model = convert(model, (config.mask_method, config.mode_config(targets)))
+            model = convert(model, config.mode_spec(model))
         elif config.freeze_base:  # no masks: a frozen model (plain probing)
             for param in model.parameters():
                 param.requires_grad_(False)

@@ -197,6 +197,22 @@ def hf_conv1d_kind() -> LayerKind | None:
                   in_dim=0, sync_sizes=_sync_hf_conv1d)
     )
 
+def layer_class(key: str) -> type[nn.Module]:
+    """The module class of layer kind ``key``, registering ``hf.Conv1D`` on first use.
+
+    Examples:
+        >>> from modeopt_masks.layer_kinds import layer_class
+        >>> layer_class("nn.Linear").__name__
+        'Linear'
+    """
+    if key == "hf.Conv1D":
+        hf_conv1d_kind()
+    if key not in LAYER_KINDS:
+        raise ImportError(f"layer type {key!r} is unavailable (hf.Conv1D needs transformers); "
+                          f"available: {sorted(LAYER_KINDS)}")
+    return LAYER_KINDS[key].cls
+
+
 #: The type keys every mask mode accepts (fixed, so configs validate without transformers).
 MASKABLE_KEYS: tuple[str, ...] = ("nn.Linear", "nn.Conv1d", "nn.Conv2d", "hf.Conv1D")
 

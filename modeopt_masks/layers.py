@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .conversion import convert
 from .dynamic import is_dynamic
-from .layer_kinds import LAYER_KINDS, hf_conv1d_kind, kind_of
+from .layer_kinds import LAYER_KINDS, kind_of, layer_class
 from .masking import MaskedLayer, MaskTechnique, check_ablation
 from .modes.continuous_sparsification import ContinuousSparsificationMask
 from .modes.hard_concrete import HardConcreteMask
@@ -83,7 +83,7 @@ class _MaskLayerName(type):
             )
         fields = _rule_field_names(cls._mode) | {"ablation"}
         rule = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-        layer_cls = _layer_class(cls._key)
+        layer_cls = layer_class(cls._key)
         try:
             layer = layer_cls(*args, **kwargs)
         except TypeError as e:
@@ -96,14 +96,6 @@ class _MaskLayerName(type):
 
 def _rule_field_names(mode: str) -> set[str]:
     return set(get_mode(mode).config_class.rule_class.model_fields)
-
-
-def _layer_class(key: str) -> type[nn.Module]:
-    if key == "hf.Conv1D":
-        hf_conv1d_kind()
-    if key not in LAYER_KINDS:
-        raise ImportError(f"layer type {key!r} is unavailable (hf.Conv1D needs transformers)")
-    return LAYER_KINDS[key].cls
 
 
 class _MaskLayerBase(metaclass=_MaskLayerName):

@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -159,7 +160,26 @@ class MaskTargets(StrictModel):
             >>> MaskTargets(target_layers=["2"]).mode_spec(net)[1]["nn.Linear"]
             {'2': {}}
         """
-        return self.mask_method, self.mode_config(resolve_targets(model, self.target_layers))
+        spec = self.mode_config(resolve_targets(model, self.target_layers))
+        return self.mask_method, _bias_masks_where_biases_are(spec, model)
+
+
+def _bias_masks_where_biases_are(spec: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Targets name layers one by one with shared hparams: ``mask_bias`` applies where a
+    bias exists, and a named bias-less layer gets its weight mask only, with a warning
+    (as NeuroSurgeon's ``from_layer`` does), instead of the rule error ``convert`` raises."""
+    modules = dict(model.named_modules())
+    lacking = []
+    for key in MASKABLE_KEYS:
+        for pattern, rule in (spec.get(key) or {}).items():
+            module = modules.get(pattern)
+            if rule and rule.get("mask_bias") and module is not None and module.bias is None:
+                rule["mask_bias"] = False
+                lacking.append(pattern)
+    if lacking:
+        warnings.warn(f"mask_bias=True: {lacking} have no bias; their weights are masked only",
+                      stacklevel=3)
+    return spec
 
 
 def resolve_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, list[str]]:

@@ -103,7 +103,6 @@ def test_item3_empty_target_layers_mean_no_masks():
     assert list(mm.masked_modules(CircuitModel(cfg, _net()).wrapped_model)) == ["0"]
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on rel-mask branch")
 def test_item4_replacing_a_mask_parameter_reaches_the_eval_cache_core():
     net = mm.convert(_net(), ("continuous_sparsification",
                               {"nn.Linear": {"mask_init_value": 1.0}})).eval()

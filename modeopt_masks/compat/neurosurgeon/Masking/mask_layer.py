@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from ....conversion import convert
 from ....dynamic import dynamic_class, is_dynamic
-from ....layer_kinds import LAYER_KINDS, kind_of
+from ....layer_kinds import kind_of, layer_class
 from ....masking import MaskedLayer, MaskTechnique
 
 _MASK_PARAMS = {"weight_mask_params": "weight", "bias_mask_params": "bias"}
@@ -446,7 +446,7 @@ def register(cls: type[MaskLayer]) -> type[MaskLayer]:
 def _impl_class(mode: str, key: str) -> type:
     if (mode, key) not in _IMPL:
         name_cls = _NAMES[(mode, key)]
-        original = LAYER_KINDS[key].cls
+        original = layer_class(key)
         converted = dynamic_class(original, MaskedLayer)
         _IMPL[(mode, key)] = _MaskLayerMeta(
             name_cls.__name__, (name_cls, converted),
@@ -524,7 +524,7 @@ def _twin(layer: nn.Module) -> nn.Module:
 
 
 def _make_layer(key: str, values: dict[str, Any]) -> nn.Module:
-    cls = LAYER_KINDS[key].cls
+    cls = layer_class(key)
     if key == "nn.Linear":
         return cls(values["in_features"], values["out_features"], bias=values["bias"])
     if key == "hf.Conv1D":
