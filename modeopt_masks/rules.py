@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .layer_kinds import kind_of
+
 #: Output heads are left alone by every mode's default config.
 DEFAULT_EXCLUDED_PATTERNS: tuple[str, ...] = ("*lm_head*", "*classifier*", "*score*", "*pooler*")
 
@@ -292,10 +294,15 @@ def match_modules(
         rule = config.rule_for(key, name)
         if rule is not None:
             planned.append((name, module, key, rule))
+    # an exclusion (``None``) only has to match a layer of its type, converted or not: gradnas
+    # sees only its candidate producers, and excluding a non-candidate Linear is harmless
+    layers = [(n, kind.key) for n, m in model.named_modules() if (kind := kind_of(m)) is not None]
     unmatched = [
         (key, pattern)
         for key, pattern in config.user_patterns()
-        if not any(k == key and fnmatchcase(n, pattern) for n, k in seen)
+        if not any(k == key and fnmatchcase(n, pattern) for n, k in seen) and not (
+            (config.rules.get(key) or {}).get(pattern, ...) is None
+            and any(k == key and fnmatchcase(n, pattern) for n, k in layers))
     ]
     if unmatched:
         listing = "\n".join(f"  {n or '<root>'}: {type(m).__name__}" for n, m in model.named_modules())

@@ -51,9 +51,10 @@ def mask_methods() -> list[str]:
     from . import modes  # noqa: F401  (registers the built-in modes)
     from .modes.mask_mode import MaskModeConfig
 
-    return sorted(
+    return sorted(  # calibrated one-shot modes (wanda, sparsegpt) need data, not targets
         name for name in available_modes()
         if issubclass(get_mode(name).config_class, MaskModeConfig)
+        and not getattr(get_mode(name), "needs_calibration", False)
     )
 
 

@@ -194,8 +194,8 @@ def test_defect11_failure_in_freeze_base_unfreezes_and_unconverts(monkeypatch):
 
 
 def test_defect11_gradnas_export_failing_halfway_leaves_the_model_searchable(monkeypatch):
-    from modeopt_masks.modes import gradnas
     from modeopt_masks.structured import gradnas_hparams
+    from modeopt_masks.structured import structure as structure_module
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -204,7 +204,8 @@ def test_defect11_gradnas_export_failing_halfway_leaves_the_model_searchable(mon
         hp.keep([0, 2, 3])
     ref = _out(net)
     before = fingerprint(net)
-    real, calls = gradnas.slice_structure, []
+    # fail halfway through applying the planned slices (tensors of layer 0 already replaced)
+    real, calls = structure_module._sync_dims, []
 
     def fail_second(*args):
         calls.append(args)
@@ -212,7 +213,7 @@ def test_defect11_gradnas_export_failing_halfway_leaves_the_model_searchable(mon
             raise RuntimeError("boom")
         return real(*args)
 
-    monkeypatch.setattr(gradnas, "slice_structure", fail_second)
+    monkeypatch.setattr(structure_module, "_sync_dims", fail_second)
     with pytest.raises(RuntimeError, match="boom"):
         mm.export(net)
     monkeypatch.undo()
