@@ -18,11 +18,16 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
+from .dynamic import is_dynamic
 from .registry import Metadata, ModeDescriptor, get_mode
 from .rules import ModeConfig
 
@@ -69,9 +74,171 @@ def _set_history(model: nn.Module, history: list[ModeState]) -> None:
         model.__dict__.pop(_STATE_ATTR, None)
 
 
+class Journal:
+    """A model's state, recorded so that a failed verb can put it back bit for bit.
+
+    On creation it records every module's class and ``__dict__`` (parameters,
+    buffers, children, hooks, attributes such as ``training`` and the mode
+    history) and every tensor's ``requires_grad``, ``.grad`` and storage. That
+    is cheap: no tensor is copied. A step that writes tensor *values* in place
+    calls :func:`protect` first (a CPU copy of the old values); other undo
+    actions go in with :meth:`add_undo`. :meth:`rollback` undoes everything.
+    Use it through :func:`transaction`.
+
+    Examples:
+        >>> import torch, torch.nn as nn
+        >>> from modeopt_masks.conversion import Journal
+        >>> net = nn.Sequential(nn.Linear(2, 2)); w = net[0].weight
+        >>> journal = Journal(net)
+        >>> journal.protect(w); _ = w.data.zero_(); net[0] = nn.ReLU()
+        >>> journal.rollback()
+        >>> net[0].weight is w, bool(w.abs().sum() > 0)
+        (True, True)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._modules = [(m, type(m), _snapshot_dict(m.__dict__)) for m in _all_modules(model)]
+        self._tensors = [
+            (t, t.requires_grad, t.grad, t.data)
+            for m, _, _ in self._modules
+            for t in (*m._parameters.values(), *m._buffers.values())
+            if t is not None
+        ]
+        self._values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def protect(self, tensor: torch.Tensor) -> None:
+        """Keep a copy of ``tensor``'s values (once) to write back on rollback."""
+        if id(tensor) not in self._values:
+            self._values[id(tensor)] = (tensor, tensor.detach().to("cpu", copy=True))
+
+    def add_undo(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` on rollback (last added, first run), before the recorded state returns."""
+        self._undo.append(undo)
+
+    def rollback(self) -> None:
+        """Put back every recorded module, attribute, tensor and value."""
+        while self._undo:
+            self._undo.pop()()
+        for module, cls, saved in self._modules:
+            if type(module) is not cls:
+                module.__class__ = cls
+            _restore_dict(module.__dict__, saved)
+        with torch.no_grad():
+            for tensor, requires_grad, grad, data in self._tensors:
+                if not _same_view(tensor, data):
+                    tensor.data = data
+                if tensor.requires_grad != requires_grad:
+                    tensor.requires_grad_(requires_grad)
+                if tensor.grad is not grad:
+                    tensor.grad = grad
+            for tensor, old in self._values.values():
+                tensor.copy_(old)
+
+
+def _all_modules(model: nn.Module) -> list[nn.Module]:
+    return list(model.modules())
+
+
+def _snapshot_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with every dict, list and set value paired with a shallow copy of its contents."""
+    return {
+        k: (v, v.copy()) if isinstance(v, dict | list | set) else (v, None) for k, v in d.items()
+    }
+
+
+def _restore_dict(d: dict[str, Any], saved: dict[str, Any]) -> None:
+    d.clear()
+    for k, (v, contents) in saved.items():
+        if contents is not None:  # the same container object, with its old contents
+            v.clear()
+            v.update(contents) if isinstance(v, dict | set) else v.extend(contents)
+        d[k] = v
+
+
+def _same_view(tensor: torch.Tensor, data: torch.Tensor) -> bool:
+    return (
+        tensor.data_ptr() == data.data_ptr() and tensor.shape == data.shape
+        and tensor.stride() == data.stride() and tensor.dtype == data.dtype
+        and tensor.device == data.device
+    )
+
+
+_ACTIVE: ContextVar[tuple[Journal, ...]] = ContextVar("modeopt_masks_journals", default=())
+
+
+@contextmanager
+def transaction(model: nn.Module) -> Iterator[Journal]:
+    """Run the block as one change of ``model``: on any exception (``KeyboardInterrupt``
+    included) every recorded change is undone and the exception goes on.
+
+    Steps inside the block that write tensor values in place call :func:`protect`;
+    module, class, attribute, hook and ``requires_grad`` changes need nothing.
+
+    Examples:
+        >>> import torch.nn as nn
+        >>> from modeopt_masks.conversion import transaction
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> try:
+        ...     with transaction(net):
+        ...         _ = net.append(nn.ReLU()); _ = net[0].weight.requires_grad_(False)
+        ...         raise RuntimeError("boom")
+        ... except RuntimeError:
+        ...     pass
+        >>> len(net), net[0].weight.requires_grad
+        (1, True)
+    """
+    journal = Journal(model)
+    token = _ACTIVE.set((*_ACTIVE.get(), journal))
+    try:
+        yield journal
+    except BaseException:
+        journal.rollback()
+        raise
+    finally:
+        _ACTIVE.reset(token)
+
+
+def protect(tensor: torch.Tensor) -> None:
+    """Record ``tensor``'s values in every open :func:`transaction` before writing it in place.
+
+    Outside a transaction it does nothing.
+
+    Examples:
+        >>> import torch, torch.nn as nn
+        >>> from modeopt_masks.conversion import protect, transaction
+        >>> lin = nn.Linear(2, 2); before = lin.weight.clone()
+        >>> try:
+        ...     with transaction(lin), torch.no_grad():
+        ...         protect(lin.weight); _ = lin.weight.zero_(); raise KeyboardInterrupt
+        ... except KeyboardInterrupt:
+        ...     pass
+        >>> torch.equal(lin.weight, before)
+        True
+    """
+    for journal in _ACTIVE.get():
+        journal.protect(tensor)
+
+
+def converted_submodules(model: nn.Module) -> list[str]:
+    """Names of submodules (not ``model`` itself) that carry their own mode history.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.conversion import converted_submodules
+        >>> net = nn.Sequential(nn.Sequential(nn.Linear(2, 2)))
+        >>> _ = mm.convert(net[0], "magnitude_pruning"); converted_submodules(net)
+        ['0']
+    """
+    return [name for name, m in model.named_modules() if name and _STATE_ATTR in m.__dict__]
+
+
 def normalise_modes(mode: ModeLike | list[ModeLike]) -> list[tuple[str, Any]]:
     """``"name"``, ``("name", config)`` or a list of those -> ``[(name, config or None)]``."""
     items = mode if isinstance(mode, list) else [mode]
+    if not items:
+        raise ValueError("no mode given: pass a mode name, a (name, config) pair or a non-empty "
+                         "list of those")
     out = []
     for item in items:
         if isinstance(item, str | ModeDescriptor):
@@ -120,17 +287,30 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
     """
     planned = [(name, validate_config(name, cfg)) for name, cfg in normalise_modes(mode)]
     history = mode_history(model)
-    start = len(history)
-    try:
+    with transaction(model):
         for name, config in planned:
             _check_may_follow(history, name)
             model, metadata = get_mode(name).convert(model, config)
+            _check_bias_masks(model)
             history.append(ModeState(name, config, metadata))
             _set_history(model, history)
-    except Exception:
-        _undo(model, history, start)
-        raise
     return model
+
+
+def _check_bias_masks(model: nn.Module) -> None:
+    """``mask_bias=True`` on a layer without a bias would be silently ignored: refuse it."""
+    from .masking import MaskedLayer
+
+    lacking = [
+        name for name, m in model.named_modules()
+        if isinstance(m, MaskedLayer) and getattr(m.weight_mask.rule, "mask_bias", False)
+        and getattr(m, "bias", None) is None
+    ]
+    if lacking:
+        raise ValueError(
+            f"mask_bias=True on layers without a bias: {lacking[:10]}; switch it off for them, "
+            f"e.g. {{{lacking[0]!r}: {{'mask_bias': False}}}} after the rule that sets it"
+        )
 
 
 def _undo(model: nn.Module, history: list[ModeState], keep: int) -> nn.Module:
@@ -150,7 +330,8 @@ def unconvert(model: nn.Module) -> nn.Module:
         >>> mm.mode_history(net), type(net[0]).__name__
         ([], 'Linear')
     """
-    return _undo(model, mode_history(model), 0)
+    with transaction(model):
+        return _undo(model, mode_history(model), 0)
 
 
 def export(model: nn.Module) -> nn.Module:
@@ -171,8 +352,15 @@ def export(model: nn.Module) -> nn.Module:
     history = mode_history(model)
     if not history:
         raise ValueError("the model has no modes to export (convert it first, or it was exported)")
-    while history:
-        state = history.pop()
-        model = state.descriptor.export(model, state.config, state.metadata)
-        _set_history(model, history)
+    with transaction(model):
+        # exports write into the tensors of converted modules (a mask baked into a weight)
+        for module in _all_modules(model):
+            if is_dynamic(module):
+                for tensor in (*module._parameters.values(), *module._buffers.values()):
+                    if tensor is not None:
+                        protect(tensor)
+        while history:
+            state = history.pop()
+            model = state.descriptor.export(model, state.config, state.metadata)
+            _set_history(model, history)
     return model

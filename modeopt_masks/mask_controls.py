@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .masking import MaskedLayer, MaskTechnique, check_ablation
+from .rules import check_temperature
 
 
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
@@ -107,9 +108,7 @@ def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] |
         >>> mm.set_temperature(net, 0.5); net[0].weight_mask.temperature
         0.5
     """
-    temperature = float(temperature)
-    if not temperature > 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    temperature = check_temperature(temperature)
     techniques = [t for layer in _select(model, names).values() for _, t in layer._mask_modules()]
     if not any(t.has_temperature for t in techniques):
         raise ValueError("none of these masks has a temperature (magnitude_pruning masks are fixed)")
@@ -166,5 +165,7 @@ def use_masks(model: nn.Module, value: bool, names: Iterable[str] | None = None)
         >>> mm.use_masks(net, False); torch.equal(net[0].effective_weight(), net[0].weight)
         True
     """
+    if not isinstance(value, bool):  # "False" is truthy: a silent no-op otherwise
+        raise TypeError(f"use_masks takes True or False, got {value!r:.80}")
     for layer in _select(model, names).values():
         layer.use_masks = value

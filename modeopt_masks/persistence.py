@@ -1,11 +1,29 @@
 """``save`` and ``restore``: a converted model's whole state, without pickle.
 
-``save(model, directory)`` writes ``modeopt_state.json`` (the mode history:
-names, configs, metadata, and a SHA-256 of the tensor file) and
-``model.safetensors`` (every parameter and buffer, masks included).
-``restore(fresh_model, directory)`` replays the modes on a model of the same
-architecture and loads the tensors; anything that does not fit raises a clear
-error and leaves the model as it was.
+``save(model, directory)`` writes ``model.<hash>.safetensors`` (every parameter
+and buffer, masks included; ``<hash>`` starts its SHA-256) and then
+``modeopt_state.json``, the manifest: the mode history (names, configs,
+metadata), the tensor file's name and SHA-256, and a SHA-256 of the manifest
+itself. ``restore(fresh_model, directory)`` replays the modes on a model of the
+same architecture and loads the tensors; anything that does not fit raises
+:class:`StateError` and leaves the model as it was.
+
+Guarantees:
+
+* A checkpoint appears all at once. Each file is written under a fresh
+  unpredictable temporary name (``mkstemp``: created exclusively, so a planted
+  symlink is never followed), flushed to disk, then renamed into place; the
+  manifest goes last, so a crash at any point leaves either the old or the new
+  checkpoint restorable. The old tensor file is removed only after the new
+  manifest is in place; a failed save removes what it wrote.
+* ``restore`` reads each file once into memory, verifies those bytes and loads
+  the same bytes: a file swapped in between is never loaded unverified. Any
+  change to either file (a flipped byte, a truncation) raises ``StateError``.
+* ``restore`` is a transaction (:func:`~modeopt_masks.conversion.transaction`):
+  on any error, ``KeyboardInterrupt`` included, the model is as it was.
+
+Directories written by format version 1 (``model.safetensors``, no manifest
+checksum) still restore.
 
 Examples:
     >>> import tempfile, torch, torch.nn as nn, modeopt_masks as mm
@@ -22,20 +40,38 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import _remove_duplicate_names
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from .conversion import ModeState, _set_history, _undo, mode_history, validate_config
+from .conversion import (
+    ModeState,
+    _set_history,
+    converted_submodules,
+    mode_history,
+    protect,
+    transaction,
+    validate_config,
+)
+from .dynamic import is_dynamic
 from .registry import get_mode
 
 STATE_FILE = "modeopt_state.json"
+#: the tensor file of format version 1 (version 2 names a content-addressed file)
 TENSOR_FILE = "model.safetensors"
 FORMAT = "modeopt-masks"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_TENSOR_NAME = re.compile(r"model\.[0-9a-f]{16}\.safetensors")
+_TMP_PREFIX = ".modeopt-"
+_SEAL = "state_sha256"
 
 
 class StateError(ValueError):
@@ -52,30 +88,190 @@ class StateError(ValueError):
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the manifest ---------------------------------------------------------------------------
+def _dump(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode()
+
+
+def encode_state_document(document: dict[str, Any]) -> bytes:
+    """The manifest bytes ``save`` writes for ``document``: canonical JSON, sealed with the
+    SHA-256 of the rest (any other byte sequence fails :func:`load_state_document`).
+
+    Examples:
+        >>> from modeopt_masks.persistence import encode_state_document
+        >>> b'"state_sha256"' in encode_state_document({"format": "modeopt-masks"})
+        True
+    """
+    body = {k: v for k, v in document.items() if k != _SEAL}
+    return _dump({**body, _SEAL: hashlib.sha256(_dump(body)).hexdigest()})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _parse_document(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge ints
+        raise StateError(f"{path} is corrupted or truncated: {str(e)[:200]}") from e
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise StateError(f"{path} is not a modeopt-masks state file")
+    version = document.get("format_version")
+    if version not in _READABLE_VERSIONS or isinstance(version, bool):
+        raise StateError(
+            f"{path} has format version {version!r:.20}, this library reads {_READABLE_VERSIONS}"
+        )
+    if version >= 2:
+        try:
+            canonical = encode_state_document(document)
+        except (ValueError, RecursionError):
+            canonical = b""
+        if canonical != data:
+            raise StateError(f"{path} is corrupted or was edited (its checksum does not match)")
+    return document
+
+
+def _tensor_name(document: dict[str, Any], path: Path) -> str:
+    if document["format_version"] == 1:
+        return TENSOR_FILE
+    name = document.get("tensor_file")
+    if not isinstance(name, str) or not _TENSOR_NAME.fullmatch(name):
+        raise StateError(f"{path} names no valid tensor file (got {name!r:.80})")
+    return name
+
+
+def _read_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
+    """The checked manifest and the verified bytes of the tensor file, each read once."""
+    root = Path(directory)
+    state_path = root / STATE_FILE
+    try:
+        state_bytes = state_path.read_bytes()
+    except OSError as e:
+        raise StateError(
+            f"{state_path} is missing or unreadable ({e.strerror}): was the directory written "
+            "by modeopt_masks.save?"
+        ) from e
+    document = _parse_document(state_bytes, state_path)
+    tensor_path = root / _tensor_name(document, state_path)
+    try:
+        tensor_bytes = tensor_path.read_bytes()
+    except OSError as e:
+        raise StateError(
+            f"{tensor_path} is missing or unreadable ({e.strerror}): was the directory written "
+            "by modeopt_masks.save?"
+        ) from e
+    if hashlib.sha256(tensor_bytes).hexdigest() != document.get("tensors_sha256"):
+        raise StateError(f"{tensor_path} is corrupted or truncated (checksum mismatch)")
+    return document, tensor_bytes
+
+
+def load_state_document(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``modeopt_state.json`` and the tensor file's checksum.
+
+    Examples:
+        >>> import tempfile, torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.persistence import load_state_document
+        >>> d = tempfile.mkdtemp()
+        >>> mm.save(mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning"), d)
+        >>> [m["mode"] for m in load_state_document(d)["modes"]]
+        ['magnitude_pruning']
+    """
+    return _read_checkpoint(directory)[0]
+
+
+# -- save -------------------------------------------------------------------------------------
+def _tensor_file_bytes(model: nn.Module) -> bytes:
+    """The safetensors bytes of the state dict; a tied (shared) tensor is written once."""
+    state = model.state_dict()
+    metadata: dict[str, str] = {}
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata[name] = kept
+            del state[name]
+    return save_safetensors({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_file(directory: Path, name: str, data: bytes) -> None:
+    """Write ``data`` to a fresh temporary file, flush it to disk, rename it to ``name``."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=".tmp")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o666 & ~_umask())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _current_tensor_file(directory: Path) -> str | None:
+    """The tensor file the checkpoint now in ``directory`` uses (``None``: no valid one)."""
+    try:
+        document, _ = _read_checkpoint(directory)
+        return _tensor_name(document, directory / STATE_FILE)
+    except StateError:
+        return None
+
+
+def _check_saveable(model: nn.Module) -> None:
+    nested = converted_submodules(model)
+    if nested:
+        raise ValueError(
+            f"submodule(s) {nested[:10]} were converted on their own and carry their own mode "
+            "history, which a save of the whole model cannot replay: save the converted "
+            "submodule itself (mm.save(model.<name>, ...)), or convert the whole model"
+        )
+    if not mode_history(model):
+        stray = [n or "<root>" for n, m in model.named_modules() if is_dynamic(m)]
+        if stray:
+            raise ValueError(f"modules {stray[:10]} are converted but the model has no mode "
+                             "history (a broken conversion?); unconvert or re-convert it")
 
 
 def save(model: nn.Module, directory: str | os.PathLike[str]) -> None:
     """Write the model's mode history and tensors to ``directory`` (created if needed).
 
+    Saving over an earlier checkpoint replaces it all at once (see the module docstring).
+
     Examples:
         >>> import os, tempfile, torch.nn as nn, modeopt_masks as mm
         >>> d = tempfile.mkdtemp()
         >>> mm.save(mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning"), d)
-        >>> sorted(os.listdir(d))
-        ['model.safetensors', 'modeopt_state.json']
+        >>> [name.split(".")[-1] for name in sorted(os.listdir(d))]
+        ['safetensors', 'json']
     """
+    _check_saveable(model)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     history = mode_history(model)
     for state in history:
         state.descriptor.update_metadata(model, state.config, state.metadata)
-    tmp_tensors = out / (TENSOR_FILE + ".tmp")
-    save_model(model, str(tmp_tensors), force_contiguous=True)
+    tensor_bytes = _tensor_file_bytes(model)
+    digest = hashlib.sha256(tensor_bytes).hexdigest()
+    tensor_name = f"model.{digest[:16]}.safetensors"
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -83,58 +279,28 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> None:
         "modes": [
             {"mode": s.mode, "config": s.config.to_dict(), "metadata": s.metadata} for s in history
         ],
-        "tensors_sha256": _sha256(tmp_tensors),
+        "tensor_file": tensor_name,
+        "tensors_sha256": digest,
     }
-    tmp_state = out / (STATE_FILE + ".tmp")
-    tmp_state.write_text(json.dumps(document, indent=2, sort_keys=True))
-    os.replace(tmp_tensors, out / TENSOR_FILE)
-    os.replace(tmp_state, out / STATE_FILE)
-
-
-def load_state_document(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check ``modeopt_state.json`` and the tensor file's checksum."""
-    root = Path(directory)
-    state_path, tensor_path = root / STATE_FILE, root / TENSOR_FILE
-    for path in (state_path, tensor_path):
-        if not path.is_file():
-            raise StateError(f"{path} is missing: was the directory written by modeopt_masks.save?")
     try:
-        document = json.loads(state_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StateError(f"{state_path} is corrupted or truncated: {e}") from e
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise StateError(f"{state_path} is not a modeopt-masks state file")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise StateError(
-            f"{state_path} has format version {document.get('format_version')}, "
-            f"this library reads {FORMAT_VERSION}"
-        )
-    if _sha256(tensor_path) != document.get("tensors_sha256"):
-        raise StateError(f"{tensor_path} is corrupted or truncated (checksum mismatch)")
-    return document
+        state_bytes = encode_state_document(document)
+    except ValueError as e:
+        raise ValueError(f"the mode state cannot be saved: {e} (a NaN or infinite setting?)") from e
+    previous = _current_tensor_file(out)
+    committed = False
+    try:
+        _write_file(out, tensor_name, tensor_bytes)
+        _write_file(out, STATE_FILE, state_bytes)  # the commit point
+        committed = True
+        _fsync_directory(out)
+    finally:
+        if not committed and tensor_name != previous:
+            (out / tensor_name).unlink(missing_ok=True)
+    if previous is not None and previous != tensor_name:
+        (out / previous).unlink(missing_ok=True)
 
 
-def _check_tensor_shapes(model: nn.Module, tensor_path: Path) -> None:
-    """Check names and shapes before loading: a failed load must not half-write the model."""
-    expected = model.state_dict(keep_vars=True)
-    with safe_open(str(tensor_path), framework="pt") as f:
-        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    unexpected = sorted(set(saved) - set(expected))
-    wrong = sorted(k for k in saved if k in expected and tuple(expected[k].shape) != saved[k])
-    # save_model writes a tied (shared) tensor once: a name absent from the file is fine
-    # when it shares storage with one that is there
-    loaded = {expected[k].untyped_storage().data_ptr() for k in saved if k in expected}
-    missing = sorted(
-        k for k in expected
-        if k not in saved and expected[k].untyped_storage().data_ptr() not in loaded
-    )
-    if unexpected or wrong or missing:
-        details = [f"unexpected tensors {unexpected[:10]}"] if unexpected else []
-        details += [f"missing tensors {missing[:10]}"] if missing else []
-        details += [f"{k}: saved {saved[k]}, model {tuple(expected[k].shape)}" for k in wrong[:10]]
-        raise StateError("the model does not fit the saved state: " + "; ".join(details))
-
-
+# -- restore ----------------------------------------------------------------------------------
 def _parse_modes(document: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
     """``[(mode name, validated config, metadata)]`` of a state document, or ``StateError``."""
     modes = document.get("modes")
@@ -150,11 +316,50 @@ def _parse_modes(document: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any
             metadata = entry["metadata"]
             if not isinstance(metadata, dict):
                 raise TypeError(f"'metadata' must be an object, got {metadata!r:.80}")
-        except (KeyError, TypeError, ValueError) as e:
-            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        except Exception as e:  # noqa: BLE001 - whatever a tampered entry raises is a StateError
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)[:500]
             raise StateError(f"mode entry {i} of the state file is invalid: {what}") from e
         parsed.append((name, config, metadata))
     return parsed
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def _check_tensors(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Names, shapes and dtype kinds, all checked before one value is written."""
+    expected = model.state_dict(keep_vars=True)
+    unexpected = sorted(set(saved) - set(expected))
+    common = [k for k in saved if k in expected]
+    wrong = [k for k in common if tuple(expected[k].shape) != tuple(saved[k].shape)]
+    kinds = [k for k in common if _dtype_kind(expected[k].dtype) != _dtype_kind(saved[k].dtype)]
+    # a tied (shared) tensor is in the file once: a name absent from the file is fine
+    # when it shares storage with one that is there
+    loaded = {expected[k].untyped_storage().data_ptr() for k in common}
+    missing = sorted(
+        k for k in expected
+        if k not in saved and expected[k].untyped_storage().data_ptr() not in loaded
+    )
+    if unexpected or wrong or missing or kinds:
+        details = [f"unexpected tensors {unexpected[:10]}"] if unexpected else []
+        details += [f"missing tensors {missing[:10]}"] if missing else []
+        details += [f"{k}: saved {tuple(saved[k].shape)}, model {tuple(expected[k].shape)}"
+                    for k in wrong[:10]]
+        details += [f"{k}: saved {saved[k].dtype}, model {expected[k].dtype}" for k in kinds[:10]]
+        raise StateError("the model does not fit the saved state: " + "; ".join(details))
+
+
+def _load_tensors(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    _check_tensors(model, saved)
+    current = model.state_dict(keep_vars=True)
+    for name in saved:
+        protect(current[name])
+    model.load_state_dict(saved, strict=False)
 
 
 def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
@@ -170,30 +375,30 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
         >>> [s.mode for s in mm.mode_history(mm.restore(nn.Sequential(nn.Linear(2, 2)), d))]
         ['hard_concrete']
     """
-    document = load_state_document(directory)
+    document, tensor_bytes = _read_checkpoint(directory)
     entries = _parse_modes(document)
-    if mode_history(model):
-        raise StateError("restore needs a model without modes; this one is already converted")
-    history: list[ModeState] = []
     try:
+        saved = load_safetensors(tensor_bytes)
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends
+        raise StateError(f"the tensor file is not a valid safetensors file: {str(e)[:200]}") from e
+    del tensor_bytes
+    if mode_history(model) or converted_submodules(model):
+        raise StateError("restore needs a model without modes; this one is already converted")
+    with transaction(model):
+        history: list[ModeState] = []
         for name, config, metadata in entries:
             try:
                 model = get_mode(name).restore(model, config, metadata)
             except StateError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit
                 raise StateError(f"the model does not fit the saved state: {e}") from e
             history.append(ModeState(name, config, metadata))
             _set_history(model, history)
-        tensor_path = Path(directory) / TENSOR_FILE
-        _check_tensor_shapes(model, tensor_path)
-        missing, unexpected = load_model(model, str(tensor_path), strict=False)
-        if missing or unexpected:
-            raise StateError(
-                f"the model does not fit the saved state: missing {sorted(missing)[:10]}, "
-                f"unexpected {sorted(unexpected)[:10]}"
-            )
-    except Exception:
-        _undo(model, history, 0)
-        raise
+        try:
+            _load_tensors(model, saved)
+        except StateError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise StateError(f"the model does not fit the saved state: {e}") from e
     return model

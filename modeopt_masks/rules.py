@@ -28,10 +28,36 @@ from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Output heads are left alone by every mode's default config.
 DEFAULT_EXCLUDED_PATTERNS: tuple[str, ...] = ("*lm_head*", "*classifier*", "*score*", "*pooler*")
+
+#: Temperatures multiply or divide float32 mask logits; outside this range the float32
+#: value is 0 or inf, and ``0 * inf`` turns the mask into NaN.
+TEMPERATURE_RANGE: tuple[float, float] = (1e-30, 1e30)
+
+
+def check_temperature(value: Any) -> float:
+    """``value`` as a float if it is a usable temperature, else a ``ValueError`` saying why.
+
+    Examples:
+        >>> from modeopt_masks.rules import check_temperature
+        >>> check_temperature(2)
+        2.0
+        >>> try:
+        ...     check_temperature(float("inf"))
+        ... except ValueError as e:
+        ...     print(e)
+        temperature must be a finite number in [1e-30, 1e+30], got inf
+    """
+    low, high = TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"temperature must be a number, got {value!r:.80}")
+    value = float(value)
+    if not low <= value <= high:
+        raise ValueError(f"temperature must be a finite number in [{low:g}, {high:g}], got {value}")
+    return value
 
 
 class StrictModel(BaseModel):
@@ -52,7 +78,7 @@ class StrictModel(BaseModel):
         Value error, unknown field(s) ['sise'] for Cfg; valid fields: ['size']
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +113,11 @@ class Rule(StrictModel):
 
     model_config = ConfigDict(validate_assignment=True, frozen=True)
 
+    @field_validator("temperature", check_fields=False)
+    @classmethod
+    def _usable_temperature(cls, v: Any) -> float:
+        return check_temperature(v)
+
     def explicit_fields(self) -> dict[str, Any]:
         """The fields the user set explicitly (what a later glob may override)."""
         return {k: getattr(self, k) for k in self.model_fields_set}
@@ -109,7 +140,7 @@ class ModeConfig(BaseModel):
         -1.0
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     rule_class: ClassVar[type[Rule]] = Rule
     layer_keys: ClassVar[tuple[str, ...]] = ()
@@ -147,6 +178,11 @@ class ModeConfig(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"a {cls.__name__} is a dict of type keys and options, got {data!r}")
         option_names = cls.option_names()
+        if "user_keys" in data:  # internal: derived from the type keys given, never set
+            raise ValueError(
+                f"unknown key 'user_keys' for {cls.__name__}; valid type keys: "
+                f"{list(cls.layer_keys)}; valid options: {option_names}"
+            )
         options = {k: v for k, v in data.items() if k in option_names}
         given = dict(data.get("rules") or {})
         for key, value in data.items():
@@ -214,11 +250,15 @@ class ModeConfig(BaseModel):
         return self.rule_class(**fields) if on else None
 
     def user_patterns(self) -> list[tuple[str, str]]:
-        """``(type key, glob)`` of every rule the user gave (not the defaults, not ``None``)."""
+        """``(type key, glob)`` of every glob the user gave, exclusions (``None``) included.
+
+        The default exclusions (``DEFAULT_EXCLUDED_PATTERNS``) are left out even when the
+        user repeats them: a model need not have an output head.
+        """
         out = []
         for key in sorted(self.user_keys):
             for pattern, rule in (self.rules.get(key) or {}).items():
-                if rule is not None:
+                if rule is not None or pattern not in DEFAULT_EXCLUDED_PATTERNS:
                     out.append((key, pattern))
         return out
 

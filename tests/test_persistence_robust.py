@@ -22,7 +22,15 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import modeopt_masks as mm
-from modeopt_masks.persistence import STATE_FILE, TENSOR_FILE, _sha256
+from modeopt_masks.persistence import STATE_FILE, _sha256, encode_state_document
+
+TENSOR_FILE = "<tensors>"  # the tensor file the manifest names
+
+
+def _path(d: Path, name: str) -> Path:
+    if name == TENSOR_FILE:
+        return d / json.loads((d / STATE_FILE).read_text())["tensor_file"]
+    return d / name
 
 MODES = {
     "continuous_sparsification": {"nn.Linear": {"mask_init_value": 0.1, "mask_bias": True}},
@@ -138,7 +146,14 @@ def _rewrite_json(fn: Callable[[dict], object]) -> Callable[[Path], None]:
     def corrupt(d: Path) -> None:
         doc = json.loads((d / STATE_FILE).read_text())
         result = fn(doc)
-        (d / STATE_FILE).write_text(json.dumps(doc if result is None else result))
+        new = doc if result is None else result
+        # sealed as save seals it: a deliberate edit, not a random corruption (a NaN, which
+        # save never writes, goes in as the non-standard JSON Python writes)
+        try:
+            data = encode_state_document(new) if isinstance(new, dict) else json.dumps(new).encode()
+        except ValueError:
+            data = json.dumps(new).encode()
+        (d / STATE_FILE).write_bytes(data)
     return corrupt
 
 
@@ -146,26 +161,29 @@ def _replace_tensors(fn: Callable[[dict], dict]) -> Callable[[Path], None]:
     """Write a consistent (checksummed) tensor file with other contents."""
     def corrupt(d: Path) -> None:
         from safetensors.torch import load_file
-        tensors = fn(load_file(str(d / TENSOR_FILE)))
-        save_file(tensors, str(d / TENSOR_FILE))
+        path = _path(d, TENSOR_FILE)
+        tensors = fn(load_file(str(path)))
+        save_file(tensors, str(path))
         doc = json.loads((d / STATE_FILE).read_text())
-        doc["tensors_sha256"] = _sha256(d / TENSOR_FILE)
-        (d / STATE_FILE).write_text(json.dumps(doc))
+        doc["tensors_sha256"] = _sha256(path)
+        (d / STATE_FILE).write_bytes(encode_state_document(doc))
     return corrupt
 
 
 def _truncate(name: str, keep: float) -> Callable[[Path], None]:
     def corrupt(d: Path) -> None:
-        data = (d / name).read_bytes()
-        (d / name).write_bytes(data[: int(len(data) * keep)])
+        path = _path(d, name)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
     return corrupt
 
 
 def _flip_byte(name: str, where: float) -> Callable[[Path], None]:
     def corrupt(d: Path) -> None:
-        data = bytearray((d / name).read_bytes())
+        path = _path(d, name)
+        data = bytearray(path.read_bytes())
         data[int(len(data) * where)] ^= 0xFF
-        (d / name).write_bytes(bytes(data))
+        path.write_bytes(bytes(data))
     return corrupt
 
 
@@ -217,7 +235,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "tensors_checksum_lost": (_rewrite_json(lambda doc: doc.pop("tensors_sha256") and None),
                               "checksum"),
     "no_state_file": (lambda d: (d / STATE_FILE).unlink(), "missing"),
-    "no_tensor_file": (lambda d: (d / TENSOR_FILE).unlink(), "missing"),
+    "no_tensor_file": (lambda d: _path(d, TENSOR_FILE).unlink(), "missing"),
 }
 
 
@@ -379,7 +397,7 @@ GRADNAS_CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "scores_short": (_gradnas_meta(lambda m: m["scores"].update({"2": [1.0, 2.0]})),
                      "must be 12 finite numbers"),
     "scores_nan": (_gradnas_meta(lambda m: m["scores"].update({"2": [float("nan")] * 12})),
-                   "finite"),
+                   "finite|NaN"),
     "scores_garbage": (_gradnas_meta(lambda m: m["scores"].update({"2": "x"})), "fit"),
 }
 _NOT_FOR_GRADNAS = ("tensors_missing_mask",)  # gradnas has no mask tensors

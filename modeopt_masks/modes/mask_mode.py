@@ -26,7 +26,7 @@ from ..dynamic import is_dynamic, swap_class, unswap_class
 from ..layer_kinds import MASKABLE_KEYS, LayerKind, kind_of
 from ..masking import MaskedLayer, MaskTechnique, hard_masks
 from ..registry import Metadata, ModeDescriptor, register_mode
-from ..rules import ModeConfig, Rule, match_modules
+from ..rules import ModeConfig, Rule, check_temperature, match_modules
 
 
 class MaskRule(Rule):
@@ -157,10 +157,14 @@ class MaskModeDescriptor(ModeDescriptor):
                 f"{self.name}: the model does not fit the saved state: saved masked layers "
                 f"{metadata['layers']}, this model gives {new_meta['layers']}"
             )
+        temperatures = metadata.get("temperatures", {})
+        if not isinstance(temperatures, dict) or not set(temperatures) <= set(new_meta["layers"]):
+            raise ValueError(f"saved temperatures must map masked layers {new_meta['layers']} "
+                             f"to numbers, got {temperatures!r:.100}")
         layers = dict(model.named_modules())
-        for name, temperature in metadata.get("temperatures", {}).items():
+        for name, temperature in temperatures.items():
             for _, tech in layers[name]._mask_modules():
-                tech.temperature = float(temperature)
+                tech.temperature = check_temperature(temperature)
         return model
 
     def revert(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:

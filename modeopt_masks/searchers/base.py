@@ -95,6 +95,10 @@ def parse_constraints(
             if not 0.0 < frac <= 1.0:
                 raise ValueError(f"constraint {kind}={value!r} must be in (0%, 100%]")
             out[kind] = frac * original[kind]
+        elif isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1:
+            raise ValueError(f"constraint {kind}={value!r}: a number is an absolute count of "
+                             f"{kind}; for a fraction write a percentage like "
+                             f"'{value * 100:g}%'")
         elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             out[kind] = float(value)
         else:
