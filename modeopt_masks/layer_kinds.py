@@ -1,15 +1,31 @@
-"""Layer kinds: what a mask mode needs to know about each supported layer type.
+"""Layer kinds: everything the library knows about one supported layer type, in one record.
 
-A layer kind names its config type key, says which weight axis holds the output
-units, runs the layer's own forward on given (masked) tensors and draws a fresh
-weight with the layer's usual initialisation. Adding a layer type is one
-``LayerKind`` and one ``register_layer_kind`` call.
+A :class:`LayerKind` names its config type key, says which weight axis holds the
+output units and which the inputs, runs the layer's own forward on given
+(masked) tensors, draws a fresh weight with the layer's usual initialisation,
+puts the size attributes back in line with a sliced weight, and says whether
+``gradnas`` may use it as the producer / consumer of a plain channel pair. The
+mask modes, ``gradnas`` (plain pairs, family blocks, export) and the searchers
+all read these records; adding a layer type is one ``LayerKind`` and one
+``register_layer_kind`` call.
+
+Which modules a kind accepts (:func:`kind_of`): the kind's class and its
+subclasses that keep its ``forward`` (as Model Optimizer matches them); a
+subclass with its own ``forward`` computes something the library cannot see and
+is refused by every mode alike.
 
 Examples:
     >>> import torch.nn as nn
     >>> from modeopt_masks.layer_kinds import kind_of
     >>> kind_of(nn.Linear(3, 4)).key, kind_of(nn.Linear(3, 4)).out_dim
     ('nn.Linear', 0)
+    >>> class Tagged(nn.Linear):  # same forward: accepted
+    ...     pass
+    >>> class Scaled(nn.Linear):  # its own forward: refused
+    ...     def forward(self, x):
+    ...         return 2 * super().forward(x)
+    >>> kind_of(Tagged(3, 4)).key, kind_of(Scaled(3, 4))
+    ('nn.Linear', None)
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -41,6 +58,16 @@ class LayerKind:
     out_dim: int
     forward: Forward
     init_weight: Callable[[torch.Tensor], object]
+    #: the weight axis of input features / channels
+    in_dim: int = 1
+    #: the axis of the layer's *input activation* that holds those features (-1 last, 1 channels)
+    input_axis: int = -1
+    #: sets the module's size attributes (``in_features``, ``out_channels``, ...) from its weight
+    sync_sizes: Callable[[nn.Module], None] = lambda module: None
+    #: gradnas: may be the producer and the consumer of a plain ``layer -> act -> layer`` pair
+    plain_pairs: bool = False
+    #: gradnas: whether a module of this kind can have its output channels sliced (ungrouped)
+    sliceable: Callable[[nn.Module], bool] = lambda module: True
 
     def unit_shape(self, weight: torch.Tensor) -> tuple[int, ...]:
         """Shape of a per-output-unit mask that broadcasts against ``weight``."""
@@ -53,6 +80,15 @@ class LayerKind:
         dims = [d for d in range(weight.dim()) if d != self.out_dim]
         # vector_norm: Tensor.norm(dim=[3 dims]) is a matrix-norm error for conv2d weights
         return torch.linalg.vector_norm(weight.detach().float(), dim=dims, keepdim=True)
+
+
+    def in_width(self, module: nn.Module) -> int:
+        """Number of input features of ``module`` (the consumer side of a pruned dimension)."""
+        return int(module.weight.shape[self.in_dim])  # type: ignore[union-attr,index]
+
+    def out_width(self, module: nn.Module) -> int:
+        """Number of output units of ``module`` (the producer side of a pruned dimension)."""
+        return int(module.weight.shape[self.out_dim])  # type: ignore[union-attr,index]
 
 
 def _kaiming_uniform(weight: torch.Tensor) -> None:
@@ -74,6 +110,27 @@ def _hf_conv1d_forward(m: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.
     return out.view(size_out)
 
 
+def _sync_linear(m: nn.Module) -> None:
+    m.out_features, m.in_features = m.weight.shape  # type: ignore[union-attr,assignment,misc]
+
+
+def _sync_conv(m: nn.Module) -> None:
+    w: Any = m.weight
+    m.out_channels = w.shape[0]
+    m.in_channels = w.shape[1] * m.groups  # type: ignore[operator]
+
+
+def _sync_hf_conv1d(m: nn.Module) -> None:  # weight [in, out]; ``nx`` only since 4.41
+    w: Any = m.weight
+    m.nf = w.shape[1]
+    if hasattr(m, "nx"):
+        m.nx = w.shape[0]
+
+
+def _ungrouped(m: nn.Module) -> bool:
+    return getattr(m, "groups", 1) == 1
+
+
 LAYER_KINDS: dict[str, LayerKind] = {}
 
 
@@ -89,18 +146,28 @@ def register_layer_kind(kind: LayerKind) -> LayerKind:
     return kind
 
 
+#: subclasses that keep the forward but whose owner never calls it: masking them does nothing
+#: (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly)
+_NOT_CALLED: tuple[type[nn.Module], ...] = (nn.modules.linear.NonDynamicallyQuantizableLinear,)
+
+
 def kind_of(module: nn.Module) -> LayerKind | None:
-    """The layer kind whose class is exactly ``type(module)`` (or its original class)."""
+    """The layer kind of ``module``: its class (or a converted module's original class) is
+    the kind's class or a subclass that keeps the kind's ``forward``; ``None`` otherwise."""
     cls = getattr(type(module), "_mm_original_cls", type(module))
+    if issubclass(cls, _NOT_CALLED):
+        return None
     for kind in LAYER_KINDS.values():
-        if cls is kind.cls:
+        if issubclass(cls, kind.cls) and getattr(cls, "forward", None) is kind.cls.forward:
             return kind
     return None
 
 
-register_layer_kind(LayerKind("nn.Linear", nn.Linear, 0, _linear_forward, _kaiming_uniform))
-register_layer_kind(LayerKind("nn.Conv1d", nn.Conv1d, 0, _conv_forward, _kaiming_uniform))
-register_layer_kind(LayerKind("nn.Conv2d", nn.Conv2d, 0, _conv_forward, _kaiming_uniform))
+register_layer_kind(LayerKind("nn.Linear", nn.Linear, 0, _linear_forward, _kaiming_uniform,
+                              sync_sizes=_sync_linear, plain_pairs=True))
+for _key, _cls in (("nn.Conv1d", nn.Conv1d), ("nn.Conv2d", nn.Conv2d)):
+    register_layer_kind(LayerKind(_key, _cls, 0, _conv_forward, _kaiming_uniform, input_axis=1,
+                                  sync_sizes=_sync_conv, plain_pairs=True, sliceable=_ungrouped))
 
 _HFConv1D: type[nn.Module] | None
 try:  # transformers is optional
@@ -110,9 +177,21 @@ except ImportError:  # pragma: no cover - exercised only without transformers
 if _HFConv1D is not None:
     register_layer_kind(
         LayerKind(
-            "hf.Conv1D", _HFConv1D, 1, _hf_conv1d_forward, lambda w: nn.init.normal_(w, std=0.02)
+            "hf.Conv1D", _HFConv1D, 1, _hf_conv1d_forward, lambda w: nn.init.normal_(w, std=0.02),
+            in_dim=0, sync_sizes=_sync_hf_conv1d,
         )
     )
 
 #: The type keys every mask mode accepts (fixed, so configs validate without transformers).
 MASKABLE_KEYS: tuple[str, ...] = ("nn.Linear", "nn.Conv1d", "nn.Conv2d", "hf.Conv1D")
+
+
+def plain_pair_keys() -> tuple[str, ...]:
+    """Type keys of the kinds ``gradnas`` pairs as plain producer -> consumer layers.
+
+    Examples:
+        >>> from modeopt_masks.layer_kinds import plain_pair_keys
+        >>> plain_pair_keys()
+        ('nn.Linear', 'nn.Conv1d', 'nn.Conv2d')
+    """
+    return tuple(k.key for k in LAYER_KINDS.values() if k.plain_pairs)

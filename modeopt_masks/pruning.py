@@ -39,6 +39,7 @@ import torch.nn as nn
 from .conversion import _set_history, _undo, convert, mode_history, normalise_modes, validate_config
 from .registry import available_modes, get_mode
 from .searchers import BaseSearcher, SearchResult, get_searcher
+from .structured.hparam import gradnas_hparams
 
 
 def _split_config(mode: str, config: Mapping[str, Any], searcher: BaseSearcher
@@ -87,7 +88,7 @@ def prune(
         if mode_cfg:
             raise ValueError("give the mode's rules either in mode=(name, rules) or in config, not both")
         mode_cfg = dict(validate_config(name, mode_given).to_dict())
-    search.sanitize_config(search_cfg)
+    search_cfg = search.sanitize_config(search_cfg)  # validated once, before converting
     history = mode_history(model)
     start = len(history)
     converted = not (history and history[-1].mode == name)
@@ -96,7 +97,8 @@ def prune(
     if converted:
         model = convert(model, (name, mode_cfg))
     try:
-        result = search.search(model, constraints or {}, dummy_input, search_cfg)
+        result = search.run(model, constraints or {}, dummy_input, search_cfg,
+                            gradnas_hparams(model))
     except Exception:
         if converted:
             history = mode_history(model)

@@ -50,6 +50,7 @@ Examples:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -70,7 +71,7 @@ from ..structured.families import (
 )
 from ..structured.hparam import StructuredHParam, UnitMasked, gradnas_hparams
 from ..structured.plain import PLAIN_KEYS, plain_structures_report
-from ..structured.structure import Structure, slice_structure
+from ..structured.structure import Structure, apply_slices, mark_sliced, plan_slices
 
 HF_KEYS: tuple[str, ...] = ("hf.attention", "hf.mlp")
 
@@ -135,16 +136,29 @@ class GradNASConfig(ModeConfig):
     layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
 
 
-def _plain(model: nn.Module, blocks: tuple[str, ...]) -> tuple[dict[str, Structure], str | None]:
-    """Plain structures of ``model``: traced with ``torch.fx`` only when it has no HF blocks."""
-    trace = not blocks and not is_hf_module(model)
-    return plain_structures_report(model, skip=blocks, trace=trace)
+@dataclass
+class Discovery:
+    """What gradnas can search in a model, found once: type keys, plain pairs, tracing result.
+
+    ``keys``: ``{module name: type key}`` for HF blocks and plain producers; ``plain``: the
+    plain structures by producer name; ``trace_failure``: why ``torch.fx`` tracing failed
+    (``None``: it did not fail, or was not tried because the model has HF blocks).
+    """
+
+    keys: dict[str, str]
+    plain: dict[str, Structure]
+    trace_failure: str | None
 
 
-def _key_table(model: nn.Module
-               ) -> tuple[dict[str, str], tuple[str, ...], dict[str, Structure], str | None]:
-    """``{module name: type key}`` for HF blocks and plain producers, the HF block names, the
-    plain structures and why ``torch.fx`` tracing failed (``None``: it did not fail)."""
+def discover(model: nn.Module) -> Discovery:
+    """HF attention / MLP blocks (family records) and plain producer/consumer pairs.
+
+    Examples:
+        >>> import torch.nn as nn
+        >>> from modeopt_masks.modes.gradnas import discover
+        >>> discover(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))).keys
+        {'0': 'nn.Linear'}
+    """
     keys: dict[str, str] = {}
     blocks: list[str] = []
     for name, module in model.named_modules():
@@ -156,15 +170,18 @@ def _key_table(model: nn.Module
         elif mlp_layout(module) is not None or looks_like_mlp(module):
             keys[name] = "hf.mlp"
             blocks.append(name)
-    plain, reason = _plain(model, tuple(blocks))
+    # torch.fx tracing only for models without HF blocks (those do not trace symbolically)
+    trace = not blocks and not is_hf_module(model)
+    plain, reason = plain_structures_report(model, skip=tuple(blocks), trace=trace)
     keys.update({name: s.key for name, s in plain.items()})
-    return keys, tuple(blocks), plain, reason
+    return Discovery(keys, plain, reason)
 
 
-def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Structure, list[int]]]:
+def find_structures(model: nn.Module, config: GradNASConfig, found: Discovery | None = None
+                    ) -> list[tuple[Structure, list[int]]]:
     """Plan gradnas: ``(structure, choices)`` for every dimension ``config`` switches on."""
-    keys, _, plain, _ = _key_table(model)
-    plan = match_modules(model, config, lambda name, _m: keys.get(name))
+    found = found or discover(model)
+    plan = match_modules(model, config, lambda name, _m: found.keys.get(name))
     out = []
     for name, module, key, rule in plan:
         assert isinstance(rule, GradNASRule)
@@ -173,9 +190,22 @@ def find_structures(model: nn.Module, config: GradNASConfig) -> list[tuple[Struc
         elif key == "hf.mlp":
             structure = mlp_structure(model, name, module)
         else:
-            structure = plain[name]
+            structure = found.plain[name]
         out.append((structure, rule.choices(structure.n_units, structure.groups)))
     return out
+
+
+def _converted_slices(model: nn.Module, structures: list[Structure]) -> list[tuple[str, str]]:
+    """``(module, structure)`` for every module a structure slices that another mode converted
+    (gradnas's own unit-masked modules are fine)."""
+    modules = dict(model.named_modules())
+    return [
+        (touched, structure.name)
+        for structure in structures
+        for touched in dict.fromkeys(sl.module for sl in structure.slices)
+        if touched in modules and is_dynamic(modules[touched])
+        and not is_dynamic(modules[touched], UnitMasked)
+    ]
 
 
 class GradNASDescriptor(ModeDescriptor):
@@ -188,9 +218,10 @@ class GradNASDescriptor(ModeDescriptor):
 
     def convert(self, model: nn.Module, config: ModeConfig) -> tuple[nn.Module, Metadata]:
         assert isinstance(config, GradNASConfig)
-        plan = find_structures(model, config)
+        found = discover(model)
+        plan = find_structures(model, config, found)
         if not plan:
-            reason = _key_table(model)[3]
+            reason = found.trace_failure
             why = f" ({reason}; only nn.Sequential pairs were searched)" if reason else ""
             raise ValueError(
                 "gradnas: the config selects no searchable dimension. It searches HF attention "
@@ -210,6 +241,8 @@ class GradNASDescriptor(ModeDescriptor):
                         f"gradnas: {touched!r} (sliced by {structure.name}) is already "
                         "converted; export or unconvert first"
                     )
+            if structure.n_units == 0:
+                raise ValueError(f"gradnas: {structure.name} has no units to search (width 0)")
             site = structure.mask_module
             if site in sites or is_dynamic(modules[site]):
                 other = sites.get(site, "another mode")
@@ -218,10 +251,19 @@ class GradNASDescriptor(ModeDescriptor):
                     "switch one off, or export / unconvert the model first"
                 )
             sites[site] = structure.name
-        for structure, choices in plan:
-            module = modules[structure.mask_module]
-            swap_class(module, UnitMasked)
-            module._mm_init(structure, choices)  # type: ignore[attr-defined]
+        done: list[nn.Module] = []
+        try:
+            for structure, choices in plan:
+                module = modules[structure.mask_module]
+                swap_class(module, UnitMasked)
+                done.append(module)
+                module._mm_init(structure, choices)  # type: ignore[attr-defined]
+        except BaseException:  # a failure midway (even Ctrl-C) leaves no converted layer behind
+            for module in reversed(done):
+                if hasattr(module, "_mm_struct"):
+                    module._mm_teardown()  # type: ignore[operator]
+                unswap_class(module)
+            raise
         return model, {"hparams": [s.name for s, _ in plan], "selection": {}, "scores": {}}
 
     def update_metadata(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
@@ -283,11 +325,21 @@ class GradNASDescriptor(ModeDescriptor):
         with ``mm.restore`` + ``mm.export`` (see the module docstring).
         """
         hps = gradnas_hparams(model)
-        for hp in hps.values():
-            if hp.active != hp.n_units:
-                slice_structure(model, hp.structure, hp.kept)
+        bad = _converted_slices(model, [hp.structure for hp in hps.values()])
+        if bad:
+            module, structure = bad[0]
+            raise ValueError(
+                f"gradnas export: {module!r} (sliced by {structure}) was converted by another "
+                "mode after gradnas; its masks have the unpruned shape. Export or unconvert it "
+                "first (mm.export(submodule)), then export the gradnas model"
+            )
+        # plan every new tensor first; only then change the model (no half-sliced model)
+        pruned = {n: hp.kept for n, hp in hps.items() if hp.active != hp.n_units}
+        plan = plan_slices(model, [(hps[n].structure, kept) for n, kept in pruned.items()])
+        apply_slices(model, plan)
         for hp in hps.values():
             _remove(hp)
+        mark_sliced(model, pruned)
         return model
 
 

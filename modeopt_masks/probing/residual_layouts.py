@@ -44,122 +44,24 @@ Examples:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import torch.nn as nn
 
+from ..structured.families import FAMILIES, HookPoint, ResidualLayout
 
-@dataclass(frozen=True)
-class HookPoint:
-    """The output of submodule ``path`` (``""`` = the layer) on its ``call``-th call per layer."""
+__all__ = ["LAYOUTS", "LEGACY_LAYOUTS", "MODEL_TYPE_TO_FAMILY", "HookPoint", "ResidualLayout",
+           "layout_candidates", "layout_for", "structural_layout"]
 
-    path: str
-    call: int = 0
-
-
-@dataclass(frozen=True)
-class ResidualLayout:
-    """Module names of one transformer family (see the module docstring for the definitions).
-
-    ``layers``: candidate dotted-name suffixes of the ``nn.ModuleList`` of layers.
-    ``attn_stream``: a hook point for post-LN families, ``None`` for pre-LN ones
-    (where it is computed as layer input + ``attn_update``).
-    """
-
-    family: str
-    layers: tuple[str, ...]
-    attn_update: HookPoint
-    mlp_update: HookPoint
-    attn_stream: HookPoint | None
-    mlp_stream: HookPoint
-    post_ln: bool
-
-    def hook_points(self) -> list[HookPoint]:
-        """Every hook point this layout reads (all must exist in each target layer)."""
-        points = [self.attn_update, self.mlp_update, self.mlp_stream]
-        return points if self.attn_stream is None else [*points, self.attn_stream]
-
-
-_BERT_LIKE = dict(
-    layers=("encoder.layer",),
-    mlp_update=HookPoint("output.dropout"),
-    mlp_stream=HookPoint("output"),
-    post_ln=True,
-)
-
-#: One entry per family.
-LAYOUTS: dict[str, ResidualLayout] = {
-    "bert": ResidualLayout(
-        "bert",
-        attn_update=HookPoint("attention.output.dropout"),
-        attn_stream=HookPoint("attention.output"),
-        **_BERT_LIKE,  # type: ignore[arg-type]
-    ),
-    "mpnet": ResidualLayout(
-        "mpnet",
-        attn_update=HookPoint("attention.dropout"),
-        attn_stream=HookPoint("attention"),
-        **_BERT_LIKE,  # type: ignore[arg-type]
-    ),
-    "gpt2": ResidualLayout(
-        "gpt2", ("h",), HookPoint("attn"), HookPoint("mlp"), None, HookPoint(""), False
-    ),
-    "gpt_neox": ResidualLayout(
-        "gpt_neox",
-        ("layers",),
-        HookPoint("post_attention_dropout"),
-        HookPoint("post_mlp_dropout"),
-        None,
-        HookPoint(""),
-        False,
-    ),
-    "llama": ResidualLayout(
-        "llama", ("layers",), HookPoint("self_attn"), HookPoint("mlp"), None, HookPoint(""), False
-    ),
-    # transformers 5 ViT: ``layers.N`` with one ``dropout`` used after attention, then after MLP.
-    "vit": ResidualLayout(
-        "vit",
-        ("layers",),
-        HookPoint("dropout", 0),
-        HookPoint("dropout", 1),
-        None,
-        HookPoint(""),
-        False,
-    ),
-}
+#: One entry per family (its transformers 5 layout), from :data:`..structured.families.FAMILIES`.
+LAYOUTS: dict[str, ResidualLayout] = {n: f.residual[0] for n, f in FAMILIES.items() if f.residual}
 
 #: Alternatives for older transformers versions, tried after ``LAYOUTS[family]``.
 LEGACY_LAYOUTS: dict[str, tuple[ResidualLayout, ...]] = {
-    # transformers 4.x ViT: ``encoder.layer.N``; ViTSelfOutput and ViTOutput each end in their
-    # own dropout (ViTOutput then adds the residual itself).
-    "vit": (
-        ResidualLayout(
-            "vit",
-            ("encoder.layer",),
-            HookPoint("attention.output.dropout"),
-            HookPoint("output.dropout"),
-            None,
-            HookPoint(""),
-            False,
-        ),
-    ),
+    n: f.residual[1:] for n, f in FAMILIES.items() if len(f.residual) > 1
 }
 
 #: Hugging Face ``config.model_type`` (and short aliases) -> family.
 MODEL_TYPE_TO_FAMILY: dict[str, str] = {
-    "bert": "bert",
-    "roberta": "bert",
-    "electra": "bert",
-    "ernie": "bert",
-    "convbert": "bert",
-    "mpnet": "mpnet",
-    "gpt2": "gpt2",
-    "gpt": "gpt2",
-    "gpt_neox": "gpt_neox",
-    "gptneox": "gpt_neox",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
-    "vit": "vit",
+    t: n for n, f in FAMILIES.items() if f.residual for t in f.model_types
 }
 
 
@@ -171,13 +73,18 @@ def layout_for(model_type: str) -> ResidualLayout:
         >>> layout_for("mistral").family
         'llama'
     """
-    family = MODEL_TYPE_TO_FAMILY.get(model_type)
+    family = FAMILIES.get(model_type)
+    if family is None or not family.residual:
+        family = next((f for f in FAMILIES.values() if model_type in f.model_types
+                       and f.residual), None)
     if family is None:
         raise ValueError(
             f"ResidualUpdateModel does not know model type {model_type!r}; supported families: "
-            f"{sorted(LAYOUTS)}; recognised model types: {sorted(MODEL_TYPE_TO_FAMILY)}"
+            f"{sorted(n for n, f in FAMILIES.items() if f.residual)}; recognised model types: "
+            f"{sorted(t for f in FAMILIES.values() if f.residual for t in f.model_types)}; a "
+            "Llama-like decoder (layers with self_attn and mlp) is also recognised by its modules"
         )
-    return LAYOUTS[family]
+    return family.residual[0]
 
 
 def layout_candidates(model_type: str) -> list[ResidualLayout]:
@@ -189,4 +96,23 @@ def layout_candidates(model_type: str) -> list[ResidualLayout]:
         [('layers',), ('encoder.layer',)]
     """
     layout = layout_for(model_type)
-    return [layout, *LEGACY_LAYOUTS.get(layout.family, ())]
+    return list(FAMILIES[layout.family].residual)
+
+
+def structural_layout(layer: nn.Module) -> ResidualLayout | None:
+    """The layout of the first structural (Llama-like) family whose hook points ``layer`` has.
+
+    Examples:
+        >>> import transformers
+        >>> from modeopt_masks.probing.residual_layouts import structural_layout
+        >>> cfg = transformers.Gemma2Config(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+        >>> structural_layout(transformers.Gemma2Model(cfg).layers[0]).family
+        'sandwich'
+    """
+    for family in FAMILIES.values():
+        if family.structural:
+            for layout in family.residual:
+                if layout.fits(layer):
+                    return layout
+    return None

@@ -31,7 +31,7 @@ import torch.nn as nn
 from pydantic import ConfigDict, field_validator, model_validator
 
 from ..rules import StrictModel
-from .residual_layouts import HookPoint, ResidualLayout, layout_candidates
+from .residual_layouts import HookPoint, ResidualLayout, layout_candidates, structural_layout
 
 
 class ResidualUpdateModelConfig(StrictModel):
@@ -126,7 +126,13 @@ def select_layout(model: nn.Module, model_type: str) -> ResidualLayout:
         >>> (layout.family, layout.layers[0] in ("layers", "encoder.layer"))
         ('vit', True)
     """
-    candidates = layout_candidates(model_type)
+    try:
+        candidates = layout_candidates(model_type)
+    except ValueError:  # not a known model type: a Llama-like decoder is recognised by its modules
+        found = _structural(model)
+        if found is None:
+            raise
+        return found
     for layout in candidates:
         try:
             _, layers = find_layers(model, layout)
@@ -135,6 +141,14 @@ def select_layout(model: nn.Module, model_type: str) -> ResidualLayout:
         if len(layers) and all(_has(layers[0], p.path) for p in layout.hook_points()):
             return layout
     return candidates[0]
+
+
+def _structural(model: nn.Module) -> ResidualLayout | None:
+    """The structural family layout of the first ``layers`` list of ``model``, if any fits."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers" and len(module):
+            return structural_layout(module[0])
+    return None
 
 
 def _has(module: nn.Module, path: str) -> bool:
@@ -241,7 +255,8 @@ class ResidualUpdateModel(nn.Module):
                     by_module.setdefault(point.path, []).append((key, point))
             for path, points in by_module.items():
                 module = layer.get_submodule(path)
-                hook = _Capture(self, i, path, points, keep)
+                scale = float(getattr(layer, lay.scale)) if lay.scale else None
+                hook = _Capture(self, i, path, points, keep, scale)
                 self.hooks.append(module.register_forward_hook(hook))
 
     def remove_hooks(self) -> None:
@@ -310,8 +325,11 @@ class _Capture:
         path: str,
         points: list[tuple[str, HookPoint]],
         keep: set[str],
+        scale: float | None = None,
     ) -> None:
         self.owner, self.index, self.path, self.points, self.keep = owner, index, path, points, keep
+        #: the layer multiplies its updates by this before adding them (Granite)
+        self.scale = scale
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
         owner, index, path = self.owner, self.index, self.path
@@ -323,6 +341,8 @@ class _Capture:
             if point.call != call:
                 continue
             value = _first(output)
+            if self.scale is not None and "_update_" in key:
+                value = value * self.scale
             if key in self.keep:
                 owner.vector_cache[key] = value
             if (key == f"attn_update_{index}" and owner.config.stream

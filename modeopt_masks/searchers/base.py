@@ -242,8 +242,9 @@ class BaseSearcher:
 
     # -- subclass API -----------------------------------------------------------------------
     def prepare(self, model: nn.Module, hparams: dict[str, StructuredHParam],
-                config: dict[str, Any]) -> None:
-        """Collect whatever the sensitivities need (scores, measurements)."""
+                config: dict[str, Any], keep_pruned: bool = False) -> None:
+        """Collect whatever the sensitivities need (scores, measurements). ``keep_pruned``:
+        an iterative step, the units pruned by the earlier steps must stay pruned."""
 
     def unit_orders(self, hparams: dict[str, StructuredHParam]) -> dict[str, torch.Tensor]:
         """Units of each hparam from most to least important."""
@@ -255,13 +256,92 @@ class BaseSearcher:
         """Per hparam, per choice: the cost of keeping only that many units (full: 0)."""
         raise NotImplementedError
 
-    # -- the search -------------------------------------------------------------------------
+    # -- the search: plan, score, threshold, refill -----------------------------------------
+    def search(
+        self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
+        config: Mapping[str, Any] | None = None,
+        hparams: dict[str, StructuredHParam] | None = None,
+    ) -> SearchResult:
+        """Validate ``config``, then :meth:`run` (``hparams``: default, those of ``model``)."""
+        return self.run(model, constraints, dummy_input, self.sanitize_config(config), hparams)
+
+    def run(
+        self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any,
+        cfg: dict[str, Any], hparams: dict[str, StructuredHParam] | None = None,
+    ) -> SearchResult:
+        """Plan, score, bisect the global threshold, refill, apply; ``cfg`` already sanitised."""
+        plan = self.plan(model, constraints, dummy_input, hparams)
+        sens, orders = self.score(model, plan, cfg)
+        return self.select(plan, sens, orders)
+
+    def plan(self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
+             hparams: dict[str, StructuredHParam] | None = None) -> SearchPlan:
+        """The hparams, cost model and absolute targets; fails early when none can be met."""
+        hparams = gradnas_hparams(model) if hparams is None else hparams
+        if not hparams:
+            raise ValueError("search needs a gradnas-converted model")
+        for kind in constraints:
+            if kind not in CONSTRAINT_KINDS:
+                raise ValueError(f"unknown constraint {kind!r}; valid kinds: {list(CONSTRAINT_KINDS)}")
+        kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
+        cost_model = CostModel(model, hparams, kinds, dummy_input)
+        plan = SearchPlan(hparams, cost_model, parse_constraints(constraints, cost_model.original),
+                          {n: hp.choices for n, hp in hparams.items()})
+        smallest = cost_model.cost({n: ch[0] for n, ch in plan.choices.items()})
+        for kind, target in plan.targets.items():
+            if smallest[kind] > target:
+                orig = cost_model.original[kind]
+                raise ValueError(
+                    f"the {kind} constraint {constraints[kind]!r} ({target:.6g}) cannot be met: the "
+                    f"smallest reachable {kind} with this config is {smallest[kind]:.6g} "
+                    f"({100 * smallest[kind] / orig:.2f}% of {orig:.6g}). Lower the ratios, "
+                    "switch more blocks on, or relax the constraint."
+                )
+        return plan
+
+    def score(self, model: nn.Module, plan: SearchPlan, cfg: dict[str, Any],
+              keep_pruned: bool = False) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+        """Sensitivities and unit orders; the selection is put back if anything fails."""
+        previous = {n: hp.kept for n, hp in plan.hparams.items()}
+        try:
+            self.prepare(model, plan.hparams, cfg, keep_pruned)
+            orders = self.unit_orders(plan.hparams)
+            return self.sensitivities(model, plan.hparams, orders, cfg), orders
+        except Exception:
+            for n, hp in plan.hparams.items():
+                hp.keep(previous[n])
+            raise
+
     @staticmethod
-    def _refill(counts: dict[str, int], choices: dict[str, list[int]],
-                sens: dict[str, list[float]], cost_model: CostModel,
-                targets: Mapping[str, float]) -> dict[str, int]:
+    def threshold(plan: SearchPlan, sens: dict[str, list[float]]
+                  ) -> tuple[float, list[dict[str, float]]]:
+        """The smallest candidate threshold (a sensitivity value) that meets every target."""
+        candidates = sorted({float("-inf")} | {s for v in sens.values() for s in v})
+        history: list[dict[str, float]] = []
+
+        def feasible(i: int) -> bool:
+            costs = plan.cost_model.cost(plan.counts_at(candidates[i], sens))
+            ok = all(costs[k] <= plan.targets[k] for k in plan.targets)
+            history.append({"threshold": candidates[i], **costs, "feasible": float(ok)})
+            return ok
+
+        lo, hi = 0, len(candidates) - 1  # hi (keep everything) is feasible: plan checked it
+        if feasible(lo):
+            hi = lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if feasible(mid):
+                hi = mid
+            else:
+                lo = mid
+        return candidates[hi], history
+
+    @staticmethod
+    def refill(plan: SearchPlan, counts: dict[str, int], sens: dict[str, list[float]]
+               ) -> dict[str, int]:
         """Spend the budget one threshold step leaves: grow, one choice at a time, the hparam
         whose next choice recovers the most sensitivity, while every constraint still holds."""
+        choices = plan.choices
         counts = dict(counts)
         blocked: set[str] = set()
         while True:
@@ -277,82 +357,25 @@ class BaseSearcher:
                 return counts
             trial = dict(counts)
             trial[best] = choices[best][choices[best].index(counts[best]) + 1]
-            costs = cost_model.cost(trial)
-            if all(costs[k] <= targets[k] for k in targets):
+            costs = plan.cost_model.cost(trial)
+            if all(costs[k] <= plan.targets[k] for k in plan.targets):
                 counts = trial
             else:
                 blocked.add(best)
 
-    def search(
-        self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
-        config: Mapping[str, Any] | None = None,
-    ) -> SearchResult:
-        """Score, bisect the global threshold, apply the selection; return the result."""
-        cfg = self.sanitize_config(config)
-        hparams = gradnas_hparams(model)
-        if not hparams:
-            raise ValueError("search needs a gradnas-converted model")
-        kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
-        for kind in constraints:
-            if kind not in CONSTRAINT_KINDS:
-                raise ValueError(f"unknown constraint {kind!r}; valid kinds: {list(CONSTRAINT_KINDS)}")
-        cost_model = CostModel(model, hparams, kinds, dummy_input)
-        targets = parse_constraints(constraints, cost_model.original)
-        choices = {n: hp.choices for n, hp in hparams.items()}
-
-        def counts_at(t: float) -> dict[str, int]:
-            return {
-                n: next(c for c, s in zip(choices[n], sens[n], strict=True)
-                        if s <= t or c == hparams[n].n_units)
-                for n in hparams
-            }
-
-        smallest = cost_model.cost({n: ch[0] for n, ch in choices.items()})
-        for kind, target in targets.items():
-            if smallest[kind] > target:
-                orig = cost_model.original[kind]
-                raise ValueError(
-                    f"the {kind} constraint {constraints[kind]!r} ({target:.6g}) cannot be met: the "
-                    f"smallest reachable {kind} with this config is {smallest[kind]:.6g} "
-                    f"({100 * smallest[kind] / orig:.2f}% of {orig:.6g}). Lower the ratios, "
-                    "switch more blocks on, or relax the constraint."
-                )
-        previous = {n: hp.kept for n, hp in hparams.items()}
-        try:
-            self.prepare(model, hparams, cfg)
-            orders = self.unit_orders(hparams)
-            sens = self.sensitivities(model, hparams, orders, cfg)
-        except Exception:
-            for n, hp in hparams.items():
-                hp.keep(previous[n])
-            raise
-        candidates = sorted({float("-inf")} | {s for v in sens.values() for s in v})
-        history: list[dict[str, float]] = []
-
-        def feasible(i: int) -> bool:
-            costs = cost_model.cost(counts_at(candidates[i]))
-            ok = all(costs[k] <= targets[k] for k in targets)
-            history.append({"threshold": candidates[i], **costs, "feasible": float(ok)})
-            return ok
-
-        lo, hi = 0, len(candidates) - 1  # hi is feasible (checked above)
-        if feasible(lo):
-            hi = lo
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if feasible(mid):
-                hi = mid
-            else:
-                lo = mid
-        threshold = candidates[hi]
-        counts = self._refill(counts_at(threshold), choices, sens, cost_model, targets)
+    def select(self, plan: SearchPlan, sens: dict[str, list[float]],
+               orders: dict[str, torch.Tensor]) -> SearchResult:
+        """Threshold, refill, keep the chosen units; the result says what and why."""
+        threshold, history = self.threshold(plan, sens)
+        counts = self.refill(plan, plan.counts_at(threshold, sens), sens)
+        hparams, cost_model, targets = plan.hparams, plan.cost_model, plan.targets
         for n, hp in hparams.items():
             hp.keep(hp.top(counts[n], orders[n]))
         achieved = cost_model.cost(counts)
         return SearchResult(
             selection=counts,
             kept={n: hp.kept for n, hp in hparams.items()},
-            choices=choices,
+            choices=plan.choices,
             scores={n: [float(v) for v in hp.importance] for n, hp in hparams.items()
                     if hp.importance is not None},
             sensitivities={n: [float(v) for v in s] for n, s in sens.items()},
@@ -366,3 +389,21 @@ class BaseSearcher:
             history=history,
             searcher=self.name,
         )
+
+
+@dataclass
+class SearchPlan:
+    """What a search works on: the hparams, their cost model, absolute targets and choices."""
+
+    hparams: dict[str, StructuredHParam]
+    cost_model: CostModel
+    targets: dict[str, float]
+    choices: dict[str, list[int]]
+
+    def counts_at(self, t: float, sens: Mapping[str, list[float]]) -> dict[str, int]:
+        """Per hparam the smallest choice whose sensitivity is ``<= t``."""
+        return {
+            n: next(c for c, s in zip(self.choices[n], sens[n], strict=True)
+                    if s <= t or c == hp.n_units)
+            for n, hp in self.hparams.items()
+        }

@@ -28,18 +28,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..layer_kinds import kind_of
 from ..structured.hparam import StructuredHParam
 from .base import BaseSearcher
 
 
 def weight_norm_order(hp: StructuredHParam) -> torch.Tensor:
     """Units by decreasing L2 norm of the consumer's input weights (no data needed)."""
-    module: Any = hp.module
-    w = module.weight.detach()
-    if isinstance(module, nn.Linear):
-        w = w.t()
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        w = w.transpose(0, 1)
+    kind = kind_of(hp.module)
+    if kind is None:  # pragma: no cover - gradnas only masks modules of a layer kind
+        raise TypeError(f"{hp.name}: {type(hp.module).__name__} is not a layer kind")
+    w = hp.module.weight.detach().movedim(kind.in_dim, 0)  # type: ignore[union-attr,operator]
     norms = w.reshape(hp.n_units, -1).float().norm(dim=1).cpu()
     return torch.sort(-norms, stable=True).indices
 

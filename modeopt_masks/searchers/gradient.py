@@ -37,14 +37,15 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..structured.hparam import StructuredHParam, gradnas_hparams
+from ..structured.hparam import StructuredHParam
 from ..structured.scores import collect_scores
-from .base import CONSTRAINT_KINDS, BaseSearcher, CostModel, SearchResult, parse_constraints
+from .base import BaseSearcher, SearchResult
 
 
 class GradientBinarySearcher(BaseSearcher):
@@ -64,7 +65,6 @@ class GradientBinarySearcher(BaseSearcher):
     """
 
     name = "gradient_binary"
-    _step = 0  # the current step of an iterative search (0: not iterating)
     default_config: dict[str, Any] = {
         "data_loader": None,
         "loss_func": None,
@@ -89,46 +89,35 @@ class GradientBinarySearcher(BaseSearcher):
             raise ValueError(f"iterations must be a positive integer, got {it!r}")
         return cfg
 
-    def search(self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any = None,
-               config: Mapping[str, Any] | None = None) -> SearchResult:
+    def run(self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any,
+            cfg: dict[str, Any], hparams: dict[str, StructuredHParam] | None = None
+            ) -> SearchResult:
         """One-shot search, or ``iterations`` steps each rescoring the units still kept."""
-        cfg = self.sanitize_config(config)
         steps = cfg["iterations"]
+        plan = self.plan(model, constraints, dummy_input, hparams)  # fails before any scoring
         if steps == 1:
-            return super().search(model, constraints, dummy_input, cfg)
-        hparams = gradnas_hparams(model)
-        kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
-        cost_model = CostModel(model, hparams, kinds, dummy_input)
-        original = cost_model.original
-        targets = parse_constraints(constraints, original)
-        smallest = cost_model.cost({n: hp.choices[0] for n, hp in hparams.items()})
-        if any(smallest[k] > targets[k] for k in targets):  # fail before any scoring
-            return super().search(model, constraints, dummy_input, {**cfg, "iterations": 1})
-        previous = {n: hp.kept for n, hp in hparams.items()}
+            return self.select(plan, *self.score(model, plan, cfg))
+        original, targets = plan.cost_model.original, plan.targets
+        previous = {n: hp.kept for n, hp in plan.hparams.items()}
         history: list[dict[str, float]] = []
         try:
             for step in range(1, steps + 1):
                 frac = step / steps
-                step_targets = {k: original[k] - (original[k] - targets[k]) * frac for k in targets}
-                self._step = step
-                result = super().search(model, step_targets if step < steps else targets,
-                                        dummy_input, cfg)
+                step_plan = replace(plan, targets={
+                    k: original[k] - (original[k] - targets[k]) * frac for k in targets
+                }) if step < steps else plan
+                sens, orders = self.score(model, step_plan, cfg, keep_pruned=step > 1)
+                result = self.select(step_plan, sens, orders)
                 history += [{**h, "iteration": float(step)} for h in result.history]
         except Exception:
-            for n, hp in hparams.items():
+            for n, hp in plan.hparams.items():
                 hp.keep(previous[n])
             raise
-        finally:
-            self._step = 0
         result.history = history
-        result.constraints = {
-            k: {**v, "target": targets[k], "ratio": v["achieved"] / original[k]}
-            for k, v in result.constraints.items()
-        }
         return result
 
     def prepare(self, model: nn.Module, hparams: dict[str, StructuredHParam],
-                config: dict[str, Any]) -> None:  # noqa: D102
+                config: dict[str, Any], keep_pruned: bool = False) -> None:  # noqa: D102
         have_all = all(hp.importance is not None for hp in hparams.values())
         if config["rescore"] or not have_all:
             if config["data_loader"] is None:
@@ -142,7 +131,7 @@ class GradientBinarySearcher(BaseSearcher):
                 score_type=config["score_type"], progress=config["progress"],
                 all_reduce=config["all_reduce"],
             )
-        if getattr(self, "_step", 0) > 1:  # iterative: units pruned by earlier steps stay pruned
+        if keep_pruned:  # iterative: units pruned by earlier steps stay pruned
             for hp in hparams.values():
                 assert hp.importance is not None
                 dropped = sorted(set(range(hp.n_units)) - set(hp.kept))

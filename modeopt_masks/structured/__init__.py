@@ -6,17 +6,28 @@ Examples:
     True
 """
 
-from .families import ATTENTION_LAYOUTS, MLP_LAYOUTS, SUPPORTED_FAMILIES, AttentionLayout, MLPLayout
+from .families import (
+    ATTENTION_LAYOUTS,
+    FAMILIES,
+    MLP_LAYOUTS,
+    SUPPORTED_FAMILIES,
+    AttentionLayout,
+    Family,
+    MLPLayout,
+    register_family,
+)
 from .hparam import StructuredHParam, UnitMasked, gradnas_hparams
 from .scores import collect_scores
 from .structure import AttrUpdate, Slice, Structure, slice_structure
 
 __all__ = [
     "ATTENTION_LAYOUTS",
+    "FAMILIES",
     "MLP_LAYOUTS",
     "SUPPORTED_FAMILIES",
     "AttentionLayout",
     "AttrUpdate",
+    "Family",
     "MLPLayout",
     "Slice",
     "Structure",
@@ -24,5 +35,6 @@ __all__ = [
     "UnitMasked",
     "collect_scores",
     "gradnas_hparams",
+    "register_family",
     "slice_structure",
 ]

@@ -1,17 +1,23 @@
-"""The architecture plugin table: one entry per Hugging Face family.
+"""The model-family records: one :class:`Family` per family, read by gradnas and probing.
 
-Everything gradnas knows about a family's module layout lives here: which
-modules are q/k/v/o (or the fused ``c_attn`` / ``query_key_value``), where the
-MLP's up and down projections are, and which attributes hold head counts.
-Paths are relative to the matched block; a leading ``../`` goes to its parent.
+A family record holds everything the library knows about one model family:
+its Hugging Face ``model_type`` values, where its attention and MLP projections
+are (and how fused ones are laid out), which attributes hold head counts, and
+where :class:`~modeopt_masks.probing.ResidualUpdateModel` reads the residual
+updates. Paths are relative to the matched block; a leading ``../`` goes to its
+parent. :data:`SUPPORTED_FAMILIES` and the probing tables are derived from
+:data:`FAMILIES`; a new family is one :func:`register_family` call.
 
-Supported attention families (:data:`SUPPORTED_FAMILIES`): BERT/RoBERTa/ELECTRA
-(and XLM-R), GPT-2, GPT-NeoX, Llama/Mistral/Qwen2/Qwen3, ViT. A class may have
-several entries (one per transformers generation: ViT's ``q_proj``/``o_proj`` in
-5.x, ``attention.query``/``output.dense`` in 4.x); the first entry whose own
-submodules exist in the block is used. Grouped-query attention (Llama-style,
-fewer KV heads than query heads) is pruned in one of two ways, chosen by the
-rule field ``gqa``:
+Blocks are matched by class name first (a class may have several layouts, one
+per transformers generation: ViT's ``q_proj``/``o_proj`` in 5.x,
+``attention.query``/``output.dense`` in 4.x; the first whose submodules exist
+is used), then *structurally*: any transformers ``*Attention`` / ``*MLP``
+class with the submodules of a ``structural`` family's layout (``q_proj``,
+``k_proj``, ``v_proj``, ``o_proj``; Phi-3's fused ``qkv_proj``) is searched
+like it, the head dim read from the block or its config. So Gemma, OLMo 2,
+Granite, SmolLM3 and other Llama-like decoders work without a record.
+Grouped-query attention (fewer KV heads than query heads) is pruned in one of
+two ways, chosen by the rule field ``gqa``:
 
 * ``"groups"`` (default): the unit is a whole KV group (its K/V head and all
   its query heads), so ``num_key_value_groups`` is unchanged;
@@ -19,7 +25,9 @@ rule field ``gqa``:
   keeps the same number of query heads, so the exported model runs with a
   smaller ``num_key_value_groups``.
 
-With as many KV heads as query heads both are plain per-head pruning.
+With as many KV heads as query heads both are plain per-head pruning. A block
+that cannot be pruned exactly (OLMo 2 normalises q and k over all heads at
+once) raises an error that says so and how to switch it off.
 
 Examples:
     >>> import transformers as tf
@@ -43,12 +51,14 @@ from typing import TypeVar
 
 import torch.nn as nn
 
-from .structure import AttrUpdate, Slice, Structure, weight_of
+from ..layer_kinds import LAYER_KINDS, LayerKind, kind_of
+from .structure import AttrUpdate, Slice, Structure
 
 
 @dataclass(frozen=True)
 class AttentionLayout:
-    """How one family lays out attention. ``fused``: ``""``, ``"gpt2"`` or ``"neox"``."""
+    """How one family lays out attention. ``fused``: ``""``, ``"gpt2"``, ``"neox"`` or
+    ``"qkv"`` (one projection of ``[q heads | k heads | v heads]``, e.g. Phi-3's ``qkv_proj``)."""
 
     family: str
     classes: tuple[str, ...]
@@ -60,75 +70,260 @@ class AttentionLayout:
     fused: str = ""
     #: module (relative path) and attribute names that hold the head dim
     head_dim: tuple[str, tuple[str, ...]] = ("", ("head_dim",))
-    #: (relative module path, attribute, "heads" | "kv_heads" | "size" | "groups")
+    #: (relative module path, attribute, "heads" | "kv_heads" | "size" | "groups"); an
+    #: attribute ``config.name`` is set on a per-module copy of the module's config
     attrs: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class MLPLayout:
-    """How one family lays out its MLP: up projections (output dim pruned), down projection."""
+    """How one family lays out its MLP: up projections (output dim pruned), down projection.
+
+    ``sections`` > 1: each up projection holds that many fused equal sections (Phi-3's
+    ``gate_up_proj`` is ``[gate | up]``: 2).
+    """
 
     family: str
     classes: tuple[str, ...]
     up: tuple[str, ...]
     down: str
+    sections: int = 1
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """The output of submodule ``path`` (``""`` = the layer) on its ``call``-th call per layer."""
+
+    path: str
+    call: int = 0
+
+
+@dataclass(frozen=True)
+class ResidualLayout:
+    """Where one family's residual-stream updates live (see :mod:`..probing.residual_layouts`).
+
+    ``layers``: candidate dotted-name suffixes of the ``nn.ModuleList`` of layers.
+    ``attn_stream``: a hook point for post-LN families, ``None`` for pre-LN ones
+    (where it is computed as layer input + ``attn_update``). ``scale``: a layer attribute
+    the updates are multiplied by before they are added (Granite's ``residual_multiplier``).
+    """
+
+    family: str
+    layers: tuple[str, ...]
+    attn_update: HookPoint
+    mlp_update: HookPoint
+    attn_stream: HookPoint | None
+    mlp_stream: HookPoint
+    post_ln: bool
+    scale: str = ""
+
+    def hook_points(self) -> list[HookPoint]:
+        """Every hook point this layout reads (all must exist in each target layer)."""
+        points = [self.attn_update, self.mlp_update, self.mlp_stream]
+        return points if self.attn_stream is None else [*points, self.attn_stream]
+
+    def fits(self, layer: nn.Module) -> bool:
+        """Whether ``layer`` has every hook point (and the scale attribute) of this layout."""
+        return all(_has(layer, p.path) for p in self.hook_points()) and (
+            not self.scale or hasattr(layer, self.scale))
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the library knows about one model family, in one record.
+
+    ``model_types``: the Hugging Face ``config.model_type`` values (and aliases) it covers.
+    ``attention`` / ``mlp``: gradnas layouts, one per transformers generation whose module
+    names differ (the first whose submodules exist is used); empty: gradnas does not
+    search this family. ``residual``: ``ResidualUpdateModel`` hook points, likewise.
+    ``structural``: also match decoders of *any* class whose blocks have this family's
+    submodules (so a new Llama-like family works without a record); structural families
+    are tried in registration order, the most specific first.
+
+    Examples:
+        >>> from modeopt_masks.structured.families import FAMILIES
+        >>> fam = FAMILIES["phi3"]
+        >>> fam.attention[0].qkv, fam.mlp[0].up, fam.residual[0].attn_update.path
+        ('qkv_proj', ('gate_up_proj',), 'resid_attn_dropout')
+    """
+
+    name: str
+    label: str
+    model_types: tuple[str, ...]
+    attention: tuple[AttentionLayout, ...] = ()
+    mlp: tuple[MLPLayout, ...] = ()
+    residual: tuple[ResidualLayout, ...] = ()
+    structural: bool = False
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make a model family known to gradnas and ``ResidualUpdateModel``.
+
+    Examples:
+        >>> from modeopt_masks.structured.families import FAMILIES, register_family
+        >>> register_family(FAMILIES["gpt2"]).label
+        'GPT-2 (GPT2Attention)'
+    """
+    names = [lay.family for lay in family.attention] + [lay.family for lay in family.mlp] + [
+        lay.family for lay in family.residual]
+    for name in names:
+        if name != family.name:
+            raise ValueError(f"family {family.name!r}: a layout names family {name!r}")
+    FAMILIES[family.name] = family
+    return family
 
 
 _BERT_CLASSES = ("BertAttention", "RobertaAttention", "ElectraAttention", "XLMRobertaAttention",
                  "CamembertAttention")
-_LLAMA_CLASSES = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
+_BERT_RESIDUAL = dict(
+    layers=("encoder.layer",), mlp_update=HookPoint("output.dropout"),
+    mlp_stream=HookPoint("output"), post_ln=True,
+)
+#: q/k/v/o attention of Llama-style decoders (``hidden_size``: transformers 4.4x reshapes with it)
+_LLAMA_ATTRS = (("", "num_heads", "heads"), ("", "num_key_value_heads", "kv_heads"),
+                ("", "num_key_value_groups", "groups"), ("", "hidden_size", "size"))
 
-ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
-    AttentionLayout(
+
+def _pre_ln(family: str, attn: str, mlp: str, scale: str = "") -> ResidualLayout:
+    return ResidualLayout(family, ("layers",), HookPoint(attn), HookPoint(mlp), None,
+                          HookPoint(""), False, scale)
+
+
+def _llama_like(name: str, label: str, model_types: tuple[str, ...], classes: tuple[str, ...],
+                mlp_classes: tuple[str, ...], residual: ResidualLayout) -> Family:
+    """A decoder with Llama's q/k/v/o attention and gated MLP; only ``residual`` differs."""
+    return Family(
+        name, label, model_types,
+        attention=(AttentionLayout(name, classes, o="o_proj", q="q_proj", k="k_proj", v="v_proj",
+                                   attrs=_LLAMA_ATTRS),),
+        mlp=(MLPLayout(name, mlp_classes, up=("gate_proj", "up_proj"), down="down_proj"),
+             MLPLayout(name, (), up=("up_proj",), down="down_proj")),  # ungated (Apertus, ...)
+        residual=(residual,), structural=True,
+    )
+
+
+register_family(Family(
+    "bert", "BERT/RoBERTa/ELECTRA/ERNIE/ConvBERT/XLM-R (BertAttention...)",
+    ("bert", "roberta", "electra", "ernie", "convbert", "xlm-roberta", "camembert"),
+    attention=(AttentionLayout(
         "bert", _BERT_CLASSES, o="output.dense", q="self.query", k="self.key", v="self.value",
         head_dim=("self", ("attention_head_size",)),
         attrs=(("self", "num_attention_heads", "heads"), ("self", "all_head_size", "size")),
-    ),
-    AttentionLayout(
+    ),),
+    mlp=(MLPLayout("bert", ("BertIntermediate", "RobertaIntermediate", "ElectraIntermediate",
+                            "XLMRobertaIntermediate", "CamembertIntermediate"),
+                   up=("dense",), down="../output.dense"),),
+    residual=(ResidualLayout("bert", attn_update=HookPoint("attention.output.dropout"),
+                             attn_stream=HookPoint("attention.output"),
+                             **_BERT_RESIDUAL),),  # type: ignore[arg-type]
+))
+register_family(Family(
+    "mpnet", "MPNet (ResidualUpdateModel only)", ("mpnet",),
+    residual=(ResidualLayout("mpnet", attn_update=HookPoint("attention.dropout"),
+                             attn_stream=HookPoint("attention"),
+                             **_BERT_RESIDUAL),),  # type: ignore[arg-type]
+))
+register_family(Family(
+    "gpt2", "GPT-2 (GPT2Attention)", ("gpt2", "gpt"),
+    attention=(AttentionLayout(
         "gpt2", ("GPT2Attention",), o="c_proj", qkv="c_attn", fused="gpt2",
         # transformers 4.4x's SDPA path reshapes with ``embed_dim``
         attrs=(("", "num_heads", "heads"), ("", "split_size", "size"), ("", "embed_dim", "size")),
-    ),
-    AttentionLayout(
+    ),),
+    mlp=(MLPLayout("gpt2", ("GPT2MLP",), up=("c_fc",), down="c_proj"),),
+    residual=(ResidualLayout("gpt2", ("h",), HookPoint("attn"), HookPoint("mlp"), None,
+                             HookPoint(""), False),),
+))
+register_family(Family(
+    "gpt_neox", "GPT-NeoX (GPTNeoXAttention)", ("gpt_neox", "gptneox"),
+    attention=(AttentionLayout(
         "gpt_neox", ("GPTNeoXAttention",), o="dense", qkv="query_key_value", fused="neox",
         head_dim=("", ("head_size",)),
         attrs=(("", "num_attention_heads", "heads"), ("", "hidden_size", "size")),
+    ),),
+    mlp=(MLPLayout("gpt_neox", ("GPTNeoXMLP",), up=("dense_h_to_4h",), down="dense_4h_to_h"),),
+    residual=(_pre_ln("gpt_neox", "post_attention_dropout", "post_mlp_dropout"),),
+))
+register_family(Family(
+    "vit", "ViT (ViTAttention; transformers 5 and 4.x layouts)", ("vit",),
+    attention=(
+        AttentionLayout(  # transformers 5
+            "vit", ("ViTAttention",), o="o_proj", q="q_proj", k="k_proj", v="v_proj",
+            attrs=(("", "num_attention_heads", "heads"), ("", "all_head_size", "size")),
+        ),
+        AttentionLayout(  # transformers 4.x: ViTSelfAttention under ``attention``
+            "vit", ("ViTAttention",), o="output.dense", q="attention.query", k="attention.key",
+            v="attention.value", head_dim=("attention", ("attention_head_size",)),
+            attrs=(("attention", "num_attention_heads", "heads"),
+                   ("attention", "all_head_size", "size")),
+        ),
     ),
-    AttentionLayout(
-        "llama", _LLAMA_CLASSES, o="o_proj", q="q_proj", k="k_proj", v="v_proj",
-        # ``hidden_size``: transformers 4.4x reshapes the attention output with it
-        attrs=(("", "num_heads", "heads"), ("", "num_key_value_heads", "kv_heads"),
-               ("", "num_key_value_groups", "groups"), ("", "hidden_size", "size")),
+    mlp=(MLPLayout("vit", ("ViTMLP",), up=("fc1",), down="fc2"),  # transformers 5
+         MLPLayout("vit", ("ViTIntermediate",), up=("dense",), down="../output.dense")),  # 4.x
+    residual=(
+        # transformers 5: ``layers.N`` with one ``dropout`` used after attention, then after MLP
+        ResidualLayout("vit", ("layers",), HookPoint("dropout", 0), HookPoint("dropout", 1), None,
+                       HookPoint(""), False),
+        # transformers 4.x: ``encoder.layer.N``; ViTSelfOutput and ViTOutput end in dropouts
+        ResidualLayout("vit", ("encoder.layer",), HookPoint("attention.output.dropout"),
+                       HookPoint("output.dropout"), None, HookPoint(""), False),
     ),
-    AttentionLayout(  # transformers 5
-        "vit", ("ViTAttention",), o="o_proj", q="q_proj", k="k_proj", v="v_proj",
-        attrs=(("", "num_attention_heads", "heads"), ("", "all_head_size", "size")),
-    ),
-    AttentionLayout(  # transformers 4.x: ViTSelfAttention under ``attention``, BERT-like output
-        "vit", ("ViTAttention",), o="output.dense", q="attention.query", k="attention.key",
-        v="attention.value", head_dim=("attention", ("attention_head_size",)),
-        attrs=(("attention", "num_attention_heads", "heads"),
-               ("attention", "all_head_size", "size")),
-    ),
-)
+))
+# Llama-like decoders, most specific first (structural matching tries them in this order).
+register_family(Family(
+    "phi3", "Phi-3 (fused qkv_proj and gate_up_proj)", ("phi3",),
+    attention=(AttentionLayout(
+        "phi3", ("Phi3Attention",), o="o_proj", qkv="qkv_proj", fused="qkv",
+        # the query width is read from the config: each pruned layer gets its own config copy
+        attrs=(("", "num_key_value_heads", "kv_heads"), ("", "config.num_attention_heads",
+                                                         "heads")),
+    ),),
+    mlp=(MLPLayout("phi3", ("Phi3MLP",), up=("gate_up_proj",), down="down_proj", sections=2),),
+    residual=(_pre_ln("phi3", "resid_attn_dropout", "resid_mlp_dropout"),),
+    structural=True,
+))
+register_family(_llama_like(
+    "sandwich", "Gemma 2/3, OLMo 2 (norms after attention and MLP)",
+    ("gemma2", "gemma3_text", "olmo2", "olmo3", "vaultgemma"),
+    ("Gemma2Attention", "Gemma3Attention", "Olmo2Attention"),
+    ("Gemma2MLP", "Gemma3MLP", "Olmo2MLP"),
+    _pre_ln("sandwich", "post_attention_layernorm", "post_feedforward_layernorm"),
+))
+register_family(_llama_like(
+    "granite", "Granite (updates scaled by residual_multiplier)", ("granite",),
+    ("GraniteAttention",), ("GraniteMLP",), _pre_ln("granite", "self_attn", "mlp", "residual_multiplier"),
+))
+register_family(_llama_like(
+    "llama", "Llama and Llama-like decoders (q/k/v/o_proj; Mistral, Qwen2/3, Gemma, SmolLM3, ...)",
+    ("llama", "mistral", "qwen2", "qwen3", "gemma", "smollm3"),
+    ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"),
+    ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"),
+    _pre_ln("llama", "self_attn", "mlp"),
+))
 
-MLP_LAYOUTS: tuple[MLPLayout, ...] = (
-    MLPLayout("bert", ("BertIntermediate", "RobertaIntermediate", "ElectraIntermediate",
-                       "XLMRobertaIntermediate", "CamembertIntermediate"),
-              up=("dense",), down="../output.dense"),
-    MLPLayout("gpt2", ("GPT2MLP",), up=("c_fc",), down="c_proj"),
-    MLPLayout("gpt_neox", ("GPTNeoXMLP",), up=("dense_h_to_4h",), down="dense_4h_to_h"),
-    MLPLayout("llama", ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"),
-              up=("gate_proj", "up_proj"), down="down_proj"),
-    MLPLayout("vit", ("ViTMLP",), up=("fc1",), down="fc2"),  # transformers 5
-    MLPLayout("vit", ("ViTIntermediate",), up=("dense",), down="../output.dense"),  # 4.x
-)
+ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = tuple(
+    lay for fam in FAMILIES.values() for lay in fam.attention)
+MLP_LAYOUTS: tuple[MLPLayout, ...] = tuple(lay for fam in FAMILIES.values() for lay in fam.mlp)
 
-SUPPORTED_FAMILIES = (
-    "BERT/RoBERTa/ELECTRA/XLM-R (BertAttention...), GPT-2 (GPT2Attention), "
-    "GPT-NeoX (GPTNeoXAttention), Llama/Mistral/Qwen2/Qwen3 (LlamaAttention...), "
-    "ViT (ViTAttention; transformers 5 and 4.x layouts)"
-)
+
+def supported_families() -> str:
+    """The families gradnas searches, for messages (derived from :data:`FAMILIES`).
+
+    Examples:
+        >>> from modeopt_masks.structured.families import supported_families
+        >>> "GPT-NeoX" in supported_families()
+        True
+    """
+    names = [fam.label for fam in FAMILIES.values() if fam.attention or fam.mlp]
+    return "; ".join(names) + (
+        "; and any transformers decoder whose attention has q_proj/k_proj/v_proj/o_proj "
+        "(or qkv_proj/o_proj) and whose config gives the head counts")
+
+
+SUPPORTED_FAMILIES = supported_families()
 
 
 _L = TypeVar("_L", AttentionLayout, MLPLayout)
@@ -140,10 +335,6 @@ def _by_class(layouts: tuple[_L, ...]) -> dict[str, list[_L]]:
         for c in layout.classes:
             table.setdefault(c, []).append(layout)
     return table
-
-
-_ATTN_BY_CLASS: dict[str, list[AttentionLayout]] = _by_class(ATTENTION_LAYOUTS)
-_MLP_BY_CLASS: dict[str, list[MLPLayout]] = _by_class(MLP_LAYOUTS)
 
 
 def _has(module: nn.Module, rel: str) -> bool:
@@ -173,9 +364,16 @@ def _join(base: str, rel: str) -> str:
     return f"{base}.{rel}" if base else rel
 
 
-def _out_dim(module: nn.Module) -> int:
-    """Axis of the output units in ``module.weight`` (Conv1D stores ``[in, out]``)."""
-    return 1 if type(module).__name__ == "Conv1D" or hasattr(module, "nf") else 0
+def _kind(module: nn.Module, block: str, role: str) -> LayerKind:
+    """The layer kind of a block's projection ``module`` (a clear error when it has none)."""
+    kind = kind_of(module)
+    if kind is None:
+        raise ValueError(
+            f"{block}: its {role} is a {type(module).__name__}, which is no layer kind "
+            f"({sorted(LAYER_KINDS)}; a subclass with its own forward is refused): gradnas "
+            "cannot slice it"
+        )
+    return kind
 
 
 def is_hf_module(module: nn.Module) -> bool:
@@ -185,20 +383,52 @@ def is_hf_module(module: nn.Module) -> bool:
     )
 
 
-def attention_layout(module: nn.Module) -> AttentionLayout | None:
-    """The plugin entry for ``module``'s class (``None``: not a known attention block)."""
+def _by_class_name(module: nn.Module, layouts: Callable[[Family], tuple[_L, ...]]) -> list[_L]:
     for cls in type(module).__mro__:
-        if cls.__name__ in _ATTN_BY_CLASS:
-            return _pick(_ATTN_BY_CLASS[cls.__name__], module,
-                         lambda lay: (lay.o, lay.q, lay.k, lay.v, lay.qkv, lay.head_dim[0]))
+        found = [lay for fam in FAMILIES.values() for lay in layouts(fam)
+                 if cls.__name__ in lay.classes]
+        if found:
+            return found
+    return []
+
+
+def _structural(module: nn.Module, layouts: Callable[[Family], tuple[_L, ...]],
+                paths: Callable[[_L], tuple[str, ...]]) -> _L | None:
+    """The first layout of a structural family whose submodules all exist in ``module``."""
+    for fam in FAMILIES.values():
+        if fam.structural:
+            for layout in layouts(fam):
+                if all(_has(module, rel) for rel in paths(layout)):
+                    return layout
+    return None
+
+
+def _attn_paths(lay: AttentionLayout) -> tuple[str, ...]:
+    return tuple(p for p in (lay.o, lay.q, lay.k, lay.v, lay.qkv, lay.head_dim[0]) if p)
+
+
+def _mlp_paths(lay: MLPLayout) -> tuple[str, ...]:
+    return (*lay.up, lay.down)
+
+
+def attention_layout(module: nn.Module) -> AttentionLayout | None:
+    """The family layout of attention block ``module``: by class name, else (a transformers
+    ``*Attention`` class) by its submodules; ``None``: not a known attention block."""
+    named = _by_class_name(module, lambda fam: fam.attention)
+    if named:
+        return _pick(named, module, _attn_paths)
+    if looks_like_attention(module):
+        return _structural(module, lambda fam: fam.attention, _attn_paths)
     return None
 
 
 def mlp_layout(module: nn.Module) -> MLPLayout | None:
-    """The plugin entry for ``module``'s MLP class, or ``None``."""
-    for cls in type(module).__mro__:
-        if cls.__name__ in _MLP_BY_CLASS:
-            return _pick(_MLP_BY_CLASS[cls.__name__], module, lambda lay: (*lay.up, lay.down))
+    """The family layout of MLP block ``module`` (by class name, else by submodules), or ``None``."""
+    named = _by_class_name(module, lambda fam: fam.mlp)
+    if named:
+        return _pick(named, module, _mlp_paths)
+    if looks_like_mlp(module):
+        return _structural(module, lambda fam: fam.mlp, _mlp_paths)
     return None
 
 
@@ -224,6 +454,41 @@ def _get(modules: dict[str, nn.Module], name: str, family: str, block: str) -> n
 GQA_MODES: tuple[str, ...] = ("groups", "even")
 
 
+def _head_dim(owner: nn.Module, names: tuple[str, ...], block: str) -> int:
+    """The head dim: an attribute of ``owner``, else its config's ``head_dim`` or
+    ``hidden_size // num_attention_heads``."""
+    for attr in names:
+        if isinstance(getattr(owner, attr, None), int):
+            return int(getattr(owner, attr))
+    cfg = getattr(owner, "config", None)
+    if isinstance(getattr(cfg, "head_dim", None), int):
+        return int(cfg.head_dim)  # type: ignore[union-attr]
+    hidden, heads = getattr(cfg, "hidden_size", None), getattr(cfg, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+        return hidden // heads
+    raise ValueError(
+        f"{block}: no head count: neither an attribute {list(names)} nor a config with "
+        "head_dim or hidden_size and num_attention_heads"
+    )
+
+
+def _check_no_cross_head_norm(module: nn.Module, block: str, widths: set[int], head_dim: int,
+                              skip: set[str]) -> None:
+    """Refuse blocks that normalise q or k over all heads at once (OLMo 2's ``q_norm``)."""
+    for child_name, child in module.named_children():
+        weight = getattr(child, "weight", None)
+        if child_name in skip or not isinstance(weight, nn.Parameter) or weight.dim() != 1:
+            continue
+        if weight.numel() in widths and weight.numel() != head_dim:
+            raise ValueError(
+                f"{block}: {child_name} ({type(child).__name__}) normalises over all "
+                f"{weight.numel() // head_dim} heads together, so removing a head would change "
+                "the other heads' values and the exported model would not compute the masked "
+                "one; gradnas cannot prune these heads. Switch attention off with "
+                "{'hf.attention': {'*': None}} (the MLPs stay searchable)."
+            )
+
+
 def attention_structure(root: nn.Module, name: str, module: nn.Module,
                         gqa: str = "groups") -> Structure:
     """The heads :class:`Structure` of attention block ``name`` (a known family).
@@ -237,41 +502,43 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
     if layout is None:
         raise ValueError(
             f"{name}: attention class {type(module).__name__} is not in the gradnas plugin "
-            f"table. Supported families: {SUPPORTED_FAMILIES}. Switch it off with "
-            f"{{'hf.attention': {{'{name}': None}}}} or add an AttentionLayout."
+            f"table and has no known submodule layout. Supported families: "
+            f"{supported_families()}. Switch it off with "
+            f"{{'hf.attention': {{'{name}': None}}}} or register a Family."
         )
     modules = dict(root.named_modules())
     fam = layout.family
-    hd_owner = _get(modules, _join(name, layout.head_dim[0]), fam, name)
-    head_dim = next(
-        (int(getattr(hd_owner, a)) for a in layout.head_dim[1] if hasattr(hd_owner, a)), None
-    )
-    if head_dim is None:
-        raise ValueError(f"{name}: no head-dim attribute {layout.head_dim[1]} found")
+    head_dim = _head_dim(_get(modules, _join(name, layout.head_dim[0]), fam, name),
+                         layout.head_dim[1], name)
+    if head_dim <= 0:
+        raise ValueError(f"{name}: head dim {head_dim} must be positive")
     o_name = _join(name, layout.o)
     o_mod = _get(modules, o_name, fam, name)
-    o_in = weight_of(o_mod).shape[1 - _out_dim(o_mod)]
-    n_heads = o_in // head_dim
+    o_kind = _kind(o_mod, name, "output projection")
+    n_heads = o_kind.in_width(o_mod) // head_dim
+    if n_heads == 0:
+        raise ValueError(f"{name}: its output projection has no input heads to search")
     slices: list[Slice] = []
     kv_heads = n_heads
-    if layout.fused == "gpt2":
+    if layout.fused:
         qkv = _join(name, layout.qkv)
         qkv_mod = _get(modules, qkv, fam, name)
+        qkv_kind = _kind(qkv_mod, name, "qkv projection")
         if getattr(module, "is_cross_attention", False):
-            raise ValueError(f"{name}: GPT-2 cross-attention is not supported by gradnas")
+            raise ValueError(f"{name}: cross-attention is not supported by gradnas")
         width = n_heads * head_dim
-        slices += [Slice(qkv, "weight", 1, head_dim, 3, width), Slice(qkv, "bias", 0, head_dim, 3, width)]
-        del qkv_mod
-    elif layout.fused == "neox":
-        qkv = _join(name, layout.qkv)
-        _get(modules, qkv, fam, name)
-        slices += [Slice(qkv, "weight", 0, 3 * head_dim), Slice(qkv, "bias", 0, 3 * head_dim)]
+        if layout.fused == "qkv":
+            kv_heads = (qkv_kind.out_width(qkv_mod) - width) // (2 * head_dim)
     else:
         q, k, v = (_join(name, p) for p in (layout.q, layout.k, layout.v))
-        k_mod = _get(modules, k, fam, name)
-        _get(modules, q, fam, name), _get(modules, v, fam, name)
-        kv_heads = weight_of(k_mod).shape[0] // head_dim
-    if n_heads % kv_heads:
+        q_mod, k_mod, v_mod = (_get(modules, p, fam, name) for p in (q, k, v))
+        for mod, role in ((q_mod, "q projection"), (v_mod, "v projection")):
+            _kind(mod, name, role)
+        k_kind = _kind(k_mod, name, "k projection")
+        kv_heads = k_kind.out_width(k_mod) // head_dim
+        _check_no_cross_head_norm(module, name, {n_heads * head_dim, kv_heads * head_dim},
+                                  head_dim, {layout.q, layout.k, layout.v, layout.o})
+    if kv_heads <= 0 or n_heads % kv_heads:
         raise ValueError(f"{name}: {n_heads} query heads do not split into {kv_heads} KV groups")
     group = n_heads // kv_heads
     even = gqa == "even" and group > 1 and not layout.fused
@@ -280,12 +547,22 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
     else:  # unit: a whole KV group (one K/V head and its query heads)
         n_units, per_unit_heads, groups = kv_heads, group, 1
     unit_len = per_unit_heads * head_dim  # query/output entries per unit
-    if not layout.fused:
-        slices += [Slice(q, "weight", 0, unit_len), Slice(q, "bias", 0, unit_len)]
+    if layout.fused == "gpt2":
+        slices += [Slice(qkv, "weight", qkv_kind.out_dim, head_dim, 3, width),
+                   Slice(qkv, "bias", 0, head_dim, 3, width)]
+    elif layout.fused == "neox":
+        slices += [Slice(qkv, "weight", qkv_kind.out_dim, 3 * head_dim),
+                   Slice(qkv, "bias", 0, 3 * head_dim)]
+    elif layout.fused == "qkv":  # [q (kv groups x group heads) | k (kv heads) | v (kv heads)]
+        parts = ((0, unit_len), (width, head_dim), (width + kv_heads * head_dim, head_dim))
+        slices += [Slice(qkv, t, qkv_kind.out_dim if t == "weight" else 0, unit_len, parts=parts)
+                   for t in ("weight", "bias")]
+    else:
+        slices += [Slice(q, "weight", k_kind.out_dim, unit_len), Slice(q, "bias", 0, unit_len)]
         if not even:
-            slices += [Slice(p, t, 0, head_dim) for p in (k, v) for t in ("weight", "bias")]
-    o_dim = 1 - _out_dim(o_mod)
-    slices.append(Slice(o_name, "weight", o_dim, unit_len))
+            slices += [Slice(p, "weight", k_kind.out_dim, head_dim) for p in (k, v)]
+            slices += [Slice(p, "bias", 0, head_dim) for p in (k, v)]
+    slices.append(Slice(o_name, "weight", o_kind.in_dim, unit_len))
     attrs = []
     for rel, attr, what in layout.attrs:
         if what == "kv_heads" and even:
@@ -309,25 +586,31 @@ def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
     layout = mlp_layout(module)
     if layout is None:
         raise ValueError(
-            f"{name}: MLP class {type(module).__name__} is not in the gradnas plugin table. "
-            f"Supported families: {SUPPORTED_FAMILIES}. Switch it off with "
-            f"{{'hf.mlp': {{'{name}': None}}}} or add an MLPLayout."
+            f"{name}: MLP class {type(module).__name__} is not in the gradnas plugin table and "
+            f"has no known submodule layout. Supported families: {supported_families()}. "
+            f"Switch it off with {{'hf.mlp': {{'{name}': None}}}} or register a Family."
         )
     modules = dict(root.named_modules())
     slices = []
-    n_units = None
+    widths = set()
     for rel in layout.up:
         up_name = _join(name, rel)
         up = _get(modules, up_name, layout.family, name)
-        dim = _out_dim(up)
-        n_units = weight_of(up).shape[dim]
-        slices += [Slice(up_name, "weight", dim, 1), Slice(up_name, "bias", 0, 1)]
+        kind = _kind(up, name, f"up projection {rel!r}")
+        width = kind.out_width(up) // layout.sections
+        widths.add(width)
+        slices += [Slice(up_name, "weight", kind.out_dim, 1, layout.sections, width),
+                   Slice(up_name, "bias", 0, 1, layout.sections, width)]
     down_name = _join(name, layout.down)
     down = _get(modules, down_name, layout.family, name)
-    slices.append(Slice(down_name, "weight", 1 - _out_dim(down), 1))
-    assert n_units is not None
+    down_kind = _kind(down, name, "down projection")
+    widths.add(down_kind.in_width(down))
+    if len(widths) != 1 or 0 in widths:
+        raise ValueError(f"{name}: the up and down projections disagree on the hidden width "
+                         f"({sorted(widths)}); gradnas cannot pair them")
+    slices.append(Slice(down_name, "weight", down_kind.in_dim, 1))
     scope = [name] if down_name.startswith(name + ".") else [name, down_name]
     return Structure(
-        name=name, key="hf.mlp", kind="channels", family=layout.family, n_units=n_units,
+        name=name, key="hf.mlp", kind="channels", family=layout.family, n_units=widths.pop(),
         unit_size=1, mask_module=down_name, mask_dim=-1, slices=slices, flop_scope=scope,
     )

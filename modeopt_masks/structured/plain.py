@@ -51,7 +51,8 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .structure import Slice, Structure, weight_of
+from ..layer_kinds import LAYER_KINDS, LayerKind, kind_of, plain_pair_keys
+from .structure import Slice, Structure
 
 #: module types that act channel by channel (a channel pruned before them stays pruned after)
 CHANNELWISE: tuple[type[nn.Module], ...] = (
@@ -59,18 +60,20 @@ CHANNELWISE: tuple[type[nn.Module], ...] = (
     nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
     nn.Dropout2d, nn.AlphaDropout,
 )
-_KEYS: dict[type[nn.Module], str] = {nn.Linear: "nn.Linear", nn.Conv1d: "nn.Conv1d",
-                                     nn.Conv2d: "nn.Conv2d"}
-PLAIN_KEYS: tuple[str, ...] = tuple(_KEYS.values())
+PLAIN_KEYS: tuple[str, ...] = plain_pair_keys()
+
+
+def _kind(module: nn.Module) -> LayerKind | None:
+    """The layer kind of ``module`` if gradnas may pair it as a plain producer / consumer."""
+    kind = kind_of(module)
+    if kind is None or not kind.plain_pairs or not kind.sliceable(module):
+        return None
+    return kind
 
 
 def _key(module: nn.Module) -> str | None:
-    for cls, key in _KEYS.items():
-        if isinstance(module, cls):
-            if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
-                return None
-            return key
-    return None
+    kind = _kind(module)
+    return None if kind is None else kind.key
 
 
 def _structure(key: str, prod: tuple[str, nn.Module], middle: list[tuple[str, nn.Module]],
@@ -78,24 +81,25 @@ def _structure(key: str, prod: tuple[str, nn.Module], middle: list[tuple[str, nn
     """The channels structure of ``producer -> middle... -> consumer`` (``None``: shapes differ)."""
     full, producer = prod
     cons_name, consumer = cons
-    n = weight_of(producer).shape[0]
-    if weight_of(consumer).shape[1] != n:
+    kind = LAYER_KINDS[key]
+    n = kind.out_width(producer)
+    if kind.in_width(consumer) != n:
         return None
-    slices = [Slice(full, "weight", 0, 1), Slice(full, "bias", 0, 1)]
+    slices = [Slice(full, "weight", kind.out_dim, 1), Slice(full, "bias", 0, 1)]
     for bn, mid in middle:
         if isinstance(mid, nn.modules.batchnorm._BatchNorm):
             slices += [Slice(bn, t, 0, 1) for t in ("weight", "bias", "running_mean", "running_var")]
-    slices.append(Slice(cons_name, "weight", 1, 1))
+    slices.append(Slice(cons_name, "weight", kind.in_dim, 1))
     return Structure(
         name=full, key=key, kind="channels", family="plain", n_units=n, unit_size=1,
-        mask_module=cons_name, mask_dim=-1 if key == "nn.Linear" else 1,
+        mask_module=cons_name, mask_dim=kind.input_axis,
         slices=slices, flop_scope=[full, cons_name],
     )
 
 
 def _is_channelwise_module(module: nn.Module, key: str) -> bool:
     return isinstance(module, CHANNELWISE) or (
-        isinstance(module, nn.modules.batchnorm._BatchNorm) and key != "nn.Linear")
+        isinstance(module, nn.modules.batchnorm._BatchNorm) and LAYER_KINDS[key].input_axis == 1)
 
 
 def _skipped(name: str, skip: tuple[str, ...]) -> bool:

@@ -9,6 +9,8 @@ export.
 
 Examples:
     >>> import torch.nn as nn
+
+from ..layer_kinds import kind_of
     >>> from modeopt_masks.structured.structure import Slice, Structure, slice_structure
     >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> s = Structure(name="0", key="nn.Linear", kind="channels", family="plain", n_units=4,
@@ -23,10 +25,13 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+
+from ..layer_kinds import kind_of
 
 
 @dataclass(frozen=True)
@@ -44,14 +49,25 @@ class Slice:
     unit_len: int
     sections: int = 1
     stride: int = 0
+    #: ``(offset, entries per unit)`` per section when sections differ in size (Phi-3's
+    #: ``qkv_proj``: query heads, then key heads, then value heads); overrides the three above
+    parts: tuple[tuple[int, int], ...] = ()
+
+    def layout(self) -> tuple[tuple[int, int], ...]:
+        """``(offset, entries per unit)`` of every section."""
+        return self.parts or tuple((s * self.stride, self.unit_len) for s in range(self.sections))
+
+    def per_unit(self) -> int:
+        """Entries along ``dim`` that one unit owns."""
+        return sum(length for _, length in self.layout())
 
     def indices(self, kept: list[int]) -> list[int]:
         """Entries along ``dim`` that stay when the units ``kept`` (sorted) stay."""
         return [
-            s * self.stride + u * self.unit_len + j
-            for s in range(self.sections)
+            offset + u * length + j
+            for offset, length in self.layout()
             for u in kept
-            for j in range(self.unit_len)
+            for j in range(length)
         ]
 
 
@@ -102,56 +118,100 @@ class Structure:
             tensor = getattr(modules[sl.module], sl.param)
             if not isinstance(tensor, nn.Parameter):
                 continue
-            total += tensor.numel() // tensor.shape[sl.dim] * sl.unit_len * sl.sections
+            total += tensor.numel() // tensor.shape[sl.dim] * sl.per_unit()
         return total
-
-
-def weight_of(module: nn.Module) -> torch.Tensor:
-    """``module.weight`` (typed as a tensor)."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(module).__name__} has no weight tensor")
-    return weight
 
 
 def _sync_dims(module: nn.Module) -> None:
     """Make a module's size attributes agree with its (sliced) weight."""
-    weight = getattr(module, "weight", None)
-    if weight is None:
-        return
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = weight.shape
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        module.out_channels = weight.shape[0]
-        module.in_channels = weight.shape[1] * module.groups
-    elif isinstance(module, nn.modules.batchnorm._NormBase):
-        module.num_features = weight.shape[0]
-    elif hasattr(module, "nf"):  # transformers' Conv1D, weight [in, out] (``nx`` since 4.41)
-        module.nf = weight.shape[1]
-        if hasattr(module, "nx"):
-            module.nx = weight.shape[0]
+    kind = kind_of(module)
+    if kind is not None:
+        kind.sync_sizes(module)
+    elif isinstance(module, nn.modules.batchnorm._NormBase) and module.weight is not None:
+        module.num_features = module.weight.shape[0]
+
+
+@dataclass
+class SlicePlan:
+    """Every tensor an export changes, computed before anything in the model changes.
+
+    ``tensors``: ``{(module name, param): new tensor}`` (several structures slicing one tensor,
+    e.g. the middle layer of ``Linear -> Linear -> Linear``, compose); ``attrs``: the size
+    attributes to set afterwards.
+    """
+
+    tensors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    attrs: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 @torch.no_grad()
+def plan_slices(model: nn.Module, selection: list[tuple[Structure, list[int]]]) -> SlicePlan:
+    """The :class:`SlicePlan` keeping, for each structure, its units ``kept`` (sorted).
+
+    Computes new tensors only; ``model`` is not changed (a failure here leaves it as it was).
+    """
+    modules = dict(model.named_modules())
+    plan = SlicePlan()
+    for structure, kept in selection:
+        for sl in structure.slices:
+            tensor = plan.tensors.get((sl.module, sl.param), getattr(modules[sl.module], sl.param,
+                                                                     None))
+            if tensor is None:
+                continue
+            index = torch.tensor(sl.indices(kept), dtype=torch.long, device=tensor.device)
+            plan.tensors[(sl.module, sl.param)] = tensor.index_select(sl.dim, index).contiguous()
+        plan.attrs += [(u.module, u.attr, len(kept) * u.per_unit // u.divisor)
+                       for u in structure.attrs]
+    return plan
+
+
+def apply_slices(model: nn.Module, plan: SlicePlan) -> None:
+    """Put the planned tensors in place (parameters stay parameters) and update the sizes."""
+    modules = dict(model.named_modules())
+    for (name, param), new in plan.tensors.items():
+        module = modules[name]
+        old = getattr(module, param)
+        if isinstance(old, nn.Parameter):
+            setattr(module, param, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            setattr(module, param, new)
+    for name in dict.fromkeys(name for name, _ in plan.tensors):
+        _sync_dims(modules[name])
+    for name, attr, value in plan.attrs:
+        _set_attr(modules[name], attr, value)
+
+
 def slice_structure(model: nn.Module, structure: Structure, kept: list[int]) -> None:
     """Physically keep only the units ``kept`` (sorted) of ``structure`` in ``model``."""
-    modules = dict(model.named_modules())
-    touched: dict[str, nn.Module] = {}
-    for sl in structure.slices:
-        module = modules[sl.module]
-        tensor = getattr(module, sl.param, None)
-        if tensor is None:
-            continue
-        index = torch.tensor(sl.indices(kept), dtype=torch.long, device=tensor.device)
-        new = tensor.index_select(sl.dim, index).contiguous()
-        if isinstance(tensor, nn.Parameter):
-            setattr(module, sl.param, nn.Parameter(new, requires_grad=tensor.requires_grad))
-        else:
-            setattr(module, sl.param, new)
-        touched[sl.module] = module
-    for module in touched.values():
-        _sync_dims(module)
-    for upd in structure.attrs:
-        module = modules[upd.module]
-        if hasattr(module, upd.attr):
-            setattr(module, upd.attr, len(kept) * upd.per_unit // upd.divisor)
+    apply_slices(model, plan_slices(model, [(structure, kept)]))
+
+
+#: root-module attribute where gradnas export records which units it kept (for save/restore)
+SLICED_ATTR = "_mm_sliced"
+
+
+def mark_sliced(model: nn.Module, kept: dict[str, list[int]]) -> None:
+    """Record on ``model`` that export sliced these hparams (``{}``: nothing was sliced)."""
+    if kept:
+        previous = dict(getattr(model, SLICED_ATTR, {}))
+        model.__dict__[SLICED_ATTR] = {**previous, **kept}
+
+
+def sliced_by_export(model: nn.Module) -> dict[str, list[int]]:
+    """``{hparam: kept units}`` of every gradnas export applied to ``model`` (``{}``: none)."""
+    return dict(model.__dict__.get(SLICED_ATTR, {}))
+
+
+def _set_attr(module: nn.Module, attr: str, value: int) -> None:
+    """``module.attr = value`` if it exists; ``config.name``: on the module's own config copy
+    (a transformers config is shared by every layer, the pruned counts are per layer)."""
+    if attr.startswith("config."):
+        config = getattr(module, "config", None)
+        name = attr.split(".", 1)[1]
+        if config is not None and hasattr(config, name):
+            config = copy.copy(config)
+            setattr(config, name, value)
+            module.config = config
+        return
+    if hasattr(module, attr):
+        setattr(module, attr, value)
