@@ -58,6 +58,7 @@ import torch.nn as nn
 from pydantic import Field, field_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
+from ..hf_export import update_config
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
@@ -134,6 +135,9 @@ class GradNASConfig(ModeConfig):
 
     rule_class: ClassVar[type[Rule]] = GradNASRule
     layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
+    #: the search keeps the same number of units in every layer of a kind (same type key and
+    #: choices), so the exported model has one shape per kind that a stock config can describe
+    uniform: bool = False
 
 
 @dataclass
@@ -340,6 +344,11 @@ class GradNASDescriptor(ModeDescriptor):
         for hp in hps.values():
             _remove(hp)
         mark_sliced(model, pruned)
+        if pruned:
+            try:  # a truthful config.json where the config can say it
+                update_config(model)
+            except ValueError:  # a block that no longer reads as its family: config as it was
+                pass
         return model
 
 
