@@ -29,6 +29,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch.nn as nn
@@ -129,6 +130,35 @@ def update_config(model: nn.Module) -> list[str]:
     updates, unexpressed = config_updates(model)
     if config is None or not hasattr(config, "to_dict"):
         return unexpressed
+    trial = copy.deepcopy(config)
+    for attr, value in updates.items():
+        setattr(trial, attr, value)
+    try:  # transformers 5 configs validate on save (e.g. hidden_size % num_attention_heads)
+        validate = getattr(trial, "validate", None)
+        if callable(validate):
+            validate()
+    except Exception as e:  # noqa: BLE001 - any validator failure: keep the original config
+        return [*unexpressed, f"{updates}: {type(config).__name__} refuses it ({e})"]
     for attr, value in updates.items():
         setattr(config, attr, value)
     return unexpressed
+
+
+def expressible_heads(model: nn.Module, heads: int) -> bool:
+    """Whether ``model.config`` accepts ``heads`` query heads in every layer (Llama-style
+    configs require ``hidden_size % num_attention_heads == 0`` even with an explicit
+    ``head_dim``); ``True`` when there is no config to ask.
+
+    Examples:
+        >>> import transformers as tf
+        >>> from modeopt_masks.hf_export import expressible_heads
+        >>> m = tf.LlamaModel(tf.LlamaConfig(vocab_size=8, hidden_size=64, num_hidden_layers=1,
+        ...                                  num_attention_heads=8, num_key_value_heads=2))
+        >>> expressible_heads(m, 4), expressible_heads(m, 6)
+        (True, False)
+    """
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not isinstance(hidden, int) or not hasattr(config, "validate"):
+        return True
+    return heads > 0 and hidden % heads == 0

@@ -19,20 +19,18 @@ producer layer, keyed by the producer's name). Rule fields: ``ratios``
 a query head; K/V are kept and every KV group keeps the same number of query
 heads; ``ratios``/``divisor`` then apply to the heads of one group).
 
-Saving an exported Hugging Face model: the export slices weights and updates
-each block's own head-count attributes (``num_attention_heads``,
-``num_key_value_groups``, ``all_head_size``, ...), but **not** ``model.config``,
-which has one count for every layer and cannot describe layers pruned
-differently. So ``save_pretrained`` writes the smaller weights next to the
-original config, and ``from_pretrained`` on that folder raises a size-mismatch
-error (with ``ignore_mismatched_sizes=True`` it would silently re-initialise
-the pruned layers: never do that). Ways that work:
-
-* before ``export``: ``mm.save(model, dir)``; later
-  ``mm.export(mm.restore(Model.from_pretrained(original), dir))`` rebuilds the
-  exported model (the selection is replayed on a fresh original model);
-* after ``export``: ``torch.save(model, path)`` / ``torch.load(path,
-  weights_only=False)`` (a pickle of the plain modules: trusted files only).
+Saving an exported Hugging Face model: the export slices weights, updates
+each block's own head-count attributes and writes the new shapes into
+``model.config`` wherever the family's config can express them
+(:mod:`modeopt_masks.hf_export`). With the global option ``uniform=True`` the
+search keeps the same number of units in every layer of a kind (and, for
+attention, only head counts the config accepts), so ``save_pretrained`` output
+reloads with stock ``AutoModel*.from_pretrained``, without this library. Per-layer
+shapes, or head counts a config cannot hold (BERT, GPT-2, GPT-NeoX derive the head
+size from ``hidden_size``), are left in the config as they were, so such a folder
+fails to load with a size-mismatch error (never pass ``ignore_mismatched_sizes``);
+rebuild those with ``mm.save`` before export and ``mm.export(mm.restore(...))``.
+See ``docs/deploy.md``.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -58,7 +56,7 @@ import torch.nn as nn
 from pydantic import Field, field_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
-from ..hf_export import update_config
+from ..hf_export import expressible_heads, update_config
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
@@ -195,7 +193,10 @@ def find_structures(model: nn.Module, config: GradNASConfig, found: Discovery | 
             structure = mlp_structure(model, name, module)
         else:
             structure = found.plain[name]
-        out.append((structure, rule.choices(structure.n_units, structure.groups)))
+        choices = rule.choices(structure.n_units, structure.groups)
+        if config.uniform and key == "hf.attention":  # only head counts the config accepts
+            choices = [c for c in choices if expressible_heads(model, c * structure.heads_per_unit)]
+        out.append((structure, choices))
     return out
 
 
@@ -321,13 +322,8 @@ class GradNASDescriptor(ModeDescriptor):
         return model
 
     def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
-        """Slice the kept units into plain modules; ``model.config`` keeps the original counts.
-
-        Per-layer head counts can differ after pruning, which a transformers
-        config cannot express: ``save_pretrained`` output does not reload with
-        ``from_pretrained``. Save with ``mm.save`` before exporting and rebuild
-        with ``mm.restore`` + ``mm.export`` (see the module docstring).
-        """
+        """Slice the kept units into plain modules and write the exported shapes into
+        ``model.config`` where it can express them (see the module docstring)."""
         hps = gradnas_hparams(model)
         bad = _converted_slices(model, [hp.structure for hp in hps.values()])
         if bad:
