@@ -12,6 +12,7 @@ from . import modes as _modes  # noqa: F401  (registers the built-in modes)
 from .circuit import CircuitConfig, CircuitModel
 from .conversion import ModeState, convert, export, mode_history, unconvert
 from .distributed import sync_ablation_draws
+from .hf_checkpointing import enable_huggingface_checkpointing
 from .layer_kinds import LAYER_KINDS, LayerKind, register_layer_kind
 from .layers import (
     ContSparseConv1d,
@@ -76,6 +77,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "enable_huggingface_checkpointing",
     "prune",
     "BaseSearcher",
     "BinarySearcher",
