@@ -175,3 +175,28 @@ def test_errors_name_valid_choices():
         ResidualUpdateModelConfig(target_layers=[0], attn=False, mlp=False)
     assert not any(m._forward_hooks for m in model.modules())  # failed wraps leave no hooks
     assert layout_for("qwen2").family == "llama"
+
+
+@pytest.mark.parametrize(("alias", "name"), [("bert", "bert"), ("gpt", "gpt2"),
+                                             ("gptneox", "gpt_neox"), ("vit", "vit")])
+def test_neurosurgeon_model_type_aliases(alias, name):
+    """NeuroSurgeon's documented ``model_type`` values pick the same layout as auto-detection."""
+    model = FAMILIES[name]().eval()
+    named = ResidualUpdateModel({"model_type": alias, "target_layers": [1]}, model)
+    out_named = (named(**_inputs(name)), dict(named.vector_cache))
+    named.remove_hooks()
+    auto = ResidualUpdateModel({"target_layers": [1]}, model)
+    auto(**_inputs(name))
+    assert named.layout == auto.layout
+    assert out_named[1].keys() == auto.vector_cache.keys() == {"attn_update_1", "mlp_update_1"}
+    assert all(torch.equal(out_named[1][k], auto.vector_cache[k]) for k in auto.vector_cache)
+
+
+@pytest.mark.parametrize("name", ["mpnet", "convbert", "ernie", "roberta", "electra"])
+def test_neurosurgeon_architectures_by_their_model_type(name):
+    model = FAMILIES[name]().eval()
+    rum = ResidualUpdateModel({"model_type": model.config.model_type, "target_layers": [0, 1],
+                               "stream": True}, model)
+    out = rum(**_inputs(name), output_hidden_states=True)
+    assert torch.equal(rum.vector_cache["mlp_stream_0"], out.hidden_states[1])
+    assert torch.equal(rum.vector_cache["mlp_stream_1"], out.last_hidden_state)

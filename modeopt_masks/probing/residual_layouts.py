@@ -1,4 +1,10 @@
-"""Where the residual-stream updates live in each supported transformer family (one table).
+"""Where the residual-stream updates live in each supported transformer family.
+
+The tables here are views of the family records in
+:mod:`modeopt_masks.structured.families` (the one source gradnas reads too); a new family
+is one ``register_family`` call there. A decoder of an unknown ``model_type`` whose layers
+have a structural family's hook points (Llama-like: ``self_attn`` and ``mlp``) is recognised
+by its modules (:func:`structural_layout`).
 
 A :class:`ResidualLayout` names, relative to one transformer layer, the module
 whose output *is* each quantity cached by

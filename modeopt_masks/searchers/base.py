@@ -422,10 +422,11 @@ class SearchPlan:
 
     def counts_at(self, t: float, sens: Mapping[str, list[float]]) -> dict[str, int]:
         """Per hparam the smallest choice whose sensitivity is ``<= t``."""
+        # the last choice is always the full width (GradNASRule.choices)
         return {
-            n: next(c for c, s in zip(self.choices[n], sens[n], strict=True)
-                    if s <= t or c == hp.n_units)
-            for n, hp in self.hparams.items()
+            n: next(c for c, s in zip(choices, sens[n], strict=True)
+                    if s <= t or c == choices[-1])
+            for n, choices in self.choices.items()
         }
 
 

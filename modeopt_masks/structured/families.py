@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch.nn as nn
 
@@ -160,6 +160,9 @@ class Family:
     mlp: tuple[MLPLayout, ...] = ()
     residual: tuple[ResidualLayout, ...] = ()
     structural: bool = False
+    #: blocks of these classes cannot be searched, for the reason in ``why_not`` (an error says so)
+    refused: tuple[str, ...] = ()
+    why_not: str = ""
     config_fields: tuple[tuple[str, str], ...] = ()
 
 
@@ -171,6 +174,7 @@ MLP_ONLY_CONFIG_FIELDS = (("channels", "intermediate_size"),)
 
 
 FAMILIES: dict[str, Family] = {}
+_VERSION = [0]  # bumped by register_family (the class-name index is rebuilt then)
 
 
 def register_family(family: Family) -> Family:
@@ -187,6 +191,7 @@ def register_family(family: Family) -> Family:
         if name != family.name:
             raise ValueError(f"family {family.name!r}: a layout names family {name!r}")
     FAMILIES[family.name] = family
+    _VERSION[0] += 1
     return family
 
 
@@ -214,7 +219,11 @@ def _llama_like(name: str, label: str, model_types: tuple[str, ...], classes: tu
         attention=(AttentionLayout(name, classes, o="o_proj", q="q_proj", k="k_proj", v="v_proj",
                                    attrs=_LLAMA_ATTRS),),
         mlp=(MLPLayout(name, mlp_classes, up=("gate_proj", "up_proj"), down="down_proj"),
-             MLPLayout(name, (), up=("up_proj",), down="down_proj")),  # ungated (Apertus, ...)
+             # ungated MLPs of Llama-like decoders (Apertus, StarCoder2, NanoChat)
+             MLPLayout(name, (), up=("up_proj",), down="down_proj"),
+             MLPLayout(name, (), up=("c_fc",), down="c_proj"),
+             MLPLayout(name, (), up=("fc1",), down="fc2"),
+             MLPLayout(name, mlp_classes, up=("gate_up_proj",), down="down_proj", sections=2)),
         residual=(residual,), structural=True, config_fields=LLAMA_CONFIG_FIELDS,
     )
 
@@ -306,10 +315,20 @@ register_family(Family(
 ))
 register_family(_llama_like(
     "sandwich", "Gemma 2/3, OLMo 2 (norms after attention and MLP)",
-    ("gemma2", "gemma3_text", "olmo2", "olmo3", "vaultgemma"),
+    ("gemma2", "gemma3_text", "olmo2", "olmo3"),
     ("Gemma2Attention", "Gemma3Attention", "Olmo2Attention"),
     ("Gemma2MLP", "Gemma3MLP", "Olmo2MLP"),
     _pre_ln("sandwich", "post_attention_layernorm", "post_feedforward_layernorm"),
+))
+register_family(_llama_like(
+    "glm4", "GLM-4 (norms after attention and MLP, other names)", ("glm4",),
+    ("Glm4Attention",), ("Glm4MLP",),
+    _pre_ln("glm4", "post_self_attn_layernorm", "post_mlp_layernorm"),
+))
+register_family(_llama_like(
+    "hyperclovax", "HyperCLOVA X (post-norms, updates scaled by residual_multiplier)",
+    ("hyperclovax",), ("HyperCLOVAXAttention",), ("HyperCLOVAXMLP",),
+    _pre_ln("hyperclovax", "post_norm1", "post_norm2", "residual_multiplier"),
 ))
 register_family(_llama_like(
     "granite", "Granite (updates scaled by residual_multiplier)", ("granite",),
@@ -321,6 +340,19 @@ register_family(_llama_like(
     ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"),
     ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"),
     _pre_ln("llama", "self_attn", "mlp"),
+))
+
+# Llama-like by their module names, but their attention heads are not independent units.
+register_family(Family(
+    "diffllama", "DiffLlama (refused: differential attention)", ("diffllama",),
+    refused=("DiffLlamaAttention",),
+    why_not="differential attention subtracts two attention maps per output head and "
+            "normalises all heads together, so its heads cannot be removed one at a time",
+))
+register_family(Family(
+    "doge", "Doge (refused: dynamic mask attention)", ("doge",), refused=("DogeAttention",),
+    why_not="dynamic mask attention computes a gate per head from all heads' values (dt_proj), "
+            "so its heads cannot be removed one at a time",
 ))
 
 ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = tuple(
@@ -346,14 +378,6 @@ SUPPORTED_FAMILIES = supported_families()
 
 
 _L = TypeVar("_L", AttentionLayout, MLPLayout)
-
-
-def _by_class(layouts: tuple[_L, ...]) -> dict[str, list[_L]]:
-    table: dict[str, list[_L]] = {}
-    for layout in layouts:
-        for c in layout.classes:
-            table.setdefault(c, []).append(layout)
-    return table
 
 
 def _has(module: nn.Module, rel: str) -> bool:
@@ -402,23 +426,41 @@ def is_hf_module(module: nn.Module) -> bool:
     )
 
 
-def _by_class_name(module: nn.Module, layouts: Callable[[Family], tuple[_L, ...]]) -> list[_L]:
-    for cls in type(module).__mro__:
-        found = [lay for fam in FAMILIES.values() for lay in layouts(fam)
-                 if cls.__name__ in lay.classes]
-        if found:
-            return found
-    return []
-
-
-def _structural(module: nn.Module, layouts: Callable[[Family], tuple[_L, ...]],
-                paths: Callable[[_L], tuple[str, ...]]) -> _L | None:
-    """The first layout of a structural family whose submodules all exist in ``module``."""
+def _index(layouts: Callable[[Family], tuple[_L, ...]]) -> tuple[dict[str, list[_L]], list[_L]]:
+    """``({class name: layouts}, structural layouts in order)`` over :data:`FAMILIES`."""
+    by_class: dict[str, list[_L]] = {}
+    structural: list[_L] = []
     for fam in FAMILIES.values():
-        if fam.structural:
-            for layout in layouts(fam):
-                if all(_has(module, rel) for rel in paths(layout)):
-                    return layout
+        for layout in layouts(fam):
+            for name in layout.classes:
+                by_class.setdefault(name, []).append(layout)
+            if fam.structural:
+                structural.append(layout)
+    return by_class, structural
+
+
+_INDEX: dict[str, tuple[int, Any]] = {}
+
+
+def _lookup(part: str) -> tuple[dict[str, list[Any]], list[Any]]:
+    """The (cached) class-name index of ``part`` ("attention" or "mlp"), rebuilt when a
+    family is registered."""
+    cached = _INDEX.get(part)
+    if cached is None or cached[0] != _VERSION[0]:
+        cached = (_VERSION[0], _index(lambda fam: getattr(fam, part)))
+        _INDEX[part] = cached
+    return cached[1]
+
+
+def _find(module: nn.Module, part: str, paths: Callable[[Any], tuple[str, ...]]) -> Any:
+    by_class, structural = _lookup(part)
+    for cls in type(module).__mro__:
+        if cls.__name__ in by_class:
+            return _pick(by_class[cls.__name__], module, paths)
+    looks = looks_like_attention if part == "attention" else looks_like_mlp
+    if looks(module):
+        return next((lay for lay in structural if all(_has(module, rel) for rel in paths(lay))),
+                    None)
     return None
 
 
@@ -433,22 +475,12 @@ def _mlp_paths(lay: MLPLayout) -> tuple[str, ...]:
 def attention_layout(module: nn.Module) -> AttentionLayout | None:
     """The family layout of attention block ``module``: by class name, else (a transformers
     ``*Attention`` class) by its submodules; ``None``: not a known attention block."""
-    named = _by_class_name(module, lambda fam: fam.attention)
-    if named:
-        return _pick(named, module, _attn_paths)
-    if looks_like_attention(module):
-        return _structural(module, lambda fam: fam.attention, _attn_paths)
-    return None
+    return _find(module, "attention", _attn_paths)
 
 
 def mlp_layout(module: nn.Module) -> MLPLayout | None:
     """The family layout of MLP block ``module`` (by class name, else by submodules), or ``None``."""
-    named = _by_class_name(module, lambda fam: fam.mlp)
-    if named:
-        return _pick(named, module, _mlp_paths)
-    if looks_like_mlp(module):
-        return _structural(module, lambda fam: fam.mlp, _mlp_paths)
-    return None
+    return _find(module, "mlp", _mlp_paths)
 
 
 def looks_like_attention(module: nn.Module) -> bool:
@@ -508,6 +540,15 @@ def _check_no_cross_head_norm(module: nn.Module, block: str, widths: set[int], h
             )
 
 
+def _check_not_refused(module: nn.Module, name: str, key: str) -> None:
+    for fam in FAMILIES.values():
+        if type(module).__name__ in fam.refused:
+            raise ValueError(
+                f"{name}: gradnas cannot search {type(module).__name__}: {fam.why_not}. Switch "
+                f"it off with {{{key!r}: {{'*': None}}}}."
+            )
+
+
 def attention_structure(root: nn.Module, name: str, module: nn.Module,
                         gqa: str = "groups") -> Structure:
     """The heads :class:`Structure` of attention block ``name`` (a known family).
@@ -517,6 +558,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
     """
     if gqa not in GQA_MODES:
         raise ValueError(f"{name}: gqa must be one of {list(GQA_MODES)}, got {gqa!r}")
+    _check_not_refused(module, name, "hf.attention")
     layout = attention_layout(module)
     if layout is None:
         raise ValueError(
@@ -627,6 +669,16 @@ def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
     if len(widths) != 1 or 0 in widths:
         raise ValueError(f"{name}: the up and down projections disagree on the hidden width "
                          f"({sorted(widths)}); gradnas cannot pair them")
+    for child_name, child in module.named_children():
+        weight = getattr(child, "weight", None)
+        if (child_name not in (*layout.up, layout.down) and isinstance(weight, nn.Parameter)
+                and weight.dim() == 1 and weight.numel() in widths):
+            raise ValueError(
+                f"{name}: {child_name} ({type(child).__name__}) normalises over all "
+                f"{weight.numel()} hidden channels together, so removing a channel would change "
+                "the others and the exported model would not compute the masked one; gradnas "
+                "cannot prune these channels. Switch it off with {'hf.mlp': {'*': None}}."
+            )
     slices.append(Slice(down_name, "weight", down_kind.in_dim, 1))
     scope = [name] if down_name.startswith(name + ".") else [name, down_name]
     return Structure(

@@ -83,7 +83,7 @@ def _structure(key: str, prod: tuple[str, nn.Module], middle: list[tuple[str, nn
     cons_name, consumer = cons
     kind = LAYER_KINDS[key]
     n = kind.out_width(producer)
-    if kind.in_width(consumer) != n:
+    if n == 0 or kind.in_width(consumer) != n:  # zero width: nothing to search
         return None
     slices = [Slice(full, "weight", kind.out_dim, 1), Slice(full, "bias", 0, 1)]
     for bn, mid in middle:

@@ -111,6 +111,7 @@ def collect_scores(
     are added up: every rank ends with the same scores, those of one process
     scoring all the ranks' batches. Scores that are not finite (an fp16
     overflow, a NaN loss) raise a ``ValueError`` naming the hparams.
+    A loss whose mask gradients are all zero raises a ``ValueError`` (nothing to rank).
     A loss that is ~0 on every batch (the full model at its minimum, as with a
     self-distillation loss) has no gradient signal: a warning says so.
     """
@@ -168,6 +169,13 @@ def collect_scores(
             "e.g. an fp16 overflow): score in float32/bfloat16 or scale the loss down"
         )
     largest_loss = float(largest) if largest is not None else 0.0
+    if largest_loss >= TINY_LOSS and all(not bool(acc.any()) for acc in sums):
+        raise ValueError(
+            f"collect_scores: every mask gradient is zero over {steps} batch(es), so the scores "
+            "cannot rank any unit (the search would keep the lowest-index units). The loss "
+            "does not depend on the searched heads/channels: is loss_func reading the model "
+            "output (not a constant or a detached tensor)?"
+        )
     if largest_loss < TINY_LOSS:
         warnings.warn(
             f"collect_scores: the loss is ~0 on every batch (|loss| <= {largest_loss:.3g}), so "
