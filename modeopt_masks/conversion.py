@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -220,6 +221,39 @@ def protect(tensor: torch.Tensor) -> None:
         journal.protect(tensor)
 
 
+def protect_attributes(obj: object, *names: str) -> None:
+    """Record attributes of ``obj`` (a config, say: not a module, which is recorded anyway)
+    in every open :func:`transaction`, to be set back (or deleted, if absent) on rollback.
+
+    Examples:
+        >>> import torch.nn as nn
+        >>> from types import SimpleNamespace
+        >>> from modeopt_masks.conversion import protect_attributes, transaction
+        >>> cfg = SimpleNamespace(heads=4)
+        >>> try:
+        ...     with transaction(nn.Linear(2, 2)):
+        ...         protect_attributes(cfg, "heads", "extra"); cfg.heads = 2; cfg.extra = 1
+        ...         raise RuntimeError
+        ... except RuntimeError:
+        ...     pass
+        >>> cfg.heads, hasattr(cfg, "extra")
+        (4, False)
+    """
+    missing = object()
+    saved = [(name, getattr(obj, name, missing)) for name in names]
+
+    def undo() -> None:
+        for name, value in saved:
+            if value is missing:
+                if hasattr(obj, name):
+                    delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+    for journal in _ACTIVE.get():
+        journal.add_undo(undo)
+
+
 def converted_submodules(model: nn.Module) -> list[str]:
     """Names of submodules (not ``model`` itself) that carry their own mode history.
 
@@ -291,25 +325,42 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
         for name, config in planned:
             _check_may_follow(history, name)
             model, metadata = get_mode(name).convert(model, config)
-            _check_bias_masks(model)
+            _check_bias_masks(model, config)
             history.append(ModeState(name, config, metadata))
             _set_history(model, history)
     return model
 
 
-def _check_bias_masks(model: nn.Module) -> None:
-    """``mask_bias=True`` on a layer without a bias would be silently ignored: refuse it."""
+def _check_bias_masks(model: nn.Module, config: ModeConfig) -> None:
+    """A rule that sets ``mask_bias=True`` but reaches no bias would be silently ignored.
+
+    A glob masks the biases that exist: it is an error only when it matches no module
+    (of any type) that has a bias, or when the pattern names a bias-less layer exactly.
+    """
     from .masking import MaskedLayer
 
-    lacking = [
-        name for name, m in model.named_modules()
-        if isinstance(m, MaskedLayer) and getattr(m.weight_mask.rule, "mask_bias", False)
-        and getattr(m, "bias", None) is None
-    ]
-    if lacking:
+    modules = dict(model.named_modules())
+    useless = []
+    for key, spec in config.rules.items():
+        for pattern, rule in (spec or {}).items():
+            if rule is None or not rule.explicit_fields().get("mask_bias"):
+                continue
+            converted = [n for n, m in modules.items() if isinstance(m, MaskedLayer)
+                         and m.layer_kind.key == key and fnmatchcase(n, pattern)]
+            if not converted:
+                continue
+            lacking = [n for n in converted if getattr(modules[n], "bias", None) is None]
+            exact = not any(c in pattern for c in "*?[")
+            any_bias = any(getattr(m, "bias", None) is not None
+                           for n, m in modules.items() if fnmatchcase(n, pattern))
+            if lacking and (exact or not any_bias):
+                useless.append((key, pattern, lacking[:10]))
+    if useless:
         raise ValueError(
-            f"mask_bias=True on layers without a bias: {lacking[:10]}; switch it off for them, "
-            f"e.g. {{{lacking[0]!r}: {{'mask_bias': False}}}} after the rule that sets it"
+            "mask_bias=True reaches no bias: " + "; ".join(
+                f"{key!r} -> {pattern!r} converts only layers without a bias {names}"
+                for key, pattern, names in useless)
+            + "; drop mask_bias from that rule"
         )
 
 

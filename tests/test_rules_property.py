@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import modeopt_masks as mm
 from modeopt_masks.conversion import validate_config
+from modeopt_masks.rules import DEFAULT_EXCLUDED_PATTERNS
 
 transformers = pytest.importorskip("transformers")
 Conv1D = transformers.pytorch_utils.Conv1D
@@ -195,7 +196,9 @@ def _expected(mode: str, config: dict, net: nn.Module) -> tuple[dict[str, dict],
             selected[name] = {**COMMON_DEFAULTS, **RULE_DEFAULTS[mode], **fields}
     for key in TYPE_KEYS:
         for glob, rule in (_as_mapping(config.get(key)) or {}).items():
-            if rule is not None and not any(k == key and fnmatchcase(n, glob) for n, k in seen):
+            # an exclusion (None) must match too, unless it repeats a default one
+            if (rule is not None or glob not in DEFAULT_EXCLUDED_PATTERNS) and not any(
+                    k == key and fnmatchcase(n, glob) for n, k in seen):
                 return selected, "match no module"
     if not selected:
         return selected, "converts no module"
@@ -372,7 +375,8 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
             selected[name] = _g_choices(n, fields.get("ratios"), fields.get("divisor", 1))
     for key in G_KEYS:
         for glob, rule in (_g_as_mapping(config.get(key)) or {}).items():
-            if rule is not None and not any(k == key and fnmatchcase(name, glob)
+            if (rule is not None or glob not in DEFAULT_EXCLUDED_PATTERNS) and not any(
+                    k == key and fnmatchcase(name, glob)
                                             for name, k, _ in G_DIMS):
                 return selected, "match no module"
     if not selected:
