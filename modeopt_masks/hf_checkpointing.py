@@ -34,6 +34,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from .conversion import ModeState, _set_history, mode_history, transaction
+from .model_card import model_card
 from .persistence import (
     FORMAT,
     FORMAT_VERSION,
@@ -81,6 +82,9 @@ def _save_pretrained(self: nn.Module, save_directory: str | os.PathLike[str], *a
     path = Path(save_directory) / HF_STATE_FILE
     if not kwargs.get("is_main_process", True):
         return result
+    card = model_card(self)
+    if card:  # an exported gradnas model: say what was pruned
+        (Path(save_directory) / "README.md").write_text(card)
     if history:
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, "layout": "hf",
                     "modes": [{"mode": s.mode, "config": s.config.to_dict(),

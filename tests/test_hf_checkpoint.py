@@ -164,3 +164,22 @@ def test_trainer_resume_in_a_fresh_process_continues_the_same_run(tmp_path):
                          for s, v in later.items())
     # the masks did train (a resume that dropped them would not match anyway)
     assert full["losses"]["1"] != full["losses"]["6"]
+
+
+def test_exported_save_writes_a_model_card(tmp_path):
+    model = _llama(32)
+    before = sum(p.numel() for p in model.parameters())
+    batches = [{"input_ids": X, "labels": X}]
+    model, result = mm.prune(model, ("gradnas", {"uniform": True}), constraints={"params": "85%"},
+                             config={"data_loader": batches, "progress": False})
+    kept = {n: hp.active for n, hp in gradnas_hparams(model).items()}
+    model = mm.export(model)
+    after = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert f"params: {before} -> {after}" in card
+    assert f"target {result.constraints['params']['target']:.6g}" in card
+    assert "1 batches from data_loader" in card
+    for name, active in kept.items():
+        assert f"| {name} | {active} of " in card
+    assert not (tmp_path / HF_STATE_FILE).exists()  # exported: no modes left to restore

@@ -57,6 +57,7 @@ from pydantic import Field, field_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
 from ..hf_export import expressible_heads, update_config
+from ..model_card import record_export
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
@@ -335,16 +336,22 @@ class GradNASDescriptor(ModeDescriptor):
             )
         # plan every new tensor first; only then change the model (no half-sliced model)
         pruned = {n: hp.kept for n, hp in hps.items() if hp.active != hp.n_units}
+        card = {"params_before": sum(p.numel() for p in model.parameters()),
+                "kept": {n: (hp.active, hp.n_units) for n, hp in hps.items()},
+                "search": metadata.get("search")}
         plan = plan_slices(model, [(hps[n].structure, kept) for n, kept in pruned.items()])
         apply_slices(model, plan)
         for hp in hps.values():
             _remove(hp)
         mark_sliced(model, pruned)
+        unexpressed: list[str] = []
         if pruned:
             try:  # a truthful config.json where the config can say it
-                update_config(model)
-            except ValueError:  # a block that no longer reads as its family: config as it was
-                pass
+                unexpressed = update_config(model)
+            except ValueError as e:  # a block that no longer reads as its family
+                unexpressed = [f"config not updated: {e}"]
+        record_export(model, {**card, "unexpressed": unexpressed,
+                              "params_after": sum(p.numel() for p in model.parameters())})
         return model
 
 
