@@ -110,7 +110,7 @@ class Journal:
 
     def protect(self, tensor: torch.Tensor) -> None:
         """Keep a copy of ``tensor``'s values (once) to write back on rollback."""
-        if id(tensor) not in self._values:
+        if id(tensor) not in self._values and not tensor.is_meta:  # meta: no values to keep
             self._values[id(tensor)] = (tensor, tensor.detach().to("cpu", copy=True))
 
     def add_undo(self, undo: Callable[[], None]) -> None:
