@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     **dict.fromkeys(("CircuitConfig", "CircuitModel"), "circuit"),
     "sync_ablation_draws": "distributed",
+    "enable_huggingface_checkpointing": "hf_checkpointing",
     **dict.fromkeys((
         "ContSparseConv1d", "ContSparseConv2d", "ContSparseGPTConv1D", "ContSparseLayer",
         "ContSparseLinear", "HardConcreteConv1d", "HardConcreteConv2d", "HardConcreteGPTConv1D",
@@ -91,6 +92,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "enable_huggingface_checkpointing",
     "prune",
     "BaseSearcher",
     "BinarySearcher",

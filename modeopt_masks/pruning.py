@@ -105,4 +105,21 @@ def prune(
             _undo(model, history, start)
             _set_history(model, history)
         raise
+    _record_search(model, name, result, search_cfg)
     return model, result
+
+
+def _record_search(model: nn.Module, mode: str, result: SearchResult, cfg: Mapping[str, Any]
+                   ) -> None:
+    """Keep what the search aimed at and scored with in the mode's metadata (for model cards)."""
+    history = mode_history(model)
+    if not history or history[-1].mode != mode:
+        return
+    loader = cfg.get("data_loader")
+    if loader is not None:
+        size = len(loader) if hasattr(loader, "__len__") else "an iterable of"
+        data = f"{size} batches from data_loader (max_iter_data_loader={cfg.get('max_iter_data_loader')})"
+    else:
+        data = "score_func" if cfg.get("score_func") is not None else "none"
+    history[-1].metadata["search"] = {"searcher": result.searcher, "score_data": data,
+                                      "constraints": result.constraints}

@@ -19,20 +19,18 @@ producer layer, keyed by the producer's name). Rule fields: ``ratios``
 a query head; K/V are kept and every KV group keeps the same number of query
 heads; ``ratios``/``divisor`` then apply to the heads of one group).
 
-Saving an exported Hugging Face model: the export slices weights and updates
-each block's own head-count attributes (``num_attention_heads``,
-``num_key_value_groups``, ``all_head_size``, ...), but **not** ``model.config``,
-which has one count for every layer and cannot describe layers pruned
-differently. So ``save_pretrained`` writes the smaller weights next to the
-original config, and ``from_pretrained`` on that folder raises a size-mismatch
-error (with ``ignore_mismatched_sizes=True`` it would silently re-initialise
-the pruned layers: never do that). Ways that work:
-
-* before ``export``: ``mm.save(model, dir)``; later
-  ``mm.export(mm.restore(Model.from_pretrained(original), dir))`` rebuilds the
-  exported model (the selection is replayed on a fresh original model);
-* after ``export``: ``torch.save(model, path)`` / ``torch.load(path,
-  weights_only=False)`` (a pickle of the plain modules: trusted files only).
+Saving an exported Hugging Face model: the export slices weights, updates
+each block's own head-count attributes and writes the new shapes into
+``model.config`` wherever the family's config can express them
+(:mod:`modeopt_masks.hf_export`). With the global option ``uniform=True`` the
+search keeps the same number of units in every layer of a kind (and, for
+attention, only head counts the config accepts), so ``save_pretrained`` output
+reloads with stock ``AutoModel*.from_pretrained``, without this library. Per-layer
+shapes, or head counts a config cannot hold (BERT, GPT-2, GPT-NeoX derive the head
+size from ``hidden_size``), are left in the config as they were, so such a folder
+fails to load with a size-mismatch error (never pass ``ignore_mismatched_sizes``);
+rebuild those with ``mm.save`` before export and ``mm.export(mm.restore(...))``.
+See ``docs/deploy.md``.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -58,6 +56,8 @@ import torch.nn as nn
 from pydantic import Field, field_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
+from ..hf_export import expressible_heads, update_config
+from ..model_card import record_export
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
@@ -134,6 +134,9 @@ class GradNASConfig(ModeConfig):
 
     rule_class: ClassVar[type[Rule]] = GradNASRule
     layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
+    #: the search keeps the same number of units in every layer of a kind (same type key and
+    #: choices), so the exported model has one shape per kind that a stock config can describe
+    uniform: bool = False
 
 
 @dataclass
@@ -191,7 +194,10 @@ def find_structures(model: nn.Module, config: GradNASConfig, found: Discovery | 
             structure = mlp_structure(model, name, module)
         else:
             structure = found.plain[name]
-        out.append((structure, rule.choices(structure.n_units, structure.groups)))
+        choices = rule.choices(structure.n_units, structure.groups)
+        if config.uniform and key == "hf.attention":  # only head counts the config accepts
+            choices = [c for c in choices if expressible_heads(model, c * structure.heads_per_unit)]
+        out.append((structure, choices))
     return out
 
 
@@ -317,13 +323,8 @@ class GradNASDescriptor(ModeDescriptor):
         return model
 
     def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
-        """Slice the kept units into plain modules; ``model.config`` keeps the original counts.
-
-        Per-layer head counts can differ after pruning, which a transformers
-        config cannot express: ``save_pretrained`` output does not reload with
-        ``from_pretrained``. Save with ``mm.save`` before exporting and rebuild
-        with ``mm.restore`` + ``mm.export`` (see the module docstring).
-        """
+        """Slice the kept units into plain modules and write the exported shapes into
+        ``model.config`` where it can express them (see the module docstring)."""
         hps = gradnas_hparams(model)
         bad = _converted_slices(model, [hp.structure for hp in hps.values()])
         if bad:
@@ -335,11 +336,22 @@ class GradNASDescriptor(ModeDescriptor):
             )
         # plan every new tensor first; only then change the model (no half-sliced model)
         pruned = {n: hp.kept for n, hp in hps.items() if hp.active != hp.n_units}
+        card = {"params_before": sum(p.numel() for p in model.parameters()),
+                "kept": {n: (hp.active, hp.n_units) for n, hp in hps.items()},
+                "search": metadata.get("search")}
         plan = plan_slices(model, [(hps[n].structure, kept) for n, kept in pruned.items()])
         apply_slices(model, plan)
         for hp in hps.values():
             _remove(hp)
         mark_sliced(model, pruned)
+        unexpressed: list[str] = []
+        if pruned:
+            try:  # a truthful config.json where the config can say it
+                unexpressed = update_config(model)
+            except ValueError as e:  # a block that no longer reads as its family
+                unexpressed = [f"config not updated: {e}"]
+        record_export(model, {**card, "unexpressed": unexpressed,
+                              "params_after": sum(p.numel() for p in model.parameters())})
         return model
 
 

@@ -286,7 +286,8 @@ class BaseSearcher:
         kinds = tuple(k for k in CONSTRAINT_KINDS if k in constraints)
         cost_model = CostModel(model, hparams, kinds, dummy_input)
         plan = SearchPlan(hparams, cost_model, parse_constraints(constraints, cost_model.original),
-                          {n: hp.choices for n, hp in hparams.items()})
+                          {n: hp.choices for n, hp in hparams.items()},
+                          uniform_ties(model, hparams))
         smallest = cost_model.cost({n: ch[0] for n, ch in plan.choices.items()})
         for kind, target in plan.targets.items():
             if smallest[kind] > target:
@@ -343,20 +344,22 @@ class BaseSearcher:
         whose next choice recovers the most sensitivity, while every constraint still holds."""
         choices = plan.choices
         counts = dict(counts)
-        blocked: set[str] = set()
-        while True:
+        blocked: set[tuple[str, ...]] = set()
+        while True:  # tied hparams (``uniform``) grow together, by their summed sensitivity
             best, best_gain = None, float("-inf")
-            for n, c in counts.items():
-                i = choices[n].index(c)
-                if n in blocked or i + 1 == len(choices[n]):
+            for group in plan.groups():
+                n = group[0]
+                i = choices[n].index(counts[n])
+                if group in blocked or i + 1 == len(choices[n]):
                     continue
                 gain = sens[n][i] - sens[n][i + 1]
                 if gain > best_gain:
-                    best, best_gain = n, gain
+                    best, best_gain = group, gain
             if best is None:
                 return counts
             trial = dict(counts)
-            trial[best] = choices[best][choices[best].index(counts[best]) + 1]
+            for n in best:
+                trial[n] = choices[n][choices[n].index(counts[n]) + 1]
             costs = plan.cost_model.cost(trial)
             if all(costs[k] <= plan.targets[k] for k in plan.targets):
                 counts = trial
@@ -366,6 +369,7 @@ class BaseSearcher:
     def select(self, plan: SearchPlan, sens: dict[str, list[float]],
                orders: dict[str, torch.Tensor]) -> SearchResult:
         """Threshold, refill, keep the chosen units; the result says what and why."""
+        sens = plan.tie(sens)
         threshold, history = self.threshold(plan, sens)
         counts = self.refill(plan, plan.counts_at(threshold, sens), sens)
         hparams, cost_model, targets = plan.hparams, plan.cost_model, plan.targets
@@ -399,6 +403,22 @@ class SearchPlan:
     cost_model: CostModel
     targets: dict[str, float]
     choices: dict[str, list[int]]
+    #: groups of hparams that keep the same number of units (gradnas ``uniform``)
+    ties: list[tuple[str, ...]] = field(default_factory=list)
+
+    def groups(self) -> list[tuple[str, ...]]:
+        """Every hparam in one group: the ties, and a group of one for each other hparam."""
+        tied = {n for group in self.ties for n in group}
+        return [*self.ties, *((n,) for n in self.hparams if n not in tied)]
+
+    def tie(self, sens: Mapping[str, list[float]]) -> dict[str, list[float]]:
+        """Sensitivities with every tied hparam given its group's sum (so every threshold keeps
+        the same count in the whole group)."""
+        out = {n: list(v) for n, v in sens.items()}
+        for group in self.ties:
+            total = [sum(vals) for vals in zip(*(sens[n] for n in group), strict=True)]
+            out.update({n: list(total) for n in group})
+        return out
 
     def counts_at(self, t: float, sens: Mapping[str, list[float]]) -> dict[str, int]:
         """Per hparam the smallest choice whose sensitivity is ``<= t``."""
@@ -408,3 +428,36 @@ class SearchPlan:
                     if s <= t or c == choices[-1])
             for n, choices in self.choices.items()
         }
+
+
+def uniform_ties(model: nn.Module, hparams: Mapping[str, StructuredHParam]
+                 ) -> list[tuple[str, ...]]:
+    """With gradnas ``uniform=True``: the hparams of each type key (and equal choices) as one
+    tie, so every layer of a kind keeps the same number of units; else ``[]``.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.searchers.base import uniform_ties
+        >>> from modeopt_masks.structured import gradnas_hparams
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+        ...                     nn.Linear(4, 1))
+        >>> net = mm.convert(net, ("gradnas", {"uniform": True}))
+        >>> uniform_ties(net, gradnas_hparams(net))
+        [('0', '2')]
+    """
+    from ..conversion import mode_history  # the searchers are imported by conversion's users
+
+    if not any(s.mode == "gradnas" and getattr(s.config, "uniform", False)
+               for s in mode_history(model)):
+        return []
+    by_kind: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for n, hp in hparams.items():
+        by_kind.setdefault((hp.structure.key, tuple(hp.choices)), []).append(n)
+    keys = [key for key, _ in by_kind]
+    for key in ("hf.attention", "hf.mlp"):
+        if keys.count(key) > 1:
+            sizes = {n: hp.n_units for n, hp in hparams.items() if hp.structure.key == key}
+            raise ValueError(f"gradnas uniform=True: the {key} layers have different sizes or "
+                             f"choices ({sizes}), so they cannot keep the same number of units; "
+                             "give them one rule, or set uniform=False")
+    return [tuple(names) for names in by_kind.values() if len(names) > 1]

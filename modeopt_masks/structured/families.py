@@ -138,13 +138,19 @@ class Family:
     search this family. ``residual``: ``ResidualUpdateModel`` hook points, likewise.
     ``structural``: also match decoders of *any* class whose blocks have this family's
     submodules (so a new Llama-like family works without a record); structural families
-    are tried in registration order, the most specific first.
+    are tried in registration order, the most specific first. ``config_fields``: which
+    ``model.config`` attribute holds each exported quantity (``"heads"``, ``"kv_heads"``,
+    ``"head_dim"``, ``"channels"``), so export can write the pruned shapes into the config;
+    a quantity missing here cannot be expressed by the family's config (BERT derives its head
+    size from ``hidden_size / num_attention_heads``, so fewer heads are not expressible).
 
     Examples:
         >>> from modeopt_masks.structured.families import FAMILIES
         >>> fam = FAMILIES["phi3"]
         >>> fam.attention[0].qkv, fam.mlp[0].up, fam.residual[0].attn_update.path
         ('qkv_proj', ('gate_up_proj',), 'resid_attn_dropout')
+        >>> dict(FAMILIES["bert"].config_fields)
+        {'channels': 'intermediate_size'}
     """
 
     name: str
@@ -157,6 +163,14 @@ class Family:
     #: blocks of these classes cannot be searched, for the reason in ``why_not`` (an error says so)
     refused: tuple[str, ...] = ()
     why_not: str = ""
+    config_fields: tuple[tuple[str, str], ...] = ()
+
+
+#: config attributes of Llama-style configs (``head_dim`` is read by attention and rotary)
+LLAMA_CONFIG_FIELDS = (("heads", "num_attention_heads"), ("kv_heads", "num_key_value_heads"),
+                       ("head_dim", "head_dim"), ("channels", "intermediate_size"))
+#: configs that can only express the MLP width (head size = hidden size / heads)
+MLP_ONLY_CONFIG_FIELDS = (("channels", "intermediate_size"),)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -210,7 +224,7 @@ def _llama_like(name: str, label: str, model_types: tuple[str, ...], classes: tu
              MLPLayout(name, (), up=("c_fc",), down="c_proj"),
              MLPLayout(name, (), up=("fc1",), down="fc2"),
              MLPLayout(name, mlp_classes, up=("gate_up_proj",), down="down_proj", sections=2)),
-        residual=(residual,), structural=True,
+        residual=(residual,), structural=True, config_fields=LLAMA_CONFIG_FIELDS,
     )
 
 
@@ -228,6 +242,7 @@ register_family(Family(
     residual=(ResidualLayout("bert", attn_update=HookPoint("attention.output.dropout"),
                              attn_stream=HookPoint("attention.output"),
                              **_BERT_RESIDUAL),),  # type: ignore[arg-type]
+    config_fields=MLP_ONLY_CONFIG_FIELDS,
 ))
 register_family(Family(
     "mpnet", "MPNet (ResidualUpdateModel only)", ("mpnet",),
@@ -245,6 +260,7 @@ register_family(Family(
     mlp=(MLPLayout("gpt2", ("GPT2MLP",), up=("c_fc",), down="c_proj"),),
     residual=(ResidualLayout("gpt2", ("h",), HookPoint("attn"), HookPoint("mlp"), None,
                              HookPoint(""), False),),
+    config_fields=(("channels", "n_inner"),),  # head dim = n_embd / n_head
 ))
 register_family(Family(
     "gpt_neox", "GPT-NeoX (GPTNeoXAttention)", ("gpt_neox", "gptneox"),
@@ -255,6 +271,7 @@ register_family(Family(
     ),),
     mlp=(MLPLayout("gpt_neox", ("GPTNeoXMLP",), up=("dense_h_to_4h",), down="dense_4h_to_h"),),
     residual=(_pre_ln("gpt_neox", "post_attention_dropout", "post_mlp_dropout"),),
+    config_fields=MLP_ONLY_CONFIG_FIELDS,  # head size = hidden_size / num_attention_heads
 ))
 register_family(Family(
     "vit", "ViT (ViTAttention; transformers 5 and 4.x layouts)", ("vit",),
@@ -280,6 +297,8 @@ register_family(Family(
         ResidualLayout("vit", ("encoder.layer",), HookPoint("attention.output.dropout"),
                        HookPoint("output.dropout"), None, HookPoint(""), False),
     ),
+    config_fields=(("heads", "num_attention_heads"), ("head_dim", "head_dim"),
+                   ("channels", "intermediate_size")),
 ))
 # Llama-like decoders, most specific first (structural matching tries them in this order).
 register_family(Family(
@@ -292,7 +311,7 @@ register_family(Family(
     ),),
     mlp=(MLPLayout("phi3", ("Phi3MLP",), up=("gate_up_proj",), down="down_proj", sections=2),),
     residual=(_pre_ln("phi3", "resid_attn_dropout", "resid_mlp_dropout"),),
-    structural=True,
+    structural=True, config_fields=LLAMA_CONFIG_FIELDS,
 ))
 register_family(_llama_like(
     "sandwich", "Gemma 2/3, OLMo 2 (norms after attention and MLP)",
