@@ -23,6 +23,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from .distributed import check_not_sharded
 from .registry import Metadata, ModeDescriptor, get_mode
 from .rules import ModeConfig
 
@@ -119,6 +120,7 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
         ['0']
     """
     planned = [(name, validate_config(name, cfg)) for name, cfg in normalise_modes(mode)]
+    check_not_sharded(model)  # FSDP2: convert the whole model, then fully_shard
     history = mode_history(model)
     start = len(history)
     try:

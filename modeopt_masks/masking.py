@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from .distributed import caching_disabled, match_placement
 from .layer_kinds import LayerKind, kind_of
 
 Ablation = Literal["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]
@@ -247,6 +248,7 @@ class MaskedLayer:
                 "(ablations are for evaluating a discovered circuit)"
             )
         cacheable = not self._masks_soft() and not torch.compiler.is_compiling()
+        cacheable = cacheable and not caching_disabled(self)  # type: ignore[arg-type]
         if cacheable and torch.is_grad_enabled():
             cacheable = not any(
                 t.requires_grad for t in (self.weight, self.bias) if t is not None
@@ -278,8 +280,8 @@ class MaskedLayer:
     def _apply_mask(self, name: str, tensor: torch.Tensor, technique: MaskTechnique) -> torch.Tensor:
         ablation = self._mm_ablation
         if ablation == "none":
-            return tensor * technique.mask().to(tensor.dtype)
-        circuit = technique.circuit()
+            return tensor * match_placement(technique.mask(), tensor).to(tensor.dtype)
+        circuit = match_placement(technique.circuit(), tensor)
         if ablation == "zero_ablate":
             return tensor * (~circuit).to(tensor.dtype)
         if ablation == "random_ablate":
