@@ -30,6 +30,7 @@ from modeopt_masks.distributed import (
     shard_masked_model,
 )
 from modeopt_masks.structured import gradnas_hparams
+from modeopt_masks.training import DensityController
 
 WORLD = 2
 GLOBAL_BATCH = 4
@@ -96,12 +97,21 @@ def _converted(name: str) -> nn.Module:
     return mm.convert(MODELS[model_name](dtype), mode).train()
 
 
-def _build(name: str, world: int, mesh: Any) -> tuple[nn.Module, torch.optim.Optimizer]:
+#: the trainings that also steer the density with a DensityController (its multipliers
+#: follow the global expected density, so they must agree with one process too)
+CONTROLLED = ("llama_hc_bf16",)
+#: the trainings checkpointed half-way and resumed in a second, fresh job
+RESUMED = ("bert_cs", "llama_hc_bf16")
+
+
+def _build(name: str, world: int, mesh: Any
+           ) -> tuple[nn.Module, torch.optim.Optimizer, DensityController | None]:
     model = _converted(name)
     if world > 1:
         shard_masked_model(model, mesh, separate_masks=TRAININGS[name][3])
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    return model, opt
+    ctrl = DensityController(0.3, lr=1.0, lambda_2_init=1.0) if name in CONTROLLED else None
+    return model, opt, ctrl
 
 
 def _global_mean(value: torch.Tensor, world: int) -> float:
@@ -112,8 +122,9 @@ def _global_mean(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
-def _steps(name: str, model: nn.Module, opt: torch.optim.Optimizer, rank: int, world: int,
-           steps: range, ckpt: str | None = None) -> list[float]:
+def _steps(name: str, model: nn.Module, opt: torch.optim.Optimizer,
+           ctrl: DensityController | None, rank: int, world: int, steps: range,
+           ckpt: str | None = None) -> list[float]:
     batch = _batch(TRAININGS[name][0], rank, world)
     losses = []
     for step in steps:
@@ -121,35 +132,44 @@ def _steps(name: str, model: nn.Module, opt: torch.optim.Optimizer, rank: int, w
         opt.zero_grad()
         task = model(**batch).loss
         loss = task.float() + 1e-3 * mm.l0_loss(model)
+        if ctrl is not None:
+            loss = loss + ctrl(model)
         loss.backward()
         opt.step()
         losses.append(_global_mean(task, world))
         if ckpt is not None and step + 1 == SAVE_AT:
-            save_sharded(model, ckpt, opt)
+            save_sharded(model, ckpt, opt, extra=_ctrl_state(ctrl))
     return losses
 
 
-def _final(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full trained state (rank 0 gets it; other ranks an empty dict) and the L0 count."""
+def _ctrl_state(ctrl: DensityController | None) -> dict[str, Any] | None:
+    return None if ctrl is None else {"density_controller": ctrl.state_dict()}
+
+
+def _final(model: nn.Module, ctrl: DensityController | None) -> dict[str, torch.Tensor]:
+    """The full trained state (rank 0 gets it; other ranks an empty dict), the L0 count and
+    the controller's multipliers (every rank computes those global values)."""
     state = full_state_dict(model)
     out = {k: v.float() for k, v in state.items()}
-    out["l0"] = torch.tensor(mm.l0_stats(model)["total_l0"])  # every rank computes the global value
+    out["l0"] = torch.tensor(mm.l0_stats(model)["total_l0"])
+    if ctrl is not None:
+        out["ctrl.lambda_1"], out["ctrl.lambda_2"] = ctrl.lambda_1.float(), ctrl.lambda_2.float()
     return out
 
 
 def training(name: str, rank: int, world: int, mesh: Any, ckpt: str | None = None
              ) -> dict[str, Any]:
-    model, opt = _build(name, world, mesh)
-    losses = _steps(name, model, opt, rank, world, range(STEPS), ckpt)
-    return {"losses": losses, "final": _final(model), "temperature": mm.get_temperature(model)}
+    model, opt, ctrl = _build(name, world, mesh)
+    losses = _steps(name, model, opt, ctrl, rank, world, range(STEPS), ckpt)
+    return {"losses": losses, "final": _final(model, ctrl)}
 
 
 def resumed(name: str, rank: int, world: int, mesh: Any, ckpt: str) -> dict[str, Any]:
     """A fresh job: convert, shard, optimizer, load the half-way checkpoint, finish."""
-    model, opt = _build(name, world, mesh)
-    load_sharded(model, ckpt, opt)
-    losses = _steps(name, model, opt, rank, world, range(SAVE_AT, STEPS))
-    return {"losses": losses, "final": _final(model)}
+    model, opt, ctrl = _build(name, world, mesh)
+    load_sharded(model, ckpt, opt, extra=_ctrl_state(ctrl))
+    losses = _steps(name, model, opt, ctrl, rank, world, range(SAVE_AT, STEPS))
+    return {"losses": losses, "final": _final(model, ctrl)}
 
 
 GRADNAS_BATCHES = 4
@@ -219,7 +239,8 @@ def bad_setups(rank: int, world: int, mesh: Any) -> dict[str, str]:
 def _first_job(rank: int, world: int, mesh: Any, out_dir: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in TRAININGS:
-        results[name] = training(name, rank, world, mesh, os.path.join(out_dir, f"ckpt_{name}"))
+        ckpt = os.path.join(out_dir, f"ckpt_{name}") if name in RESUMED else None
+        results[name] = training(name, rank, world, mesh, ckpt)
     results["gradnas_fsdp"] = gradnas_prune(rank, world, mesh, "fsdp")
     results["gradnas_ddp"] = gradnas_prune(rank, world, mesh, "ddp")
     results["bad_setups"] = bad_setups(rank, world, mesh)
@@ -228,7 +249,7 @@ def _first_job(rank: int, world: int, mesh: Any, out_dir: str) -> dict[str, Any]
 
 def _second_job(rank: int, world: int, mesh: Any, out_dir: str) -> dict[str, Any]:
     return {name: resumed(name, rank, world, mesh, os.path.join(out_dir, f"ckpt_{name}"))
-            for name in TRAININGS}
+            for name in RESUMED}
 
 
 JOBS = {"first": _first_job, "second": _second_job}
@@ -314,16 +335,21 @@ def test_fsdp_training_equals_single_process(jobs, single, name):
     torch.testing.assert_close(ranks[0][name]["losses"], single[name]["losses"], rtol=rtol,
                                atol=atol)
     _assert_final_close(ranks[0][name]["final"], single[name]["final"], name)
-    assert ranks[1][name]["final"].keys() == {"l0"}  # the full state is gathered on rank 0
+    # the full state is gathered on rank 0; the L0 count is global on both ranks
+    assert not any("." in k for k in ranks[1][name]["final"] if not k.startswith("ctrl."))
     assert float(ranks[1][name]["final"]["l0"]) == float(ranks[0][name]["final"]["l0"])
     # the run trained something: masks moved from their init
     fresh = {k: v.float() for k, v in _converted(name).state_dict().items()}
     masks = [k for k in fresh if "_mask." in k]
     assert masks and all((ranks[0][name]["final"][k] - fresh[k]).abs().max() > 1e-3
                          for k in masks)
+    if name in CONTROLLED:  # the multipliers rose, by the same global density on both ranks
+        assert float(ranks[0][name]["final"]["ctrl.lambda_1"]) > 0
+        assert torch.equal(ranks[1][name]["final"]["ctrl.lambda_1"],
+                           ranks[0][name]["final"]["ctrl.lambda_1"])
 
 
-@pytest.mark.parametrize("name", list(TRAININGS))
+@pytest.mark.parametrize("name", RESUMED)
 def test_sharded_checkpoint_resume_equals_uninterrupted(jobs, name):
     first, second = jobs["first"], jobs["second"]
     rtol, atol = TOLERANCE[name]
