@@ -89,6 +89,15 @@ class MaskTechnique(nn.Module):
         self.temperature = 1.0
         self.rule: Any = None  # the merged rule that created this mask
 
+    @classmethod
+    def from_rule(
+        cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> MaskTechnique:
+        """The technique of mask ``shape`` for ``tensor`` (a weight or bias of a ``kind``
+        layer) under the merged ``rule``; what :func:`~modeopt_masks.modes.mask_mode.register_mask_mode`
+        calls for every converted tensor."""
+        raise NotImplementedError
+
     def mask(self) -> torch.Tensor:
         """The mask in the current train/eval state, float, broadcastable to the tensor."""
         raise NotImplementedError

@@ -6,6 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import modeopt_masks as mm
+from modeopt_masks.modes.mask_mode import MaskModeDescriptor
+
 torch.set_num_threads(1)
 
 
@@ -65,7 +68,10 @@ MODEL_FACTORIES = {
     "vit": tiny_vit,
     "convnet": tiny_convnet,
 }
-MASK_MODES = ["continuous_sparsification", "hard_concrete", "magnitude_pruning"]
+#: every registered mask mode (read from the registry, so a new technique is tested too)
+MASK_MODES = sorted(
+    name for name in mm.available_modes() if isinstance(mm.get_mode(name), MaskModeDescriptor)
+)
 
 
 def output_tensor(model, inputs):

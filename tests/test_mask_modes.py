@@ -11,16 +11,13 @@ import modeopt_masks as mm
 
 
 def fill_all_ones(model: nn.Module) -> None:
-    """Make every mask keep everything."""
+    """Make every mask keep everything (large positive parameters, all-true boolean buffers)."""
     with torch.no_grad():
         for layer in mm.masked_modules(model).values():
             for _, tech in layer._mask_modules():
-                if hasattr(tech, "logits"):
-                    tech.logits.fill_(1.0)
-                elif hasattr(tech, "log_alpha"):
-                    tech.log_alpha.fill_(5.0)
-                else:
-                    tech.keep.fill_(True)
+                for tensor in [*tech.parameters(), *tech.buffers()]:
+                    tensor.fill_(True if tensor.dtype == torch.bool else 5.0)
+                assert tech.circuit().all(), f"{type(tech).__name__}: cannot fill to keep-all"
 
 
 @pytest.mark.parametrize("mode", MASK_MODES)

@@ -24,15 +24,14 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field, field_validator
 
 from ..layer_kinds import LayerKind
 from ..masking import MaskTechnique, compute_dtype
-from ..registry import register_mode
-from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
+from .mask_mode import MaskRule, register_mask_mode
 
 
 class ContinuousSparsificationRule(MaskRule):
@@ -49,16 +48,16 @@ class ContinuousSparsificationRule(MaskRule):
         return v
 
 
-class ContinuousSparsificationConfig(MaskModeConfig):
-    """Rule config of ``continuous_sparsification`` (type keys + ``freeze_base``)."""
-
-    rule_class: ClassVar = ContinuousSparsificationRule
-
-
 class ContinuousSparsificationMask(MaskTechnique):
     """Logits ``s``; soft mask ``sigmoid(T s)`` in training, ``s > 0`` in eval."""
 
     has_temperature = True
+
+    @classmethod
+    def from_rule(
+        cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> ContinuousSparsificationMask:
+        return cls(shape, rule.mask_init_value, rule.temperature)
 
     def __init__(self, shape: tuple[int, ...], init: float, temperature: float) -> None:
         super().__init__(shape)
@@ -79,16 +78,6 @@ class ContinuousSparsificationMask(MaskTechnique):
         return self.circuit().sum().float()
 
 
-class ContinuousSparsificationMode(MaskModeDescriptor):
-    """Descriptor of ``continuous_sparsification``."""
-
-    name = "continuous_sparsification"
-    config_class = ContinuousSparsificationConfig
-
-    def make_technique(
-        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
-    ) -> MaskTechnique:
-        return ContinuousSparsificationMask(shape, rule.mask_init_value, rule.temperature)
-
-
-register_mode(ContinuousSparsificationMode())
+register_mask_mode(
+    "continuous_sparsification", ContinuousSparsificationRule, ContinuousSparsificationMask
+)

@@ -18,15 +18,14 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
 
 from ..layer_kinds import LayerKind
 from ..masking import MaskTechnique, compute_dtype
-from ..registry import register_mode
-from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
+from .mask_mode import MaskRule, register_mask_mode
 
 GAMMA, ZETA = -0.1, 1.1
 _EPS = 1e-6
@@ -39,16 +38,16 @@ class HardConcreteRule(MaskRule):
     temperature: float = Field(2 / 3, gt=0)
 
 
-class HardConcreteConfig(MaskModeConfig):
-    """Rule config of ``hard_concrete`` (type keys + ``freeze_base``)."""
-
-    rule_class: ClassVar = HardConcreteRule
-
-
 class HardConcreteMask(MaskTechnique):
     """Hard concrete gates with parameters ``log_alpha``."""
 
     has_temperature = True
+
+    @classmethod
+    def from_rule(
+        cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> HardConcreteMask:
+        return cls(shape, rule.mask_init_percentage, rule.temperature)
 
     def __init__(self, shape: tuple[int, ...], init_percentage: float, temperature: float) -> None:
         super().__init__(shape)
@@ -74,16 +73,4 @@ class HardConcreteMask(MaskTechnique):
         return torch.sigmoid(compute_dtype(self.log_alpha) - shift).sum()
 
 
-class HardConcreteMode(MaskModeDescriptor):
-    """Descriptor of ``hard_concrete``."""
-
-    name = "hard_concrete"
-    config_class = HardConcreteConfig
-
-    def make_technique(
-        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
-    ) -> MaskTechnique:
-        return HardConcreteMask(shape, rule.mask_init_percentage, rule.temperature)
-
-
-register_mode(HardConcreteMode())
+register_mask_mode("hard_concrete", HardConcreteRule, HardConcreteMask)

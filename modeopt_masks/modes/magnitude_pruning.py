@@ -16,28 +16,20 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
 
 from ..layer_kinds import LayerKind
 from ..masking import MaskedLayer, MaskTechnique
-from ..registry import register_mode
-from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule
+from .mask_mode import MaskRule, register_mask_mode
 
 
 class MagnitudePruningRule(MaskRule):
     """Per-layer settings: the fraction of entries to remove."""
 
     prune_percentage: float = Field(0.5, ge=0, le=1)
-
-
-class MagnitudePruningConfig(MaskModeConfig):
-    """Rule config of ``magnitude_pruning``: type keys, ``scope`` and ``freeze_base``."""
-
-    rule_class: ClassVar = MagnitudePruningRule
-    scope: Literal["layer", "global"] = "layer"
 
 
 class MagnitudeMask(MaskTechnique):
@@ -49,6 +41,12 @@ class MagnitudeMask(MaskTechnique):
     def __init__(self, keep: torch.Tensor) -> None:
         super().__init__(tuple(keep.shape))
         self.register_buffer("keep", keep.bool())
+
+    @classmethod
+    def from_rule(
+        cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
+    ) -> MagnitudeMask:
+        return cls(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
 
     def mask(self) -> torch.Tensor:
         return self.keep.float()
@@ -93,45 +91,38 @@ def _scores(kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...]) -> to
     return tensor.detach().float().abs()
 
 
-class MagnitudePruningMode(MaskModeDescriptor):
-    """Descriptor of ``magnitude_pruning``."""
-
-    name = "magnitude_pruning"
-    config_class = MagnitudePruningConfig
-
-    def make_technique(
-        self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
-    ) -> MaskTechnique:
-        return MagnitudeMask(keep_largest(_scores(kind, tensor, shape), rule.prune_percentage))
-
-    def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
-        if config.scope == "global":
-            self._prune_globally(layers)
-        for layer in layers.values():
-            if layer.bias_mask is not None and layer.weight_mask.rule.mask_unit == "neuron":
-                bias_keep = _keep(layer.bias_mask)
-                bias_keep.copy_(_keep(layer.weight_mask).reshape(bias_keep.shape))
-
-    def _prune_globally(self, layers: dict[str, MaskedLayer]) -> None:
-        rules = {(t.rule.prune_percentage, t.rule.mask_unit) for t in
-                 (layer.weight_mask for layer in layers.values())}
-        if len(rules) != 1:
-            raise ValueError(
-                "scope='global' needs one prune_percentage and mask_unit for every layer, got "
-                f"{sorted(rules)}; use scope='layer' for per-layer percentages"
-            )
-        ((fraction, _unit),) = rules
-        scores = [
-            _scores(layer.layer_kind, layer.weight, layer.weight_mask.shape)
-            for layer in layers.values()
-        ]
-        flat = torch.cat([s.reshape(-1).cpu() for s in scores])
-        keep = keep_largest(flat, fraction)
-        offset = 0
-        for layer, score in zip(layers.values(), scores, strict=True):
-            n = score.numel()
-            _keep(layer.weight_mask).copy_(keep[offset : offset + n].reshape(score.shape))
-            offset += n
+def _after_convert(layers: dict[str, MaskedLayer], config: Any) -> None:
+    """Global scope ranks all layers together; neuron bias masks follow their units."""
+    if config.scope == "global":
+        _prune_globally(layers)
+    for layer in layers.values():
+        if layer.bias_mask is not None and layer.weight_mask.rule.mask_unit == "neuron":
+            bias_keep = _keep(layer.bias_mask)
+            bias_keep.copy_(_keep(layer.weight_mask).reshape(bias_keep.shape))
 
 
-register_mode(MagnitudePruningMode())
+def _prune_globally(layers: dict[str, MaskedLayer]) -> None:
+    rules = {(t.rule.prune_percentage, t.rule.mask_unit) for t in
+             (layer.weight_mask for layer in layers.values())}
+    if len(rules) != 1:
+        raise ValueError(
+            "scope='global' needs one prune_percentage and mask_unit for every layer, got "
+            f"{sorted(rules)}; use scope='layer' for per-layer percentages"
+        )
+    ((fraction, _unit),) = rules
+    scores = [
+        _scores(layer.layer_kind, layer.weight, layer.weight_mask.shape)
+        for layer in layers.values()
+    ]
+    flat = torch.cat([s.reshape(-1).cpu() for s in scores])
+    keep = keep_largest(flat, fraction)
+    offset = 0
+    for layer, score in zip(layers.values(), scores, strict=True):
+        n = score.numel()
+        _keep(layer.weight_mask).copy_(keep[offset : offset + n].reshape(score.shape))
+        offset += n
+
+
+register_mask_mode("magnitude_pruning", MagnitudePruningRule, MagnitudeMask,
+                   options={"scope": (Literal["layer", "global"], "layer")},
+                   after_convert=_after_convert)

@@ -1,7 +1,9 @@
-"""What the three unstructured mask modes share: rule fields, config, convert/export.
+"""What the unstructured mask modes share: rule fields, config, convert/export.
 
-A concrete mode subclasses :class:`MaskRule`, :class:`MaskModeConfig` and
-:class:`MaskModeDescriptor` and supplies its :class:`~modeopt_masks.masking.MaskTechnique`.
+A mask mode is one file: a :class:`MaskRule` subclass (its per-layer fields), a
+:class:`~modeopt_masks.masking.MaskTechnique` subclass with a ``from_rule``
+classmethod, and one :func:`register_mask_mode` call that builds the mode's config
+class and descriptor.
 
 Examples:
     >>> import torch.nn as nn, modeopt_masks as mm
@@ -13,6 +15,8 @@ Examples:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, cast
 
 import torch
@@ -21,7 +25,7 @@ import torch.nn as nn
 from ..dynamic import is_dynamic, swap_class, unswap_class
 from ..layer_kinds import MASKABLE_KEYS, LayerKind, kind_of
 from ..masking import MaskedLayer, MaskTechnique, hard_masks
-from ..registry import Metadata, ModeDescriptor
+from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
 
 
@@ -60,16 +64,24 @@ class FrozenBase:
         return self
 
 
+AfterConvert = Callable[[dict[str, MaskedLayer], Any], None]
+
+
 class MaskModeDescriptor(ModeDescriptor):
-    """Converts every matching layer to a :class:`MaskedLayer` with the mode's technique."""
+    """Converts every matching layer to a :class:`MaskedLayer` with the mode's technique.
+
+    Built by :func:`register_mask_mode`; not subclassed by hand.
+    """
 
     config_class: ClassVar[type[MaskModeConfig]] = MaskModeConfig  # type: ignore[misc]
+    #: the technique every converted tensor gets (built with ``technique_class.from_rule``).
+    technique_class: ClassVar[type[MaskTechnique]] = MaskTechnique
 
     def make_technique(
         self, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
     ) -> MaskTechnique:
         """A technique of ``shape`` for ``tensor`` (a weight or bias of a ``kind`` layer)."""
-        raise NotImplementedError
+        return self.technique_class.from_rule(kind, tensor, shape, rule)
 
     def after_convert(self, layers: dict[str, MaskedLayer], config: Any) -> None:
         """Hook run once every layer is converted (e.g. global magnitude pruning)."""
@@ -174,6 +186,74 @@ class MaskModeDescriptor(ModeDescriptor):
         if "frozen" in metadata:
             _unfreeze_base(model, metadata["frozen"])
         return model
+
+
+def register_mask_mode(
+    name: str,
+    rule_class: type[MaskRule],
+    technique_class: type[MaskTechnique],
+    *,
+    options: dict[str, Any] | None = None,
+    after_convert: AfterConvert | None = None,
+) -> MaskModeDescriptor:
+    """Register mask mode ``name``: build its config class and descriptor from a rule and a technique.
+
+    The pattern (one file per technique, see ``modes/continuous_sparsification.py``):
+
+    1. ``class MyRule(MaskRule)``: the per-layer fields (pydantic, with bounds);
+    2. ``class MyMask(MaskTechnique)`` with ``mask()``, ``circuit()``, ``l0()`` and a
+       classmethod ``from_rule(kind, tensor, shape, rule)`` that builds it for one tensor;
+    3. ``register_mask_mode("my_mode", MyRule, MyMask)``.
+
+    ``options`` adds global config fields, ``{field: (annotation, default)}`` (e.g.
+    magnitude pruning's ``scope``); ``after_convert(layers, config)`` runs once every
+    layer is converted (a failure there reverts the conversion). The config class is
+    named after the mode (``my_mode`` -> ``MyModeConfig``) and is the descriptor's
+    ``config_class``; rule fields, options and layer keys are all read from it.
+
+    Examples:
+        >>> import torch, torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.modes.mask_mode import MaskRule, register_mask_mode
+        >>> class KeepPositiveMask(mm.MaskTechnique):
+        ...     learnable = False
+        ...     def __init__(self, keep):
+        ...         super().__init__(tuple(keep.shape))
+        ...         self.register_buffer("keep", keep)
+        ...     @classmethod
+        ...     def from_rule(cls, kind, tensor, shape, rule):
+        ...         return cls(tensor.detach() > 0)
+        ...     def mask(self): return self.keep.float()
+        ...     def circuit(self): return self.keep
+        ...     def l0(self): return self.keep.sum().float()
+        >>> desc = register_mask_mode("doc_keep_positive", MaskRule, KeepPositiveMask)
+        >>> desc.config_class.__name__, desc.config_class.option_names()
+        ('DocKeepPositiveConfig', ['freeze_base'])
+        >>> net = mm.convert(nn.Sequential(nn.Linear(3, 3)), "doc_keep_positive")
+        >>> bool((net[0].effective_weight() >= 0).all())
+        True
+    """
+    camel = "".join(part.capitalize() for part in re.split(r"[^0-9a-zA-Z]+", name) if part)
+    annotations = {k: annotation for k, (annotation, _default) in (options or {}).items()}
+    defaults = {k: default for k, (_annotation, default) in (options or {}).items()}
+    fields = ", ".join(f"``{k}``" for k in ["freeze_base", *defaults])
+    config_class = type(f"{camel}Config", (MaskModeConfig,), {
+        "__module__": technique_class.__module__,
+        "__doc__": f"Rule config of ``{name}``: type keys, {fields} (rules: {rule_class.__name__}).",
+        "__annotations__": annotations,
+        "rule_class": rule_class,
+        **defaults,
+    })
+    hook = staticmethod(after_convert) if after_convert is not None else (
+        MaskModeDescriptor.after_convert)
+    descriptor_class = type(f"{camel}Mode", (MaskModeDescriptor,), {
+        "__module__": technique_class.__module__,
+        "__doc__": f"Descriptor of ``{name}``.",
+        "name": name,
+        "config_class": config_class,
+        "technique_class": technique_class,
+        "after_convert": hook,
+    })
+    return cast(MaskModeDescriptor, register_mode(descriptor_class()))
 
 
 def _kind_key(module: nn.Module) -> str | None:
