@@ -130,18 +130,18 @@ def sync_ablation_draws(model: nn.Module, src: int = 0, group: Any = None) -> in
 
     entries: list[tuple[str, Any, torch.Tensor]] = []  # (layer name, draw key, tensor)
     layers = masked_modules(model)
-    for name, layer in layers.items():
-        if not layer.use_masks or layer.ablation not in DRAWN_ABLATIONS:
-            continue
-        with torch.no_grad():
+    with torch.no_grad(), unsharded(model):  # FSDP2: draw from whole tensors
+        for name, layer in layers.items():
+            if not layer.use_masks or layer.ablation not in DRAWN_ABLATIONS:
+                continue
             layer._effective_tensors()  # draws what is missing (raises clearly in training)
-        if layer.ablation == "random_ablate":
-            entries += [(name, key, t) for key, t in sorted(layer._mm_random.items())]
-        else:
-            entries += [
-                (name, key, v[1]) for key, v in sorted(layer._mm_sampled.items())
-                if key[1] == layer.ablation
-            ]
+            if layer.ablation == "random_ablate":
+                entries += [(name, key, t) for key, t in sorted(layer._mm_random.items())]
+            else:
+                entries += [
+                    (name, key, v[1]) for key, v in sorted(layer._mm_sampled.items())
+                    if key[1] == layer.ablation
+                ]
     if not dist.is_available() or not dist.is_initialized():
         return 0
     if dist.get_world_size(group) == 1:
