@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .distributed import check_not_sharded
 from .dynamic import is_dynamic
 from .registry import Metadata, ModeDescriptor, get_mode
 from .rules import ModeConfig
@@ -320,6 +321,7 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
         ['0']
     """
     planned = [(name, validate_config(name, cfg)) for name, cfg in normalise_modes(mode)]
+    check_not_sharded(model)  # FSDP2: convert the whole model, then fully_shard
     history = mode_history(model)
     with transaction(model):
         for name, config in planned:

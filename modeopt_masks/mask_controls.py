@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 import torch
 import torch.nn as nn
 
+from .distributed import full_value
 from .masking import MaskedLayer, MaskTechnique, check_ablation
 from .rules import check_temperature
 
@@ -58,7 +59,7 @@ def l0_loss(model: nn.Module) -> torch.Tensor:
     """
     layers = _select(model, None)
     terms = [
-        tech.l0() for layer in layers.values() if layer.use_masks
+        full_value(tech.l0()) for layer in layers.values() if layer.use_masks
         for _, tech in layer._mask_modules()
     ]
     if not terms:  # every mask switched off: a zero on the model's device (not the CPU)
@@ -69,8 +70,8 @@ def l0_loss(model: nn.Module) -> torch.Tensor:
 def _count(tech: MaskTechnique) -> float:
     # hard masks are counted exactly (a float32 sum is inexact past 2**24 entries)
     if tech.training and tech.learnable:
-        return float(tech.l0())
-    return float(int(tech.circuit().sum()))
+        return float(full_value(tech.l0()))
+    return float(int(full_value(tech.circuit().sum())))
 
 
 def l0_stats(model: nn.Module) -> dict:

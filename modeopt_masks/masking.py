@@ -41,6 +41,7 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.nn as nn
 
+from .distributed import match_placement
 from .layer_kinds import LayerKind, kind_of
 
 Ablation = Literal["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]
@@ -295,10 +296,10 @@ class MaskedLayer:
     def _apply_mask(self, name: str, tensor: torch.Tensor, technique: MaskTechnique) -> torch.Tensor:
         ablation = self._mm_ablation
         if ablation == "none" and technique.training and technique.learnable:
-            return tensor * technique.mask().to(tensor.dtype)
-        circuit = technique.circuit()
+            return tensor * match_placement(technique.mask(), tensor).to(tensor.dtype)
+        circuit = match_placement(technique.circuit(), tensor)
         if ablation == "none":  # hard mask: no float copy of the mask, no cache
-            return torch.where(circuit, tensor, tensor.new_zeros(()))
+            return torch.where(circuit, tensor, 0)
         if ablation == "zero_ablate":
             return tensor * (~circuit).to(tensor.dtype)
         if ablation == "random_ablate":

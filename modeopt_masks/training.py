@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from .distributed import full_value
 from .mask_controls import get_temperature, l0_stats, masked_modules, set_temperature
 
 __all__ = [
@@ -107,7 +108,7 @@ def expected_density(model: nn.Module) -> torch.Tensor:
     if not techniques:
         raise ValueError("the model has no active masked layers: convert it with a mask mode first")
     total = sum(math.prod(t.shape) for t in techniques)
-    l0 = torch.stack([t.l0().float() for t in techniques]).sum()
+    l0 = torch.stack([full_value(t.l0()).float() for t in techniques]).sum()
     return l0 / total
 
 

@@ -50,7 +50,6 @@ class MagPruneLayer(MaskLayer):
                 keep = keep_largest(_scores(self.layer_kind, tensor, tech.shape), value)  # type: ignore[attr-defined]
                 tech.keep.copy_(keep)  # type: ignore[operator]
         self.__dict__["_ns_prune_percentage"] = float(value)
-        self._mm_cache = None
 
 
 @register

@@ -96,7 +96,6 @@ class MaskLayer(metaclass=_MaskLayerMeta):
     _parameters: dict[str, nn.Parameter | None]
     weight_mask: MaskTechnique
     bias_mask: MaskTechnique | None
-    _mm_cache: Any
     _mm_ablation: str
 
     # -- building ------------------------------------------------------------------------
@@ -194,7 +193,6 @@ class MaskLayer(metaclass=_MaskLayerMeta):
             value = nn.Parameter(value)
         setattr(tech, self._ns_param, value)
         self._parameters[f"{tensor}_mask_params"] = value
-        self._mm_cache = None  # masks cached in eval were computed from the old parameter
 
     def _ns_alias_params(self) -> None:
         # NeuroSurgeon's parameter names: the technique's parameter is registered on the layer
@@ -255,7 +253,6 @@ class MaskLayer(metaclass=_MaskLayerMeta):
         for tech in (self.weight_mask, self.bias_mask):
             if tech is not None and tech.has_temperature:
                 tech.temperature = float(value)
-        self._mm_cache = None
 
     @property
     def mask_unit(self) -> str:
