@@ -42,6 +42,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,8 @@ def _current_tensor_file(directory: Path) -> str | None:
 
 
 def _check_saveable(model: nn.Module) -> None:
+    from .structured.structure import sliced_by_export
+
     nested = converted_submodules(model)
     if nested:
         raise ValueError(
@@ -244,6 +247,19 @@ def _check_saveable(model: nn.Module) -> None:
             "history, which a save of the whole model cannot replay: save the converted "
             "submodule itself (mm.save(model.<name>, ...)), or convert the whole model"
         )
+    sliced = sliced_by_export(model)
+    if sliced and not mode_history(model):
+        raise ValueError(
+            f"this model was physically pruned by a gradnas export ({len(sliced)} structures "
+            "sliced) and carries no mode to save; mm.restore would replay nothing onto the "
+            "original shapes: save before export, or save the exported model with "
+            "save_pretrained (uniform exports reload with from_pretrained) or torch.save"
+        )
+    if sliced:
+        warnings.warn(
+            "saving modes applied after a gradnas export: restore this checkpoint into the "
+            "exported architecture (e.g. its save_pretrained folder), not the original model",
+            stacklevel=3)
     if not mode_history(model):
         stray = [n or "<root>" for n, m in model.named_modules() if is_dynamic(m)]
         if stray:

@@ -182,3 +182,25 @@ def test_each_layer_kind_knows_its_axes_and_resyncs_its_sizes(key):
     x = torch.randn(2, 2, *spatial) if kind.input_axis == 1 else torch.randn(2, 2)
     assert module(x).shape[kind.input_axis] == 3
     assert (kind.in_width(module), kind.out_width(module)) == (2, 3)
+
+
+def test_defect18_save_of_an_exported_gradnas_model_is_refused_clearly(tmp_path):
+    """Issue 16 defect 18: mm.save after a gradnas export used to succeed silently and the
+    checkpoint then failed to restore with a shape mismatch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    net = mm.convert(net, ("gradnas", {"nn.Linear": {}}))
+    for hp in mm.gradnas_hparams(net).values():
+        hp.keep([0, 2, 3])
+    small = mm.export(net)
+    assert small[0].weight.shape == (3, 6)
+    with pytest.raises(ValueError, match="physically pruned by a gradnas export"):
+        mm.save(small, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+    # modes applied after the export still save, with a warning naming the right target
+    small = mm.convert(small, "magnitude_pruning")
+    with pytest.warns(UserWarning, match="exported architecture"):
+        mm.save(small, tmp_path / "after")
+    fresh = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    again = mm.restore(fresh, tmp_path / "after")
+    assert torch.equal(again[0].weight_mask.keep, small[0].weight_mask.keep)
