@@ -27,28 +27,21 @@ from functools import partial
 from typing import Any, Literal, cast
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..calibration import from_matrix, weight_matrix
 from ..layer_kinds import LayerKind
 from ..masking import MaskedLayer, MaskTechnique
-from ..selection import CHUNK, check_finite, global_keep, keep_largest, keep_n_of_m, parse_pattern
-from .mask_mode import MaskRule, register_mask_mode
+from ..selection import CHUNK, check_finite, global_keep, keep_largest, keep_n_of_m
+from .mask_mode import PatternRule, register_mask_mode
 
 __all__ = ["MagnitudeMask", "MagnitudePruningRule", "keep_largest"]
 
 
-class MagnitudePruningRule(MaskRule):
+class MagnitudePruningRule(PatternRule):
     """Per-layer settings: the fraction of entries to remove, or an ``"N:M"`` ``pattern``."""
 
     prune_percentage: float = Field(0.5, ge=0, le=1)
-    pattern: str = "unstructured"
-
-    @field_validator("pattern")
-    @classmethod
-    def _valid_pattern(cls, v: str) -> str:
-        parse_pattern(v)
-        return v
 
     @model_validator(mode="after")
     def _pattern_on_weights(self) -> MagnitudePruningRule:
@@ -56,11 +49,6 @@ class MagnitudePruningRule(MaskRule):
             raise ValueError(f"pattern {self.pattern!r} groups weight entries: it needs "
                              "mask_unit='weight' and mask_bias=False")
         return self
-
-    @property
-    def n_of_m(self) -> tuple[int, int] | None:
-        """``(N, M)`` of an N:M pattern, or ``None`` (unstructured)."""
-        return parse_pattern(self.pattern)
 
 
 class MagnitudeMask(MaskTechnique):

@@ -22,12 +22,14 @@ from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn as nn
+from pydantic import field_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
 from ..layer_kinds import MASKABLE_KEYS, LayerKind, kind_of
 from ..masking import MaskedLayer, MaskTechnique, hard_masks
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, check_temperature, match_modules
+from ..selection import parse_pattern
 
 
 class MaskRule(Rule):
@@ -40,6 +42,23 @@ class MaskRule(Rule):
 
     mask_unit: Literal["weight", "neuron"] = "weight"
     mask_bias: bool = False
+
+
+class PatternRule(MaskRule):
+    """A mask rule with an ``"N:M"`` ``pattern`` option (``"unstructured"`` by default)."""
+
+    pattern: str = "unstructured"
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        parse_pattern(v)
+        return v
+
+    @property
+    def n_of_m(self) -> tuple[int, int] | None:
+        """``(N, M)`` of an N:M pattern, or ``None`` (unstructured)."""
+        return parse_pattern(self.pattern)
 
 
 class MaskModeConfig(ModeConfig):

@@ -24,29 +24,22 @@ from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn as nn
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..calibration import Statistic, calibrate
 from ..masking import MaskedLayer, MaskTechnique
 from ..registry import Metadata
 from ..rules import ModeConfig, match_modules
-from ..selection import check_finite, parse_pattern
+from ..selection import check_finite
 from ..sparse_export import semi_structured_export
 from .magnitude_pruning import MagnitudeMask
-from .mask_mode import MaskModeConfig, MaskModeDescriptor, MaskRule, _kind_key
+from .mask_mode import MaskModeConfig, MaskModeDescriptor, PatternRule, _kind_key
 
 
-class OneShotRule(MaskRule):
+class OneShotRule(PatternRule):
     """Per-layer settings: ``sparsity`` or an ``"N:M"`` ``pattern``."""
 
     sparsity: float = Field(0.5, ge=0, le=1)
-    pattern: str = "unstructured"
-
-    @field_validator("pattern")
-    @classmethod
-    def _valid_pattern(cls, v: str) -> str:
-        parse_pattern(v)
-        return v
 
     @model_validator(mode="after")
     def _weights_only(self) -> OneShotRule:
@@ -54,11 +47,6 @@ class OneShotRule(MaskRule):
             raise ValueError("one-shot masks are per weight entry: mask_unit='weight', "
                              "mask_bias=False (use magnitude_pruning for neuron masks)")
         return self
-
-    @property
-    def n_of_m(self) -> tuple[int, int] | None:
-        """``(N, M)`` of an N:M pattern, or ``None`` (unstructured)."""
-        return parse_pattern(self.pattern)
 
 
 class OneShotConfig(MaskModeConfig):
