@@ -19,24 +19,21 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
-import torch.nn as nn
 
-from ....mask_controls import masked_modules
 from ....probing import CircuitProbe as CoreCircuitProbe
 from ....probing import soft_nearest_neighbour_loss
-from ..Masking.mask_layer import adopt
 from .probe_configs import CircuitProbeConfig
 from .residual_update_model import ResidualUpdateModel
-from .subnetwork_probe import flat_labels, ns_tuple
+from .subnetwork_probe import NeuroSurgeonProbe, flat_labels, ns_tuple
 
 #: NeuroSurgeon's circuit probe pads labels with -1000.
 LABEL_PAD = -1000
 
 
-class CircuitProbe(CoreCircuitProbe):
+class CircuitProbe(NeuroSurgeonProbe, CoreCircuitProbe):
     """Masks trained so one cached vector clusters by label (NeuroSurgeon's interface).
 
     Labels may be ``[batch]``, ``[batch, 1]`` or rows padded with ``-1000`` (one label
@@ -49,22 +46,7 @@ class CircuitProbe(CoreCircuitProbe):
     """
 
     residual_model_class = ResidualUpdateModel
-
-    def __init__(self, config: CircuitProbeConfig | Any, model: nn.Module) -> None:
-        ns_config = config
-        if isinstance(config, CircuitProbeConfig):
-            config = config.to_core(model)
-        super().__init__(config, model)
-        self.ns_config = ns_config
-        for layer in masked_modules(self.model).values():
-            adopt(cast(nn.Module, layer))
-        self.train()
-
-    def train(self, mode: bool = True) -> CircuitProbe:  # noqa: D102 - nn.Module.train
-        super().train(mode)
-        for layer in masked_modules(self.model).values():  # mask layers follow ``mode``
-            layer.training = mode
-        return self
+    ns_config_class = CircuitProbeConfig
 
     def forward(  # type: ignore[override]
         self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,

@@ -25,7 +25,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch.nn as nn
 
@@ -55,7 +55,37 @@ def ns_tuple(out: Any) -> Any:
     return (out.loss, out.hidden_states) if out.loss is not None else out.hidden_states
 
 
-class SubnetworkProbe(CoreSubnetworkProbe):
+class NeuroSurgeonProbe:
+    """What both compat probes add to the library's: NeuroSurgeon configs, its layer classes
+    on the masked layers, and mask layers that follow ``train()``.
+
+    Examples:
+        >>> from modeopt_masks.compat.neurosurgeon.Probing.subnetwork_probe import (
+        ...     NeuroSurgeonProbe, SubnetworkProbe)
+        >>> issubclass(SubnetworkProbe, NeuroSurgeonProbe)
+        True
+    """
+
+    ns_config_class: ClassVar[Any]
+
+    def __init__(self, config: Any, model: nn.Module) -> None:
+        ns_config = config
+        if isinstance(config, self.ns_config_class):
+            config = config.to_core(model)
+        super().__init__(config, model)  # type: ignore[call-arg]
+        self.ns_config = ns_config
+        for layer in masked_modules(self.model).values():  # type: ignore[attr-defined]
+            adopt(cast(nn.Module, layer))
+        self.train()
+
+    def train(self, mode: bool = True) -> Any:  # noqa: D102 - nn.Module.train
+        super().train(mode)  # type: ignore[misc]
+        for layer in masked_modules(self.model).values():  # type: ignore[attr-defined]
+            layer.training = mode  # mask layers follow ``mode``
+        return self
+
+
+class SubnetworkProbe(NeuroSurgeonProbe, CoreSubnetworkProbe):
     """Masks + probe on one cached vector (NeuroSurgeon's interface).
 
     Examples:
@@ -66,22 +96,7 @@ class SubnetworkProbe(CoreSubnetworkProbe):
     """
 
     residual_model_class = ResidualUpdateModel
-
-    def __init__(self, config: SubnetworkProbeConfig | Any, model: nn.Module) -> None:
-        ns_config = config
-        if isinstance(config, SubnetworkProbeConfig):
-            config = config.to_core(model)
-        super().__init__(config, model)
-        self.ns_config = ns_config
-        for layer in masked_modules(self.model).values():
-            adopt(cast(nn.Module, layer))
-        self.train()
-
-    def train(self, mode: bool = True) -> SubnetworkProbe:  # noqa: D102 - nn.Module.train
-        super().train(mode)
-        for layer in masked_modules(self.model).values():  # mask layers follow ``mode``
-            layer.training = mode
-        return self
+    ns_config_class = SubnetworkProbeConfig
 
     def forward(  # type: ignore[override]
         self, input_ids: Any = None, labels: Any = None, token_mask: Any = None,
