@@ -69,6 +69,15 @@ def prepare(out: str, n_cal: int, seq: int, n_eval: int) -> None:
     torch.save({"cal": cal, "eval": ev}, out)
 
 
+def linear_sparsity(model) -> float:
+    """Fraction of zero weights over the Linear layers other than ``lm_head``."""
+    import torch
+
+    linears = [m for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
+
+
 def perplexity(model, tokens) -> float:
     import torch
 
@@ -118,12 +127,8 @@ def run_ours(method: str, tokens_path: str) -> dict:
     wall = time.perf_counter() - start
     peak = peak_rss_mb() - before
     ppl = perplexity(model, data["eval"])
-    linears = [m for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
-    zeros = sum(int((m.weight == 0).sum()) for m in linears)
-    total = sum(m.weight.numel() for m in linears)
     return {"impl": "modeopt_masks", "method": method, "ppl": ppl, "wall_s": wall,
-            "peak_extra_mb": peak, "sparsity": zeros / total}
+            "peak_extra_mb": peak, "sparsity": linear_sparsity(model)}
 
 
 def _subprocess(python: str, args: list[str]) -> dict:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(method: str, tokens_path: str) -> dict:
     import torch
     import transformers
-    from bench_oneshot import gguf_location, load_model, perplexity
+    from bench_oneshot import gguf_location, linear_sparsity, load_model, perplexity
     from common import current_rss_mb, peak_rss_mb, reset_peak_rss
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import WandaPruningModifier
@@ -64,14 +64,10 @@ def main(method: str, tokens_path: str) -> dict:
     wall = time.perf_counter() - start
     peak = peak_rss_mb() - before
     ppl = perplexity(model, data["eval"])
-    linears = [m for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
-    zeros = sum(int((m.weight == 0).sum()) for m in linears)
-    total = sum(m.weight.numel() for m in linears)
     import llmcompressor
 
     return {"impl": f"llmcompressor {llmcompressor.__version__}", "method": method, "ppl": ppl,
-            "wall_s": wall, "peak_extra_mb": peak, "sparsity": zeros / total}
+            "wall_s": wall, "peak_extra_mb": peak, "sparsity": linear_sparsity(model)}
 
 
 if __name__ == "__main__":
