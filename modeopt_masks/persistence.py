@@ -22,8 +22,19 @@ Guarantees:
 * ``restore`` is a transaction (:func:`~modeopt_masks.conversion.transaction`):
   on any error, ``KeyboardInterrupt`` included, the model is as it was.
 
-Directories written by format version 1 (``model.safetensors``, no manifest
-checksum) still restore.
+Masks-only checkpoints: ``save(model, directory, base_weights=False)`` writes only
+the tensors the modes added (mask parameters, ``keep`` buffers; gradnas selections
+live in the manifest), like a peft adapter. The manifest always records a
+fingerprint of the base (the model with its modes undone): its class and every
+tensor's name, shape, dtype and a SHA-256 of a few of its entries.
+``restore(fresh_base, directory)`` checks the fresh model against it before
+changing anything, so another base model is a :class:`StateError` naming the saved
+class and the first differing shapes; for a masks-only checkpoint the sampled
+values must match as well (another checkpoint of the same architecture, or a base
+whose weights were trained or rewritten after converting, is refused).
+
+Directories written by format versions 1 (``model.safetensors``, no manifest
+checksum) and 2 (no fingerprint) still restore.
 
 Examples:
     >>> import tempfile, torch, torch.nn as nn, modeopt_masks as mm
@@ -32,6 +43,10 @@ Examples:
     >>> d = tempfile.mkdtemp(); mm.save(net, d)
     >>> fresh = mm.restore(nn.Sequential(nn.Linear(4, 4)), d).eval()
     >>> x = torch.randn(2, 4); torch.equal(fresh(x), net(x))
+    True
+    >>> _ = torch.manual_seed(0); base = nn.Sequential(nn.Linear(4, 4))
+    >>> m = tempfile.mkdtemp(); mm.save(net, m, base_weights=False)  # the mask alone
+    >>> torch.equal(mm.restore(base, m).eval()(x), net(x))
     True
 """
 
@@ -43,6 +58,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +84,13 @@ STATE_FILE = "modeopt_state.json"
 #: the tensor file of format version 1 (version 2 names a content-addressed file)
 TENSOR_FILE = "model.safetensors"
 FORMAT = "modeopt-masks"
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _TENSOR_NAME = re.compile(r"model\.[0-9a-f]{16}\.safetensors")
 _TMP_PREFIX = ".modeopt-"
 _SEAL = "state_sha256"
+#: entries at each end of a flattened base tensor whose bytes the fingerprint hashes
+_SAMPLED = 256
 
 
 class StateError(ValueError):
@@ -184,10 +202,149 @@ def load_state_document(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return _read_checkpoint(directory)[0]
 
 
+# -- the base fingerprint ---------------------------------------------------------------------
+def _sample_digest(tensor: torch.Tensor) -> str | None:
+    """SHA-256 (16 hex digits) of the bytes of the first and last ``_SAMPLED`` entries.
+
+    Cheap on any model; it tells two checkpoints of one architecture apart, it is
+    not a checksum of the whole tensor. ``None`` for a tensor without values (meta).
+    """
+    if tensor.is_meta:
+        return None
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() > 2 * _SAMPLED:
+        flat = torch.cat([flat[:_SAMPLED], flat[-_SAMPLED:]])
+    raw = flat.cpu().contiguous().view(torch.uint8)
+    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()[:16]
+
+
+def _fingerprint_of(state: dict[str, torch.Tensor]) -> list[list[Any]]:
+    return [[name, list(t.shape), str(t.dtype).removeprefix("torch."), _sample_digest(t)]
+            for name, t in state.items()]
+
+
+def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the tensors the modes added: those of the mask modules
+    (:class:`~modeopt_masks.masking.MaskTechnique`; gradnas adds no saved tensor).
+
+    Read off the model as it is, without reverting anything: a save never changes the
+    model, not even for a moment. A mode that added tensors elsewhere would show up at
+    restore as tensors missing from the checkpoint, never as silently dropped ones.
+    """
+    from .masking import MaskTechnique
+
+    added = tuple(f"{name}." for name, module in model.named_modules()
+                  if isinstance(module, MaskTechnique))
+    return {k: v for k, v in model.state_dict(keep_vars=True).items()
+            if not (added and k.startswith(added))}
+
+
+def base_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records about the base of ``model`` (its modes undone): the class
+    and, per tensor, ``[name, shape, dtype, sample digest]``.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.persistence import base_fingerprint
+        >>> fp = base_fingerprint(mm.convert(nn.Sequential(nn.Linear(2, 3)), "hard_concrete"))
+        >>> fp["model_class"], [t[:3] for t in fp["tensors"]]
+        ('Sequential', [['0.weight', [3, 2], 'float32'], ['0.bias', [3], 'float32']])
+    """
+    return {"model_class": type(model).__qualname__,
+            "tensors": _fingerprint_of(_base_state(model))}
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        raise ValueError(f"a shape is a list of integers, got {value!r:.80}")
+    return tuple(value)
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise StateError(f"the state file's base fingerprint names an unknown dtype {name!r:.40}")
+    return dtype
+
+
+def _check_consistent(document: dict[str, Any], saved: dict[str, torch.Tensor]) -> None:
+    """The manifest's base fingerprint and the tensor file must describe the same tensors."""
+    base = document.get("base")
+    if base is None:
+        return
+    try:
+        shapes = {str(entry[0]): _shape(entry[1]) for entry in base["tensors"]}
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise StateError(f"the state file's base fingerprint is malformed: {str(e)[:200]}") from e
+    for name, tensor in saved.items():
+        if name in shapes and tuple(tensor.shape) != shapes[name]:
+            raise StateError(
+                f"the checkpoint is inconsistent: its state file records {name} as "
+                f"{shapes[name]}, its tensor file holds {tuple(tensor.shape)} (files from two "
+                "different saves?)")
+
+
+def _check_base(model: nn.Module, document: dict[str, Any]) -> None:
+    """A fresh ``model`` against the saved base fingerprint: names and shapes (and, for a
+    masks-only checkpoint, the sampled values); ``StateError`` before anything changes."""
+    base = document.get("base")
+    if base is None:
+        return
+    try:
+        saved = {str(n): (_shape(shape), str(dtype), digest)
+                 for n, shape, dtype, digest in base["tensors"]}
+        saved_class = str(base["model_class"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise StateError(f"the state file's base fingerprint is malformed: {str(e)[:200]}") from e
+    current = model.state_dict()
+    saved_from = f"saved from {saved_class}, this model is {type(model).__qualname__}"
+    wrong = [(n, saved[n][0], tuple(current[n].shape)) for n in saved
+             if n in current and tuple(current[n].shape) != saved[n][0]]
+    missing = [n for n in saved if n not in current]
+    extra = [n for n in current if n not in saved]
+    if wrong or missing or extra:
+        details = []
+        if wrong:
+            name, was, now = wrong[0]
+            details.append(f"first differing shape {name}: saved {was}, model {now}"
+                           + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
+        if missing:
+            details.append(f"{len(missing)} saved tensors the model lacks "
+                           f"{missing[:3]}")
+        if extra:
+            details.append(f"{len(extra)} model tensors missing from the saved state {extra[:3]}")
+        raise StateError(f"the model does not fit the saved state ({saved_from}): "
+                         + "; ".join(details))
+    kinds = [n for n in saved if _dtype_kind(current[n].dtype) != _dtype_kind(
+        _parse_dtype(saved[n][1]))]
+    if kinds:
+        n = kinds[0]
+        raise StateError(f"the model does not fit the saved state ({saved_from}): {n}: saved "
+                         f"{saved[n][1]}, model {str(current[n].dtype).removeprefix('torch.')}")
+    if document.get("base_weights", True):
+        return  # the base weights come from the file: their values do not matter
+    other_dtype = [n for n in saved if str(current[n].dtype).removeprefix("torch.") != saved[n][1]]
+    if other_dtype:
+        n = other_dtype[0]
+        warnings.warn(
+            f"{len(other_dtype)} base tensors have another dtype than when the masks were saved "
+            f"(e.g. {n}: saved {saved[n][1]}, model "
+            f"{str(current[n].dtype).removeprefix('torch.')}): their values were not compared",
+            stacklevel=3)
+    differ = [n for n in saved if n not in other_dtype and saved[n][2] is not None
+              and (digest := _sample_digest(current[n])) is not None and digest != saved[n][2]]
+    if differ:
+        raise StateError(
+            f"the base model's weights are not the ones these masks were saved with ({saved_from}; "
+            f"{len(differ)} tensors differ, first {differ[0]}): load the same pretrained "
+            "checkpoint; if the base was trained or rewritten after converting (e.g. sparsegpt "
+            "with update_weights=True), save with base_weights=True")
+
+
 # -- save -------------------------------------------------------------------------------------
-def _tensor_file_bytes(model: nn.Module) -> bytes:
-    """The safetensors bytes of the state dict; a tied (shared) tensor is written once."""
-    state = model.state_dict()
+def _tensor_file_bytes(model: nn.Module, skip: AbstractSet[str] = frozenset()) -> bytes:
+    """The safetensors bytes of the state dict but ``skip``; a tied tensor is written once."""
+    state = {k: v for k, v in model.state_dict().items() if k not in skip}
     metadata: dict[str, str] = {}
     for kept, removed in _remove_duplicate_names(state).items():
         for name in removed:
@@ -267,10 +424,29 @@ def _check_saveable(model: nn.Module) -> None:
                              "history (a broken conversion?); unconvert or re-convert it")
 
 
-def save(model: nn.Module, directory: str | os.PathLike[str]) -> None:
+def _check_masks_only(model: nn.Module) -> None:
+    history = mode_history(model)
+    if not history:
+        raise ValueError("base_weights=False saves what the modes added, and this model has no "
+                         "modes: convert it first, or save it with base_weights=True")
+    # a mode that rewrites the base weights it keeps (sparsegpt's update_weights) makes the
+    # base in memory differ from every fresh one: a masks-only checkpoint could not restore it
+    rewriting = [s.mode for s in history if getattr(s.config, "update_weights", False)]
+    if rewriting:
+        raise ValueError(f"{rewriting[0]} with update_weights=True rewrote the base weights it "
+                         "kept: a masks-only checkpoint would restore its masks over the "
+                         "original weights; save with base_weights=True, or convert with "
+                         "update_weights=False")
+
+
+def save(model: nn.Module, directory: str | os.PathLike[str], *,
+         base_weights: bool = True) -> None:
     """Write the model's mode history and tensors to ``directory`` (created if needed).
 
-    Saving over an earlier checkpoint replaces it all at once (see the module docstring).
+    ``base_weights=False`` writes only the tensors the modes added (a masks-only
+    checkpoint): restore it onto a fresh copy of the same base, e.g. the same
+    ``from_pretrained`` checkpoint. Saving over an earlier checkpoint replaces it all at
+    once (see the module docstring).
 
     Examples:
         >>> import os, tempfile, torch.nn as nn, modeopt_masks as mm
@@ -280,18 +456,23 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> None:
         ['safetensors', 'json']
     """
     _check_saveable(model)
+    if not base_weights:
+        _check_masks_only(model)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     history = mode_history(model)
     for state in history:
         state.descriptor.update_metadata(model, state.config, state.metadata)
-    tensor_bytes = _tensor_file_bytes(model)
+    base = _base_state(model)
+    tensor_bytes = _tensor_file_bytes(model, set() if base_weights else set(base))
     digest = hashlib.sha256(tensor_bytes).hexdigest()
     tensor_name = f"model.{digest[:16]}.safetensors"
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_class": type(model).__qualname__,
+        "base": {"model_class": type(model).__qualname__, "tensors": _fingerprint_of(base)},
+        "base_weights": base_weights,
         "modes": [
             {"mode": s.mode, "config": s.config.to_dict(), "metadata": s.metadata} for s in history
         ],
@@ -347,9 +528,11 @@ def _dtype_kind(dtype: torch.dtype) -> str:
     return "float" if dtype.is_floating_point else "integer"
 
 
-def _check_tensors(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Names, shapes and dtype kinds, all checked before one value is written."""
-    expected = model.state_dict(keep_vars=True)
+def _check_tensors(model: nn.Module, saved: dict[str, torch.Tensor],
+                   skip: AbstractSet[str] = frozenset(), saved_class: str | None = None) -> None:
+    """Names, shapes and dtype kinds, all checked before one value is written (``skip``:
+    tensors the file need not hold, the base of a masks-only checkpoint)."""
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if k not in skip}
     unexpected = sorted(set(saved) - set(expected))
     common = [k for k in saved if k in expected]
     wrong = [k for k in common if tuple(expected[k].shape) != tuple(saved[k].shape)]
@@ -362,16 +545,23 @@ def _check_tensors(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
         if k not in saved and expected[k].untyped_storage().data_ptr() not in loaded
     )
     if unexpected or wrong or missing or kinds:
-        details = [f"unexpected tensors {unexpected[:10]}"] if unexpected else []
-        details += [f"missing tensors {missing[:10]}"] if missing else []
-        details += [f"{k}: saved {tuple(saved[k].shape)}, model {tuple(expected[k].shape)}"
-                    for k in wrong[:10]]
-        details += [f"{k}: saved {saved[k].dtype}, model {expected[k].dtype}" for k in kinds[:10]]
-        raise StateError("the model does not fit the saved state: " + "; ".join(details))
+        details = []
+        if wrong:
+            k = wrong[0]
+            details.append(f"first differing shape {k}: saved {tuple(saved[k].shape)}, model "
+                           f"{tuple(expected[k].shape)}"
+                           + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
+        details += [f"{len(unexpected)} unexpected tensors {unexpected[:5]}"] if unexpected else []
+        details += [f"{len(missing)} missing tensors {missing[:5]}"] if missing else []
+        details += [f"{k}: saved {saved[k].dtype}, model {expected[k].dtype}" for k in kinds[:3]]
+        origin = (f" (saved from {saved_class}, this model is {type(model).__qualname__})"
+                  if saved_class else "")
+        raise StateError(f"the model does not fit the saved state{origin}: " + "; ".join(details))
 
 
-def _load_tensors(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    _check_tensors(model, saved)
+def _load_tensors(model: nn.Module, saved: dict[str, torch.Tensor],
+                  skip: AbstractSet[str] = frozenset(), saved_class: str | None = None) -> None:
+    _check_tensors(model, saved, skip, saved_class)
     current = model.state_dict(keep_vars=True)
     for name in saved:
         protect(current[name])
@@ -398,8 +588,12 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - SafetensorError and friends
         raise StateError(f"the tensor file is not a valid safetensors file: {str(e)[:200]}") from e
     del tensor_bytes
+    _check_consistent(document, saved)
     if mode_history(model) or converted_submodules(model):
         raise StateError("restore needs a model without modes; this one is already converted")
+    _check_base(model, document)
+    saved_class = document.get("model_class")
+    base = set() if document.get("base_weights", True) else set(model.state_dict())
     with transaction(model):
         history: list[ModeState] = []
         for name, config, metadata in entries:
@@ -408,11 +602,12 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
             except StateError:
                 raise
             except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit
-                raise StateError(f"the model does not fit the saved state: {e}") from e
+                raise StateError(f"the model does not fit the saved state (saved from "
+                                 f"{saved_class}): {e}") from e
             history.append(ModeState(name, config, metadata))
             _set_history(model, history)
         try:
-            _load_tensors(model, saved)
+            _load_tensors(model, saved, base, saved_class)
         except StateError:
             raise
         except Exception as e:  # noqa: BLE001

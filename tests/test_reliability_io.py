@@ -23,7 +23,7 @@ from safetensors.torch import save as save_bytes
 from test_fault_injection import assert_unchanged, fingerprint
 
 import modeopt_masks as mm
-from modeopt_masks.persistence import STATE_FILE, encode_state_document
+from modeopt_masks.persistence import FORMAT_VERSION, STATE_FILE, encode_state_document
 
 
 def _base(seed: int = 0, bias: bool = True) -> nn.Sequential:
@@ -344,7 +344,7 @@ def test_defect15_malformed_checkpoints_raise_state_error(tmp_path, case):
     elif case == "huge_int":
         _rewrite(tmp_path, lambda d: None)
         text = (tmp_path / STATE_FILE).read_text()
-        (tmp_path / STATE_FILE).write_text(text.replace('"format_version": 2',
+        (tmp_path / STATE_FILE).write_text(text.replace(f'"format_version": {FORMAT_VERSION}',
                                                         '"format_version": ' + "7" * 5000))
     else:
         junk = b"this is not a safetensors file" * 10
