@@ -350,7 +350,9 @@ def _tensor_file_bytes(model: nn.Module, skip: AbstractSet[str] = frozenset()) -
         for name in removed:
             metadata[name] = kept
             del state[name]
-    return save_safetensors({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+    # metadata=None when empty: safetensors writes an unreadable header for ({}, {})
+    return save_safetensors({k: v.contiguous() for k, v in state.items()},
+                            metadata=metadata or None)
 
 
 def _umask() -> int:
