@@ -536,7 +536,7 @@ def _check_tensors(model: nn.Module, saved: dict[str, torch.Tensor],
     tensors the file need not hold, the base of a masks-only checkpoint)."""
     expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if k not in skip}
     unexpected = sorted(set(saved) - set(expected))
-    common = [k for k in saved if k in expected]
+    common = [k for k in expected if k in saved]  # the model's order: a stable "first"
     wrong = [k for k in common if tuple(expected[k].shape) != tuple(saved[k].shape)]
     kinds = [k for k in common if _dtype_kind(expected[k].dtype) != _dtype_kind(saved[k].dtype)]
     # a tied (shared) tensor is in the file once: a name absent from the file is fine
