@@ -8,8 +8,13 @@ safetensors weight files, so a ``Trainer`` checkpoint (it calls ``save_pretraine
 ``resume_from_checkpoint`` on a model converted the same way restore them as well.
 ``from_pretrained`` of such a folder loads the base weights, replays the modes and loads
 every saved tensor, checked by name and shape: a folder whose tensors do not fit raises
-:class:`~modeopt_masks.StateError` naming both shapes. Without this library the folder
-loads as the unconverted base model (transformers lists the mask tensors it skipped).
+:class:`~modeopt_masks.StateError` naming the saved class and both shapes.
+
+Without this library the folder loads as the unconverted base model, never silently:
+beside the mask tensors the weights hold :data:`MARKER_TENSOR` (the SHA-256 of the state
+file, which also ties the two together), so transformers' load report lists it and every
+mask tensor as ``UNEXPECTED``, gradnas selections included (they have no tensor of
+their own). With the library those keys are expected, and not reported.
 
 Examples:
     >>> import tempfile, torch, transformers as tf, modeopt_masks as mm
@@ -26,10 +31,13 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
@@ -39,6 +47,7 @@ from .persistence import (
     FORMAT,
     FORMAT_VERSION,
     StateError,
+    _base_state,
     _load_tensors,
     _parse_document,
     _parse_modes,
@@ -48,6 +57,10 @@ from .registry import get_mode
 
 #: the mode-state file written beside ``config.json``
 HF_STATE_FILE = "modeopt_masks_state.json"
+#: the weight written beside the masks: stock transformers reports it as unexpected, so a
+#: load without this library says the modes were not applied (its value: the state file's
+#: SHA-256)
+MARKER_TENSOR = "modeopt_masks_modes_not_applied"
 
 _ORIGINAL: dict[str, Any] = {}
 
@@ -78,6 +91,12 @@ def _save_pretrained(self: nn.Module, save_directory: str | os.PathLike[str], *a
     history = mode_history(self)
     for state in history:
         state.descriptor.update_metadata(self, state.config, state.metadata)
+    state_bytes = b""
+    if history:
+        state_bytes = _state_bytes(self)
+        weights = kwargs.get("state_dict")
+        kwargs["state_dict"] = {**(self.state_dict() if weights is None else weights),
+                                MARKER_TENSOR: _marker(state_bytes)}
     result = _ORIGINAL["save_pretrained"](self, save_directory, *args, **kwargs)
     path = Path(save_directory) / HF_STATE_FILE
     if not kwargs.get("is_main_process", True):
@@ -86,15 +105,27 @@ def _save_pretrained(self: nn.Module, save_directory: str | os.PathLike[str], *a
     if card:  # an exported gradnas model: say what was pruned
         (Path(save_directory) / "README.md").write_text(card)
     if history:
-        document = {"format": FORMAT, "format_version": FORMAT_VERSION, "layout": "hf",
-                    "modes": [{"mode": s.mode, "config": s.config.to_dict(),
-                               "metadata": s.metadata} for s in history]}
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encode_state_document(document))
+        tmp.write_bytes(state_bytes)
         tmp.replace(path)
     else:
         path.unlink(missing_ok=True)  # a plain model over an old converted checkpoint
     return result
+
+
+def _state_bytes(model: nn.Module) -> bytes:
+    history = mode_history(model)
+    base = _base_state(model)
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, "layout": "hf",
+                "model_class": type(model).__qualname__,
+                "mode_tensors": [k for k in model.state_dict() if k not in base],
+                "modes": [{"mode": s.mode, "config": s.config.to_dict(),
+                           "metadata": s.metadata} for s in history]}
+    return encode_state_document(document)
+
+
+def _marker(state_bytes: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(hashlib.sha256(state_bytes).digest()), dtype=torch.uint8)
 
 
 def _weights(folder: Path) -> dict[str, Any]:
@@ -104,13 +135,63 @@ def _weights(folder: Path) -> dict[str, Any]:
     return tensors
 
 
+def _expected_keys(state: Path) -> list[str]:
+    """The keys of a converted checkpoint that stock transformers does not know."""
+    try:
+        document = _parse_document(state.read_bytes(), state)
+    except StateError:
+        return []  # restore_modes reports it
+    names = document.get("mode_tensors")
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return [f"^{re.escape(n)}$" for n in (MARKER_TENSOR, *names)]
+
+
+def _config_mismatch(cls: type, folder: Path) -> str | None:
+    """Where ``config.json`` and the weight files of ``folder`` disagree, in words."""
+    import transformers
+    from safetensors import safe_open
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        skeleton = cls(config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    held: dict[str, tuple[int, ...]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            held.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118
+    wrong = [(k, held[k]) for k in expected if k in held and held[k] != expected[k]]
+    if not wrong:
+        return None
+    key, shape = wrong[0]
+    more = f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""
+    return (f"{folder}: config.json and the weights disagree: config.json describes {key} as "
+            f"{expected[key]}, the weights hold {shape}{more} (a config edited or left from "
+            "another save?)")
+
+
 def _from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any,
                      **kwargs: Any) -> Any:
-    model = _ORIGINAL["from_pretrained"](cls, pretrained_model_name_or_path, *args, **kwargs)
     folder = Path(str(pretrained_model_name_or_path))
     state = folder / HF_STATE_FILE
     if not (folder.is_dir() and state.is_file()):
-        return model
+        return _ORIGINAL["from_pretrained"](cls, pretrained_model_name_or_path, *args, **kwargs)
+    # the masks and the marker are expected here: keep them out of the load report (the class
+    # attribute is read when the model is built)
+    own = cls.__dict__.get("_keys_to_ignore_on_load_unexpected", None)
+    inherited = getattr(cls, "_keys_to_ignore_on_load_unexpected", None)
+    cls._keys_to_ignore_on_load_unexpected = {*(inherited or ()), *_expected_keys(state)}  # type: ignore[attr-defined]
+    try:
+        model = _ORIGINAL["from_pretrained"](cls, pretrained_model_name_or_path, *args, **kwargs)
+    except RuntimeError as e:
+        mismatch = _config_mismatch(cls, folder) if "ignore_mismatched_sizes" in str(e) else None
+        if mismatch is None:
+            raise
+        raise StateError(mismatch) from e
+    finally:
+        if own is None:
+            del cls._keys_to_ignore_on_load_unexpected  # type: ignore[attr-defined]
+        else:
+            cls._keys_to_ignore_on_load_unexpected = own  # type: ignore[attr-defined]
     return restore_modes(model, folder)
 
 
@@ -131,19 +212,26 @@ def restore_modes(model: nn.Module, folder: str | os.PathLike[str]) -> nn.Module
     path = Path(folder) / HF_STATE_FILE
     if not path.is_file():
         raise StateError(f"{folder}: no {HF_STATE_FILE} (not saved with modes)")
-    document = _parse_document(path.read_bytes(), path)
+    state_bytes = path.read_bytes()
+    document = _parse_document(state_bytes, path)
     entries = _parse_modes(document)
     saved = _weights(Path(folder))
+    marker = saved.pop(MARKER_TENSOR, None)
+    if marker is not None and bytes(marker.tolist()) != hashlib.sha256(state_bytes).digest():
+        raise StateError(f"{path} does not belong to the weights beside it (they were written "
+                         "by another save_pretrained): save the model again")
     if mode_history(model):
         raise StateError("the model already has modes; load the checkpoint into a fresh model")
+    saved_class = document.get("model_class")
     with transaction(model):
         history: list[ModeState] = []
         for name, config, metadata in entries:
             try:
                 model = get_mode(name).restore(model, config, metadata)
             except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit
-                raise StateError(f"the model does not fit the saved state: {e}") from e
+                raise StateError(f"the model does not fit the saved state (saved from "
+                                 f"{saved_class}): {e}") from e
             history.append(ModeState(name, config, metadata))
             _set_history(model, history)
-        _load_tensors(model, saved)
+        _load_tensors(model, saved, saved_class=saved_class)
     return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import modeopt_masks as mm
-from modeopt_masks.hf_checkpointing import HF_STATE_FILE, restore_modes
+from modeopt_masks.hf_checkpointing import HF_STATE_FILE, MARKER_TENSOR, restore_modes
 from modeopt_masks.structured import gradnas_hparams
 
 transformers = pytest.importorskip("transformers")
@@ -78,7 +79,8 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
     model.save_pretrained(tmp_path)
     other = _llama(48)
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(mm.StateError, match=r"saved \(32, 32\), model \(48, 32\)"):
+    with pytest.raises(mm.StateError, match=r"saved from LlamaForCausalLM.*first differing shape "
+                       r"model.layers.0.mlp.gate_proj.weight: saved \(32, 32\), model \(48, 32\)"):
         restore_modes(other, tmp_path)
     assert mm.mode_history(other) == []
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
@@ -99,17 +101,57 @@ _BLOCKED_LOAD = textwrap.dedent("""
 """)
 
 
-def test_without_the_library_it_loads_the_unconverted_base(tmp_path):
-    model = mm.convert(_llama(), "hard_concrete")
-    _perturb(model, "hard_concrete")
+@pytest.mark.parametrize("mode", ["hard_concrete", "gradnas"])
+def test_without_the_library_it_loads_the_unconverted_base_and_says_so(tmp_path, mode):
+    """Never a silent drop: transformers' load report lists the marker and every mask tensor
+    (gradnas has no tensor of its own: the marker alone says the selections were dropped)."""
+    model = mm.convert(_llama(), mode)
+    _perturb(model, mode)
     with torch.no_grad():
         base = mm.unconvert(copy.deepcopy(model)).eval()(X).logits
+    masks = [k for k in model.state_dict() if "_mask." in k]
+    assert bool(masks) == (mode != "gradnas")
     model.save_pretrained(tmp_path / "ckpt")
     proc = subprocess.run([sys.executable, "-I", "-c", _BLOCKED_LOAD, str(tmp_path / "ckpt"),
                            str(tmp_path / "out.pt")], capture_output=True, text=True,
                           timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.allclose(torch.load(tmp_path / "out.pt"), base, atol=1e-6)
+    report = proc.stderr + proc.stdout
+    assert f"{MARKER_TENSOR} | UNEXPECTED" in " ".join(report.split())
+    # (the report folds layer indices: model.layers.{0, 1}.mlp...)
+    assert all(re.sub(r"layers\.\d+\.", "layers.{0, 1}.", name) in report for name in masks)
+
+
+def test_with_the_library_the_expected_keys_are_not_reported(tmp_path, capfd):
+    model = mm.convert(_llama(), "hard_concrete")
+    model.save_pretrained(tmp_path)
+    capfd.readouterr()
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
+    out = "".join(capfd.readouterr())
+    assert MARKER_TENSOR not in out and "weight_mask" not in out and "UNEXPECTED" not in out
+    assert [s.mode for s in mm.mode_history(again)] == ["hard_concrete"]
+    # the class attribute borrowed during the load is put back
+    assert "_keys_to_ignore_on_load_unexpected" not in transformers.LlamaForCausalLM.__dict__
+
+
+def test_a_state_file_from_another_save_is_refused(tmp_path):
+    a = mm.convert(_llama(), "hard_concrete")
+    b = mm.convert(_llama(), ("hard_concrete", {"nn.Linear": {"*": {}, "*mlp*": None}}))
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    (tmp_path / "a" / HF_STATE_FILE).write_bytes((tmp_path / "b" / HF_STATE_FILE).read_bytes())
+    with pytest.raises(mm.StateError, match="does not belong to the weights beside it"):
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path / "a")
+
+
+def test_config_and_weights_that_disagree_name_both_shapes(tmp_path):
+    mm.convert(_llama(32), "magnitude_pruning").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
+    with pytest.raises(mm.StateError, match=r"config.json describes model.layers.0.mlp.gate_proj"
+                       r".weight as \(40, 32\), the weights hold \(32, 32\) \(5 more differ\)"):
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path)
 
 
 _TRAIN = textwrap.dedent("""
