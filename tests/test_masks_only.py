@@ -248,6 +248,7 @@ def test_minilm_masks_only_onto_from_pretrained_and_not_onto_another_bert(tmp_pa
         assert torch.equal(fresh(**x).last_hidden_state, expected)
     other = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
     before = _snapshot(other)
-    with pytest.raises(mm.StateError, match="not the ones these masks were saved with .saved from BertModel; 102 tensors differ"):
+    with pytest.raises(mm.StateError, match=r"not the ones these masks were saved with \(saved "
+                                            r"from BertModel, this model is BertModel; \d+ tensors"):
         mm.restore(other, tmp_path / "masks")
     _assert_unchanged(other, before)
