@@ -201,9 +201,3 @@ def test_reloaded_without_the_library_computes_the_same(reloaded, case):
     if CASES[case][3]:
         assert res["tokens"] == entry["tokens"]
         assert len(res["tokens"][0]) > 12  # new tokens were generated
-
-
-def test_smollm2_keeps_whole_kv_groups(reloaded):
-    cfg = _entry(reloaded, "smollm2")["config"]
-    assert cfg["num_attention_heads"] == 3 * cfg["num_key_value_heads"]  # 9/3 heads, GQA kept
-    assert cfg["head_dim"] == 64
