@@ -27,9 +27,9 @@ the tensors the modes added (mask parameters, ``keep`` buffers; gradnas selectio
 live in the manifest), like a peft adapter. The manifest always records a
 fingerprint of the base (the model with its modes undone): its class and every
 tensor's name, shape, dtype and a SHA-256 of a few of its entries.
-``restore(fresh_base, directory)`` checks the fresh model against it before
-changing anything, so another base model is a :class:`StateError` naming the saved
-class and the first differing shapes; for a masks-only checkpoint the sampled
+``restore(fresh_base, directory)`` checks the fresh model against it, so another
+base model is a :class:`StateError` naming the saved class and the first differing
+shapes (with the model unchanged); for a masks-only checkpoint the sampled
 values must match as well (another checkpoint of the same architecture, or a base
 whose weights were trained or rewritten after converting, is refused).
 
@@ -233,10 +233,11 @@ def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from .masking import MaskTechnique
 
-    added = tuple(f"{name}." for name, module in model.named_modules()
-                  if isinstance(module, MaskTechnique))
-    return {k: v for k, v in model.state_dict(keep_vars=True).items()
-            if not (added and k.startswith(added))}
+    added = {id(t) for m in model.modules() if isinstance(m, MaskTechnique)
+             for t in (*m.parameters(), *m.buffers())}
+    # by identity: an alias of a mask tensor elsewhere (NeuroSurgeon's weight_mask_params)
+    # is the mask too
+    return {k: v for k, v in model.state_dict(keep_vars=True).items() if id(v) not in added}
 
 
 def base_fingerprint(model: nn.Module) -> dict[str, Any]:
@@ -284,12 +285,12 @@ def _check_consistent(document: dict[str, Any], saved: dict[str, torch.Tensor]) 
                 "different saves?)")
 
 
-def _check_base(model: nn.Module, document: dict[str, Any]) -> None:
-    """A fresh ``model`` against the saved base fingerprint: names and shapes (and, for a
-    masks-only checkpoint, the sampled values); ``StateError`` before anything changes."""
+def _base_problem(model: nn.Module, document: dict[str, Any]) -> str | None:
+    """How a fresh ``model`` differs from the saved base fingerprint (names and shapes and,
+    for a masks-only checkpoint, the sampled values), in words; ``None``: it fits."""
     base = document.get("base")
     if base is None:
-        return
+        return None
     try:
         saved = {str(n): (_shape(shape), str(dtype), digest)
                  for n, shape, dtype, digest in base["tensors"]}
@@ -313,16 +314,15 @@ def _check_base(model: nn.Module, document: dict[str, Any]) -> None:
                            f"{missing[:3]}")
         if extra:
             details.append(f"{len(extra)} model tensors missing from the saved state {extra[:3]}")
-        raise StateError(f"the model does not fit the saved state ({saved_from}): "
-                         + "; ".join(details))
+        return f"the model does not fit the saved state ({saved_from}): " + "; ".join(details)
     kinds = [n for n in saved if _dtype_kind(current[n].dtype) != _dtype_kind(
         _parse_dtype(saved[n][1]))]
     if kinds:
         n = kinds[0]
-        raise StateError(f"the model does not fit the saved state ({saved_from}): {n}: saved "
-                         f"{saved[n][1]}, model {str(current[n].dtype).removeprefix('torch.')}")
+        return (f"the model does not fit the saved state ({saved_from}): {n}: saved "
+                f"{saved[n][1]}, model {str(current[n].dtype).removeprefix('torch.')}")
     if document.get("base_weights", True):
-        return  # the base weights come from the file: their values do not matter
+        return None  # the base weights come from the file: their values do not matter
     other_dtype = [n for n in saved if str(current[n].dtype).removeprefix("torch.") != saved[n][1]]
     if other_dtype:
         n = other_dtype[0]
@@ -334,11 +334,12 @@ def _check_base(model: nn.Module, document: dict[str, Any]) -> None:
     differ = [n for n in saved if n not in other_dtype and saved[n][2] is not None
               and (digest := _sample_digest(current[n])) is not None and digest != saved[n][2]]
     if differ:
-        raise StateError(
+        return (
             f"the base model's weights are not the ones these masks were saved with ({saved_from}; "
             f"{len(differ)} tensors differ, first {differ[0]}): load the same pretrained "
             "checkpoint; if the base was trained or rewritten after converting (e.g. sparsegpt "
             "with update_weights=True), save with base_weights=True")
+    return None
 
 
 # -- save -------------------------------------------------------------------------------------
@@ -593,7 +594,9 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     _check_consistent(document, saved)
     if mode_history(model) or converted_submodules(model):
         raise StateError("restore needs a model without modes; this one is already converted")
-    _check_base(model, document)
+    # read before anything changes; reported after the modes are replayed (in the
+    # transaction), so a mode's own words on what does not fit come with it
+    problem = _base_problem(model, document)
     saved_class = document.get("model_class")
     base = set() if document.get("base_weights", True) else set(model.state_dict())
     with transaction(model):
@@ -604,10 +607,14 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
             except StateError:
                 raise
             except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit
+                if problem:
+                    raise StateError(f"{problem}; replaying {name}: {e}") from e
                 raise StateError(f"the model does not fit the saved state (saved from "
                                  f"{saved_class}): {e}") from e
             history.append(ModeState(name, config, metadata))
             _set_history(model, history)
+        if problem:
+            raise StateError(problem)
         try:
             _load_tensors(model, saved, base, saved_class)
         except StateError:
