@@ -31,6 +31,7 @@ import torch.nn as nn
 from pydantic import BaseModel
 
 import modeopt_masks as mm
+from modeopt_masks import dynamic
 from modeopt_masks.persistence import STATE_FILE
 
 
@@ -104,6 +105,9 @@ class Injector:
         with pytest.MonkeyPatch.context() as patch:
             for owner, name in steps:
                 patch.setattr(owner, name, self.wrap(getattr(owner, name)))
+            # dynamic classes made now would keep the wrapped __reduce_ex__ after the patch
+            # is undone (and fire the injector in later tests): a cache of their own
+            patch.setattr(dynamic, "_CLASS_CACHE", {})
             yield self
 
 
