@@ -18,16 +18,17 @@ saving it) writes the record when it is needed.
 Examples:
     >>> import tempfile, json, transformers as tf, modeopt_masks as mm
     >>> from modeopt_masks.structured import gradnas_hparams
-    >>> cfg = tf.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=8)
+    >>> cfg = tf.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=8, bos_token_id=0,
+    ...                     eos_token_id=0)
     >>> m = mm.convert(tf.GPT2LMHeadModel(cfg), ("gradnas", {"hf.attention": None}))
     >>> gradnas_hparams(m)["transformer.h.0.mlp"].keep(list(range(8)))  # layer 1 keeps 64
     >>> m = mm.export(m)
     >>> d = tempfile.mkdtemp(); m.save_pretrained(d)
     >>> saved = json.load(open(f"{d}/config.json"))
-    >>> saved["auto_map"]
-    {'AutoModelForCausalLM': 'modeling_modeopt_pruned.PrunedGPT2LMHeadModel'}
+    >>> saved["auto_map"]["AutoModelForCausalLM"]
+    'modeling_modeopt_pruned.PrunedGPT2LMHeadModel'
     >>> saved["modeopt_structure"]["modules"]["transformer.h.0.mlp.c_fc"]
-    {'shapes': {'weight': [16, 8], 'bias': [8]}, 'attrs': {'nf': 8}}
+    {'attrs': {'nf': 8}, 'shapes': {'bias': [8], 'weight': [16, 8]}}
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def structure_record(model: nn.Module) -> dict[str, Any]:
 def _stock_model(model: nn.Module) -> nn.Module:
     """The stock transformers class of ``model`` built from its config, on the meta device."""
     cls = _stock_class(model)
-    config = copy.deepcopy(getattr(model, "config"))
+    config = copy.deepcopy(model.config)
     for key in (STRUCTURE_KEY, "auto_map"):  # a reloaded pruned model: compare to the stock one
         config.__dict__.pop(key, None)
     with torch.device("meta"):
@@ -145,7 +146,8 @@ def _attr_changes(module: nn.Module, ref: nn.Module) -> dict[str, Any]:
 
 def _config_changes(module: nn.Module, ref: nn.Module, root: nn.Module) -> dict[str, Any]:
     """A module's own config copy (gradnas gives one to layers that read sizes from it)."""
-    config, ref_config = getattr(module, "config", None), getattr(ref, "config", None)
+    config: Any = getattr(module, "config", None)
+    ref_config: Any = getattr(ref, "config", None)
     if module is root or config is None or config is getattr(root, "config", None) \
             or not hasattr(config, "to_dict") or not hasattr(ref_config, "to_dict"):
         return {}
@@ -219,11 +221,17 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
         >>> os.path.exists(os.path.join(d, "modeling_modeopt_pruned.py"))
         False
     """
+    from .model_card import export_record
+
     save = _class_save_pretrained(model)
     record = structure_record(model)
     folder = Path(save_directory)
     stale = folder / MODELING_FILE
-    if not record["modules"] and not force_remote_code:
+    remote = bool(record["modules"]) or force_remote_code
+    card = export_record(model)
+    if card is not None:  # the model card (README.md) says how to load the folder
+        card["remote_code"] = remote
+    if not remote:
         result = save(model, save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             stale.unlink(missing_ok=True)  # a plain model over an old pruned folder

@@ -20,6 +20,7 @@ import torch
 import modeopt_masks as mm
 from modeopt_masks.hf_remote import MODELING_FILE, save_pretrained, structure_record
 from modeopt_masks.hf_remote_modeling import STRUCTURE_KEY, apply_structure
+from modeopt_masks.model_card import model_card
 from modeopt_masks.structured import gradnas_hparams
 
 transformers = pytest.importorskip("transformers")
@@ -223,6 +224,7 @@ def test_uniform_export_stays_plain_and_forced_record_is_empty(tmp_path):
     model = mm.export(model)
     model.save_pretrained(tmp_path / "plain")
     assert not (tmp_path / "plain" / MODELING_FILE).exists()
+    assert "trust_remote_code" not in model_card(model)
     assert "auto_map" not in json.loads((tmp_path / "plain" / "config.json").read_text())
     # forced remote code on a uniform model: an empty record, the subclass builds the stock one
     save_pretrained(model, tmp_path / "forced", force_remote_code=True)
@@ -238,9 +240,11 @@ def test_uniform_export_stays_plain_and_forced_record_is_empty(tmp_path):
 def test_stock_load_without_remote_code_fails_loudly(tmp_path):
     model = mm.convert(build("llama").eval(), ("gradnas", RULES["llama_even"]))
     _hand_selection(model)
-    mm.export(model).save_pretrained(tmp_path)
+    model = mm.export(model)
+    model.save_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert "trust_remote_code=True" in model_card(model)  # the card says how to load it
 
 
 def test_unrecordable_models_are_refused_unchanged(tmp_path):
