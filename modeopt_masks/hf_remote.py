@@ -198,7 +198,18 @@ def _stock_class_name(model: nn.Module) -> str:
 
 def modeling_source(class_names: list[str]) -> str:
     """The text of ``modeling_modeopt_pruned.py``: the template plus one
-    ``Pruned<name>`` class per transformers class in ``class_names``."""
+    ``Pruned<name>`` class per transformers class in ``class_names``.
+
+    Examples:
+        >>> from modeopt_masks.hf_remote import modeling_source
+        >>> src = modeling_source(["LlamaForCausalLM"])
+        >>> "class PrunedLlamaForCausalLM(PrunedStructure, transformers.LlamaForCausalLM)" in src
+        True
+        >>> import ast  # what the file imports: transformers and torch, never this library
+        >>> sorted({(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0]
+        ...         for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))})
+        ['__future__', 'copy', 'torch', 'transformers', 'typing']
+    """
     text = Path(hf_remote_modeling.__file__).read_text() + "\nimport transformers  # noqa: E402\n"
     for name in class_names:
         text += (f"\n\nclass Pruned{name}(PrunedStructure, transformers.{name}):\n"
