@@ -222,7 +222,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
                     force_remote_code: bool = False, **kwargs: Any) -> Any:
     """``model.save_pretrained(save_directory, ...)``, plus, when the config cannot describe
     the model (or ``force_remote_code``), the structure record in ``config.json``, the
-    modeling file and ``auto_map``; ``model.config`` is left as it was.
+    modeling file and ``auto_map``; ``model.config`` is left as it was. A model converted
+    again after its export (modes in its history) is saved as it would be without this
+    function (see :mod:`modeopt_masks.hf_checkpointing`).
 
     Examples:
         >>> import tempfile, os, transformers as tf
@@ -232,9 +234,12 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
         >>> os.path.exists(os.path.join(d, "modeling_modeopt_pruned.py"))
         False
     """
+    from .conversion import mode_history
     from .model_card import export_record
 
     save = _class_save_pretrained(model)
+    if mode_history(model):  # converted again after export: the library-aware checkpoint route
+        return save(model, save_directory, *args, **kwargs)
     record = structure_record(model)
     folder = Path(save_directory)
     stale = folder / MODELING_FILE

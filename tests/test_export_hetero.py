@@ -251,6 +251,8 @@ def test_unrecordable_models_are_refused_unchanged(tmp_path):
     converted = mm.convert(build("gpt2").eval(), "gradnas")
     with pytest.raises(ValueError, match="export it first"):
         structure_record(converted)
+    save_pretrained(converted, tmp_path / "converted")  # modes: the plain (checkpoint) save
+    assert not (tmp_path / "converted" / MODELING_FILE).exists()
     model = build("llama").eval()
     del model.model.layers[1]  # a dropped layer the config still counts
     state = {k: v.clone() for k, v in model.state_dict().items()}
