@@ -10,8 +10,11 @@ value: then ``save_pretrained`` writes a ``config.json`` that stock
 ``from_pretrained`` rebuilds without this library (see ``docs/deploy.md``).
 Per-layer values, or a quantity the config has no field for (BERT's head count,
 since its head size is ``hidden_size / num_attention_heads``), are left as they
-were and listed by :func:`update_config`: such a folder fails to load with a
-size-mismatch error, loudly, instead of loading the wrong model.
+were and listed by :func:`update_config`; ``save_pretrained`` of the exported model
+then adds a per-module structure record and a self-contained modeling file
+(:mod:`modeopt_masks.hf_remote`): the folder loads with ``trust_remote_code=True``,
+and stock loading without it fails with a size-mismatch error, loudly, instead of
+loading the wrong model.
 
 Examples:
     >>> import torch, transformers as tf, modeopt_masks as mm

@@ -54,7 +54,11 @@ def model_card(model: nn.Module) -> str:
                   f"- score data: {search.get('score_data')}"]
     else:
         lines.append("- selection set by hand (no search recorded)")
-    if rec.get("unexpressed"):
+    if rec.get("remote_code"):
+        lines.append("- per-layer shapes: `config.json` records them (`modeopt_structure`) and "
+                     "`modeling_modeopt_pruned.py` (torch + transformers only) rebuilds them; "
+                     "load with `AutoModel*.from_pretrained(folder, trust_remote_code=True)`")
+    elif rec.get("unexpressed"):
         lines.append("- config.json cannot describe: " + "; ".join(rec["unexpressed"])
                      + " (stock from_pretrained refuses this folder)")
     lines += ["", "| layer | kept units |", "| --- | --- |"]

@@ -57,6 +57,7 @@ from pydantic import Field, field_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
 from ..hf_export import expressible_heads, update_config
+from ..hf_remote import attach as attach_remote_save
 from ..model_card import record_export
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
@@ -350,6 +351,7 @@ class GradNASDescriptor(ModeDescriptor):
                 unexpressed = update_config(model)
             except ValueError as e:  # a block that no longer reads as its family
                 unexpressed = [f"config not updated: {e}"]
+            attach_remote_save(model)  # per-layer shapes: save_pretrained writes remote code
         record_export(model, {**card, "unexpressed": unexpressed,
                               "params_after": sum(p.numel() for p in model.parameters())})
         return model
