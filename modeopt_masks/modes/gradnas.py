@@ -80,6 +80,7 @@ from ..structured.stream import (
     find_stream,
     hidden_structure,
     install_stream_sites,
+    no_stream_message,
     release_stream_sites,
     update_stream_config,
 )
@@ -269,6 +270,11 @@ def find_structures(model: nn.Module, config: GradNASConfig, found: Discovery | 
         if config.uniform and key == "hf.attention":  # only head counts the config accepts
             choices = [c for c in choices if expressible_heads(model, c * structure.heads_per_unit)]
         out.append((structure, choices))
+    for axis, key in (("hidden", "hf.hidden"), ("depth", "hf.depth")):
+        asked = config.axes is not None and axis in config.axes or (
+            config.axes is None and key in config.user_keys and bool(config.rules.get(key)))
+        if asked and found.stream is None:
+            raise ValueError(f"gradnas: {no_stream_message(model, axis)}")
     _expressible_with_hidden(model, out, config.uniform)
     return out
 

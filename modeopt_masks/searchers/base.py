@@ -139,12 +139,17 @@ class CostModel:
                        if hp.structure.kind == "blocks"}
         self.orders: dict[str, list[int]] = {n: list(range(len(b))) for n, b in self.blocks.items()}
         modules = dict(model.named_modules())
+        # per tensor: the hparams slicing it, once per sliced dim (a pooler's weight loses
+        # hidden channels on both sides: h^2; tied embeddings are one tensor, one dim)
         touched: dict[int, list[str]] = {}
         for n, hp in hparams.items():
+            dims: dict[int, set[int]] = {}
             for sl in hp.structure.slices:
                 tensor = getattr(modules[sl.module], sl.param, None)
-                if isinstance(tensor, nn.Parameter) and n not in touched.setdefault(id(tensor), []):
-                    touched[id(tensor)].append(n)
+                if isinstance(tensor, nn.Parameter) and sl.dim % tensor.dim() not in dims.setdefault(
+                        id(tensor), set()):
+                    dims[id(tensor)].add(sl.dim % tensor.dim())
+                    touched.setdefault(id(tensor), []).append(n)
         self.const["params"] = 0.0
         self.terms["params"] = []
         seen: set[int] = set()

@@ -192,7 +192,7 @@ def hidden_structure(model: nn.Module, stream: Stream | None = None) -> Structur
     """The residual-stream channels :class:`Structure` of ``model`` (key ``"hf.hidden"``)."""
     stream = stream or find_stream(model)
     if stream is None:
-        raise ValueError(_no_stream(model, "hidden size"))
+        raise ValueError(no_stream_message(model, "hidden size"))
     modules = dict(model.named_modules())
     lay, bb = stream.layout, stream.backbone
     slices: list[Slice] = []
@@ -248,7 +248,7 @@ def depth_structure(model: nn.Module, stream: Stream | None = None) -> Structure
     """The blocks :class:`Structure` of ``model`` (key ``"hf.depth"``; one unit per block)."""
     stream = stream or find_stream(model)
     if stream is None:
-        raise ValueError(_no_stream(model, "depth"))
+        raise ValueError(no_stream_message(model, "depth"))
     return Structure(
         name=stream.blocks_name, key="hf.depth", kind="blocks", family=stream.family,
         n_units=len(stream.blocks), unit_size=1, mask_module=stream.blocks_name, mask_dim=-1,
@@ -256,7 +256,8 @@ def depth_structure(model: nn.Module, stream: Stream | None = None) -> Structure
     )
 
 
-def _no_stream(model: nn.Module, axis: str) -> str:
+def no_stream_message(model: nn.Module, axis: str) -> str:
+    """Why ``model`` has no ``axis`` ("hidden size" / "depth") to search, and what to do."""
     known = sorted(f.name for f in FAMILIES.values() if f.stream)
     return (f"the {axis} axis needs a residual-stream layout; {type(model).__name__} fits none "
             f"(families with one: {known}). Leave the axis off or register a Family with a "
