@@ -122,7 +122,7 @@ def test_gradient_score_is_gate_gradient_squared():
     for b in data:  # d loss / d g_i at g = 1, with block i's output x + g (f(x) - x)
         gates = torch.ones(3, requires_grad=True)
         hooks = [blk.register_forward_hook(
-            lambda _m, args, out, i=i: args[0] + gates[i] * (out - args[0]))
+            lambda _m, args, out, i=i, gates=gates: args[0] + gates[i] * (out - args[0]))
             for i, blk in enumerate(model.model.layers)]
         (g,) = torch.autograd.grad(lossf(model(**b), b), [gates])
         expected += g.double() ** 2
