@@ -94,9 +94,9 @@ def prune_export(family: str, model: nn.Module, rules: dict, constraints: dict,
 def assert_generates_same_with_and_without_cache(model: nn.Module) -> None:
     """Greedy ``generate`` runs and gives the same tokens with and without the KV cache."""
     ids = batch("llama", 5, size=1)["input_ids"]
-    with_cache = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True,
+    with_cache = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=True,
                                 pad_token_id=0)
-    without = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False,
+    without = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False,
                              pad_token_id=0)
     assert with_cache.shape == (1, SEQ + 6)
     assert torch.equal(with_cache, without)
