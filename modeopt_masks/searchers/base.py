@@ -263,7 +263,7 @@ class BaseSearcher:
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
         >>> sorted(GradientBinarySearcher.default_config)[:3]
-        ['all_reduce', 'collect_func', 'data_loader']
+        ['all_reduce', 'axis_ratios', 'collect_func']
     """
 
     name = "base"
