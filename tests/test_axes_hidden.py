@@ -131,3 +131,17 @@ def test_unknown_axis_and_missing_stream_are_errors():
     with pytest.raises(ValueError, match="hidden axis needs a residual-stream layout"):
         mm.convert(net, ("gradnas", {"axes": ["channels", "hidden"]}))
     assert type(net[2]) is torch.nn.Linear  # the failed call changed nothing
+
+
+def test_hidden_refuses_what_it_cannot_prune_exactly():
+    transformers = pytest.importorskip("transformers")
+    gemma = transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, intermediate_size=16))
+    with pytest.raises(ValueError, match="sqrt"):
+        mm.convert(gemma, ("gradnas", {"axes": ["hidden"]}))
+    llama = build("llama")
+    llama.model.layers[0].extra_norm = type(llama.model.norm)(64)  # a norm the layout omits
+    with pytest.raises(ValueError, match="extra_norm.*does not list"):
+        mm.convert(llama, ("gradnas", {"axes": ["hidden"]}))
+    assert not any(type(m).__name__.startswith("StreamMasked") for m in llama.modules())

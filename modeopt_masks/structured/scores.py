@@ -164,15 +164,16 @@ def collect_scores(
                     acc += g.square() if score_type == "gradnas" else g.abs()
                 steps += 1
     finally:
-        stats = {}
+        raw = {}
         for name, m in zip(hps, modules, strict=True):
             m._mm_score_mask = None
             if "_mm_stats" in m.__dict__:
-                total, count = m.__dict__.pop("_mm_stats")
-                stats[name] = total / count.clamp(min=1)
+                raw[name] = m.__dict__.pop("_mm_stats")
         model.train(was_training)
+    extra = [t for pair in raw.values() for t in pair]  # activation / influence sums, counts
     if all_reduce:
-        steps = _all_reduce(sums, steps, group)
+        steps = _all_reduce([*sums, *extra], steps, group)
+    stats = {name: total / count.clamp(min=1) for name, (total, count) in raw.items()}
     if steps == 0:
         raise ValueError("collect_scores: the data loader gave no batch")
     bad = [name for name, acc in zip(hps, sums, strict=True) if not bool(torch.isfinite(acc).all())]

@@ -151,6 +151,28 @@ def _block_projections(model: nn.Module, block: str) -> tuple[list[str], list[st
     return readers, writers
 
 
+#: model types whose forward reads ``config.hidden_size`` (Gemma's embedding scale)
+REFUSED_HIDDEN: tuple[str, ...] = ("gemma",)
+
+
+def _check_all_norms_listed(model: nn.Module, block: str, norms: tuple[str, ...],
+                            projections: list[str], width: int) -> None:
+    """Refuse a block with a norm over the stream the layout does not name (Gemma 2's
+    ``pre_feedforward_layernorm``): it would average over pruned channels in the masked model
+    and the exported model would compute something else."""
+    owners = {p.rsplit(".", 1)[0] for p in projections}  # attention / MLP blocks
+    for rel, module in model.get_submodule(block).named_modules():
+        full = f"{block}.{rel}"
+        weight = getattr(module, "weight", None)
+        if (not rel or rel in norms or kind_of(module) is not None or any(
+                full == o or full.startswith(o + ".") for o in owners)):
+            continue
+        if isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.shape[0] == width:
+            raise ValueError(f"{full}: a {type(module).__name__} over the residual stream that "
+                             f"the stream layout does not list (it lists {list(norms)}); the "
+                             "hidden size axis cannot prune this block exactly")
+
+
 def _linear_slices(modules: dict[str, nn.Module], name: str, side: str) -> list[Slice]:
     module = modules[name]
     kind = kind_of(module)
@@ -211,12 +233,18 @@ def hidden_structure(model: nn.Module, stream: Stream | None = None) -> Structur
         name = _prefixed(bb, rel)
         slices += [Slice(name, "weight", 0, 1), Slice(name, "bias", 0, 1)]
         sites.append((name, "norm"))
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    if model_type.startswith(REFUSED_HIDDEN):
+        raise ValueError(f"the hidden size axis cannot prune {model_type}: it scales its "
+                         "embeddings by sqrt(config.hidden_size), so the exported model would "
+                         "compute something else; leave the hidden axis off")
     for block in stream.blocks:
         for rel in lay.norms:
             name = f"{block}.{rel}"
             slices += [Slice(name, "weight", 0, 1), Slice(name, "bias", 0, 1)]
             sites.append((name, "norm"))
         readers, writers = _block_projections(model, block)
+        _check_all_norms_listed(model, block, lay.norms, readers + writers, stream.width)
         for name in readers:
             slices += _linear_slices(modules, name, "in")
         for name in writers:
