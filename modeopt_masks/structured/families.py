@@ -543,7 +543,21 @@ def looks_like_mlp(module: nn.Module) -> bool:
     return is_hf_module(module) and type(module).__name__.endswith("MLP")
 
 
-def _get(modules: dict[str, nn.Module], name: str, family: str, block: str) -> nn.Module:
+class Submodules:
+    """``root``'s submodules by dotted name, looked up on demand (``dict(named_modules())``
+    per block made describing every block of a deep model quadratic)."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _has(self.root, name) if name else True
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.root.get_submodule(name)
+
+
+def _get(modules: Submodules, name: str, family: str, block: str) -> nn.Module:
     if name not in modules:
         raise ValueError(
             f"{block}: the {family} plugin expects a submodule {name!r} that this model lacks; "
@@ -617,7 +631,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
             f"{supported_families()}. Switch it off with "
             f"{{'hf.attention': {{'{name}': None}}}} or register a Family."
         )
-    modules = dict(root.named_modules())
+    modules = Submodules(root)
     fam = layout.family
     head_dim = _head_dim(_get(modules, _join(name, layout.head_dim[0]), fam, name),
                          layout.head_dim[1], name)
@@ -701,7 +715,7 @@ def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
             f"has no known submodule layout. Supported families: {supported_families()}. "
             f"Switch it off with {{'hf.mlp': {{'{name}': None}}}} or register a Family."
         )
-    modules = dict(root.named_modules())
+    modules = Submodules(root)
     slices = []
     widths = set()
     for rel in layout.up:
