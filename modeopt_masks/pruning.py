@@ -11,6 +11,10 @@ Save before exporting: an exported Hugging Face model keeps its original
 does not reload with ``from_pretrained`` (size mismatch); rebuild it with
 ``mm.export(mm.restore(fresh_original_model, dir))`` instead.
 
+``("gradnas", {"axes": ["heads", "mlp", "hidden", "depth"]})`` also searches the hidden
+size and the number of blocks of a Hugging Face transformer, jointly under the one target
+(see ``docs/llm_pruning.md`` and :mod:`modeopt_masks.searchers.joint`).
+
 ``config`` mixes the mode's rule config (type keys such as ``"hf.attention"``)
 and the searcher's options (``data_loader``, ``loss_func``, ...); each key goes
 where it belongs, and an unknown key names both sets of valid keys.

@@ -62,6 +62,7 @@ from ..model_card import record_export
 from ..registry import Metadata, ModeDescriptor, register_mode
 from ..rules import ModeConfig, Rule, match_modules
 from ..structured.families import (
+    FAMILIES,
     attention_layout,
     attention_structure,
     is_hf_module,
@@ -72,9 +73,30 @@ from ..structured.families import (
 )
 from ..structured.hparam import StructuredHParam, UnitMasked, gradnas_hparams
 from ..structured.plain import PLAIN_KEYS, plain_structures_report
+from ..structured.stream import (
+    Stream,
+    StreamMasked,
+    depth_structure,
+    drop_blocks,
+    find_stream,
+    hidden_structure,
+    install_stream_sites,
+    no_stream_message,
+    release_stream_sites,
+    update_stream_config,
+)
 from ..structured.structure import Structure, apply_slices, mark_sliced, plan_slices
 
 HF_KEYS: tuple[str, ...] = ("hf.attention", "hf.mlp")
+#: the residual-stream axes (off unless a rule or ``axes`` switches them on)
+STREAM_KEYS: tuple[str, ...] = ("hf.hidden", "hf.depth")
+#: the names ``axes`` accepts and the type keys each switches on
+AXES: dict[str, tuple[str, ...]] = {"heads": ("hf.attention",), "mlp": ("hf.mlp",),
+                                    "hidden": ("hf.hidden",), "depth": ("hf.depth",),
+                                    "channels": PLAIN_KEYS}
+#: which rule ``score`` each type key accepts
+SCORES: dict[str, tuple[str, ...]] = {"hf.hidden": ("gradient", "activation"),
+                                      "hf.depth": ("gradient", "influence")}
 
 
 class GradNASRule(Rule):
@@ -94,6 +116,11 @@ class GradNASRule(Rule):
     divisor: int = Field(default=1, ge=1)
     #: grouped-query attention: prune whole KV ``"groups"`` or query heads ``"even"``ly per group
     gqa: Literal["groups", "even"] = "groups"
+    #: keep at least this fraction of the units (e.g. ``{"hf.depth": {"min_ratio": 0.75}}``)
+    min_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: how units are scored: ``"gradient"``; ``"activation"`` (hf.hidden only: Minitron's mean
+    #: |normalised hidden state|); ``"influence"`` (hf.depth only: 1 - cos(block in, out))
+    score: Literal["gradient", "activation", "influence"] = "gradient"
 
     @field_validator("ratios")
     @classmethod
@@ -116,6 +143,7 @@ class GradNASRule(Rule):
             out = set(range(d, n_units + 1, d))
         else:
             out = {min(n_units, max(d, round(r * n_units / d) * d)) for r in self.ratios}
+        out = {c for c in out if c >= self.min_ratio * n_units - 1e-9}
         out.add(n_units)
         return sorted(out)
 
@@ -134,10 +162,38 @@ class GradNASConfig(ModeConfig):
     """
 
     rule_class: ClassVar[type[Rule]] = GradNASRule
-    layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + PLAIN_KEYS
+    layer_keys: ClassVar[tuple[str, ...]] = HF_KEYS + STREAM_KEYS + PLAIN_KEYS
     #: the search keeps the same number of units in every layer of a kind (same type key and
     #: choices), so the exported model has one shape per kind that a stock config can describe
     uniform: bool = False
+    #: the axes searched (``None``: heads, MLP channels and plain channels, the rules as given):
+    #: any of ``"heads"``, ``"mlp"``, ``"hidden"``, ``"depth"``, ``"channels"``; an axis listed
+    #: uses its rules (default rule if none given), an axis left out is off
+    axes: tuple[str, ...] | None = None
+
+    @field_validator("axes")
+    @classmethod
+    def _check_axes(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None:
+            unknown = [a for a in v if a not in AXES]
+            if unknown or not v:
+                raise ValueError(f"unknown axes {unknown or v!r}; valid axes: {list(AXES)}")
+        return v
+
+    @classmethod
+    def default_rules(cls) -> dict[str, Any]:
+        """Heads, MLP and plain channels on (output heads off); hidden size and depth off."""
+        rules = super().default_rules()
+        rules.update(dict.fromkeys(STREAM_KEYS))
+        return rules
+
+    def rule_for(self, key: str, name: str) -> Rule | None:  # noqa: D102
+        if self.axes is not None:
+            if not any(key in AXES[a] for a in self.axes):
+                return None
+            if key in STREAM_KEYS and key not in self.user_keys:
+                return GradNASRule()
+        return super().rule_for(key, name)
 
 
 @dataclass
@@ -152,6 +208,8 @@ class Discovery:
     keys: dict[str, str]
     plain: dict[str, Structure]
     trace_failure: str | None
+    #: the residual stream (hidden-size and depth axes), if the model's family has one
+    stream: Stream | None = None
 
 
 def discover(model: nn.Module) -> Discovery:
@@ -178,7 +236,11 @@ def discover(model: nn.Module) -> Discovery:
     trace = not blocks and not is_hf_module(model)
     plain, reason = plain_structures_report(model, skip=tuple(blocks), trace=trace)
     keys.update({name: s.key for name, s in plain.items()})
-    return Discovery(keys, plain, reason)
+    stream = find_stream(model) if blocks else None
+    if stream is not None:
+        keys[stream.backbone + stream.layout.embeddings[0]] = "hf.hidden"
+        keys[stream.blocks_name] = "hf.depth"
+    return Discovery(keys, plain, reason, stream)
 
 
 def find_structures(model: nn.Module, config: GradNASConfig, found: Discovery | None = None
@@ -193,13 +255,52 @@ def find_structures(model: nn.Module, config: GradNASConfig, found: Discovery | 
             structure = attention_structure(model, name, module, gqa=rule.gqa)
         elif key == "hf.mlp":
             structure = mlp_structure(model, name, module)
+        elif key in STREAM_KEYS:
+            if rule.score not in SCORES[key]:
+                raise ValueError(f"{key} {name}: score {rule.score!r} is not one of "
+                                 f"{list(SCORES[key])}")
+            structure = (hidden_structure if key == "hf.hidden" else depth_structure)(
+                model, found.stream)
+            structure.score = rule.score
         else:
+            if rule.score != "gradient":
+                raise ValueError(f"{key} {name}: score {rule.score!r} applies to hf.hidden / "
+                                 "hf.depth only")
             structure = found.plain[name]
         choices = rule.choices(structure.n_units, structure.groups)
         if config.uniform and key == "hf.attention":  # only head counts the config accepts
             choices = [c for c in choices if expressible_heads(model, c * structure.heads_per_unit)]
         out.append((structure, choices))
+    for axis, key in (("hidden", "hf.hidden"), ("depth", "hf.depth")):
+        asked = config.axes is not None and axis in config.axes or (
+            config.axes is None and key in config.user_keys and bool(config.rules.get(key)))
+        if asked and found.stream is None:
+            raise ValueError(f"gradnas: {no_stream_message(model, axis)}")
+    _expressible_with_hidden(model, out, config.uniform)
     return out
+
+
+def _expressible_with_hidden(model: nn.Module, plan: list[tuple[Structure, list[int]]],
+                             uniform: bool) -> None:
+    """The hidden axis under configs that check ``hidden_size % heads`` (Llama): hidden sizes
+    are multiples of the original head count (the config holds one hidden size, always), and
+    with ``uniform`` head counts divide it, so every pair the search can pick is valid."""
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not any(s.key == "hf.hidden" for s, _ in plan) or not isinstance(heads, int) or not (
+            hasattr(config, "validate")):
+        return
+    for i, (structure, choices) in enumerate(plan):
+        if structure.key == "hf.hidden":
+            kept = [c for c in choices if c % heads == 0]
+        elif structure.key == "hf.attention" and uniform:
+            kept = [c for c in choices if heads % (c * structure.heads_per_unit) == 0]
+        else:
+            continue
+        if not kept:
+            raise ValueError(f"gradnas uniform=True: no {structure.key} choice of {structure.name} "
+                             f"({choices}) fits a config with {heads} heads")
+        plan[i] = (structure, kept)
 
 
 def _converted_slices(model: nn.Module, structures: list[Structure]) -> list[tuple[str, str]]:
@@ -212,6 +313,7 @@ def _converted_slices(model: nn.Module, structures: list[Structure]) -> list[tup
         for touched in dict.fromkeys(sl.module for sl in structure.slices)
         if touched in modules and is_dynamic(modules[touched])
         and not is_dynamic(modules[touched], UnitMasked)
+        and not is_dynamic(modules[touched], StreamMasked)
     ]
 
 
@@ -259,16 +361,25 @@ class GradNASDescriptor(ModeDescriptor):
                 )
             sites[site] = structure.name
         done: list[nn.Module] = []
+        holders: list[nn.Module] = []
         try:
             for structure, choices in plan:
                 module = modules[structure.mask_module]
+                if structure.key in STREAM_KEYS:
+                    done += install_stream_sites(modules, structure, choices)
+                    holders.append(module)
+                    continue
                 swap_class(module, UnitMasked)
                 done.append(module)
                 module._mm_init(structure, choices)  # type: ignore[attr-defined]
         except BaseException:  # a failure midway (even Ctrl-C) leaves no converted layer behind
+            for holder in holders:
+                if "_mm_struct" in holder.__dict__:
+                    release_stream_sites(holder)
             for module in reversed(done):
-                if hasattr(module, "_mm_struct"):
+                if "_mm_struct" in module.__dict__:
                     module._mm_teardown()  # type: ignore[operator]
+                module.__dict__.pop("_mm_roles", None)
                 unswap_class(module)
             raise
         return model, {"hparams": [s.name for s, _ in plan], "selection": {}, "scores": {}}
@@ -340,8 +451,15 @@ class GradNASDescriptor(ModeDescriptor):
         card = {"params_before": sum(p.numel() for p in model.parameters()),
                 "kept": {n: (hp.active, hp.n_units) for n, hp in hps.items()},
                 "search": metadata.get("search")}
-        plan = plan_slices(model, [(hps[n].structure, kept) for n, kept in pruned.items()])
+        depth = [hps[n] for n in pruned if hps[n].structure.kind == "blocks"]
+        hidden = [hps[n] for n in pruned if hps[n].structure.kind == "hidden"]
+        stream = [(hp.structure.family, hp.structure.kind, hp.kept, hp.n_units)
+                  for hp in hidden + depth]
+        plan = plan_slices(model, [(hps[n].structure, kept) for n, kept in pruned.items()
+                                   if hps[n].structure.kind != "blocks"])
         apply_slices(model, plan)
+        for hp in depth:  # after slicing: the slices name the blocks by their old indices
+            drop_blocks(model, hp.structure, hp.kept)
         for hp in hps.values():
             _remove(hp)
         mark_sliced(model, pruned)
@@ -351,14 +469,49 @@ class GradNASDescriptor(ModeDescriptor):
                 unexpressed = update_config(model)
             except ValueError as e:  # a block that no longer reads as its family
                 unexpressed = [f"config not updated: {e}"]
+            if stream:
+                unexpressed += _stream_config(model, stream)
             attach_remote_save(model)  # per-layer shapes: save_pretrained writes remote code
         record_export(model, {**card, "unexpressed": unexpressed,
                               "params_after": sum(p.numel() for p in model.parameters())})
         return model
 
 
+def _stream_config(model: nn.Module, stream: list[tuple[str, str, list[int], int]]) -> list[str]:
+    """Write the exported hidden size / depth (``(family, kind, kept, n_units)`` of each
+    pruned stream axis) into ``model.config``; return what it cannot say."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    family = stream[0][0]
+    hidden = next((len(kept) for _, kind, kept, _ in stream if kind == "hidden"), None)
+    depth = next(((kept, n) for _, kind, kept, n in stream if kind == "blocks"), None)
+    fields = dict(FAMILIES[family].config_fields)
+    before = {a: getattr(config, a, None) for a in ("hidden_size", "num_hidden_layers",
+                                                    "layer_types")}
+    update_stream_config(model, hidden, depth[0] if depth else None, depth[1] if depth else 0)
+    out = []
+    validate = getattr(config, "validate", None)
+    try:
+        if callable(validate):
+            validate()
+    except Exception as e:  # noqa: BLE001 - the config refuses the new sizes: keep the old ones
+        for attr, value in before.items():
+            if value is not None:
+                setattr(config, attr, value)
+        return [f"hidden size / depth: {type(config).__name__} refuses them ({e})"]
+    if hidden is not None and "head_dim" not in fields:
+        out.append(f"hidden={hidden}: the {family} config derives the head "
+                   "size from hidden_size / heads, so a stock reload builds other attention "
+                   "widths (the exported model itself is right)")
+    return out
+
+
 def _remove(hp: StructuredHParam) -> None:
     module: Any = hp.module
+    if is_dynamic(module, StreamMasked):
+        release_stream_sites(module)
+        return
     module._mm_teardown()
     unswap_class(module)
 

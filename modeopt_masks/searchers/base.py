@@ -36,6 +36,8 @@ from ..structured.hparam import StructuredHParam, gradnas_hparams
 from ..structured.scores import run_model, to_device
 
 CONSTRAINT_KINDS = ("params", "flops")
+#: what a cost term scales with: an hparam's kept units, or ``(depth hparam, block)`` kept
+Factor = str | tuple[str, int]
 
 
 @dataclass
@@ -63,6 +65,9 @@ class SearchResult:
     threshold: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     searcher: str = ""
+    #: joint search (hidden size / depth with other axes): every candidate of per-axis counts
+    #: it scored, with its held-out calibration loss and costs (see :mod:`.joint`)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of the result."""
@@ -127,21 +132,44 @@ class CostModel:
         self.n_units = {n: hp.n_units for n, hp in hparams.items()}
         self.original: dict[str, float] = {"params": float(count_params(model))}
         self.const: dict[str, float] = {}
-        self.terms: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        self.terms: dict[str, list[tuple[float, tuple[Factor, ...]]]] = {}
+        #: depth hparams: their block names, and the order in which blocks are kept (most
+        #: important first; the searcher sets it once scores exist)
+        self.blocks = {n: list(hp.structure.blocks) for n, hp in hparams.items()
+                       if hp.structure.kind == "blocks"}
+        self.orders: dict[str, list[int]] = {n: list(range(len(b))) for n, b in self.blocks.items()}
         modules = dict(model.named_modules())
-        touched: dict[int, tuple[nn.Parameter, list[str]]] = {}
+        # per tensor: the hparams slicing it, once per sliced dim (a pooler's weight loses
+        # hidden channels on both sides: h^2; tied embeddings are one tensor, one dim)
+        touched: dict[int, list[str]] = {}
         for n, hp in hparams.items():
+            dims: dict[int, set[int]] = {}
             for sl in hp.structure.slices:
                 tensor = getattr(modules[sl.module], sl.param, None)
-                if isinstance(tensor, nn.Parameter):
-                    touched.setdefault(id(tensor), (tensor, []))[1].append(n)
-        self.const["params"] = self.original["params"] - sum(t.numel() for t, _ in touched.values())
+                if isinstance(tensor, nn.Parameter) and sl.dim % tensor.dim() not in dims.setdefault(
+                        id(tensor), set()):
+                    dims[id(tensor)].add(sl.dim % tensor.dim())
+                    touched.setdefault(id(tensor), []).append(n)
+        self.const["params"] = 0.0
         self.terms["params"] = []
-        for tensor, slicers in touched.values():
-            count = tensor.numel()
-            for n in slicers:
-                count //= self.n_units[n]
-            self.terms["params"].append((float(count), tuple(slicers)))
+        seen: set[int] = set()
+        for mname, module in modules.items():
+            for p in module.parameters(recurse=False):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                slicers = touched.get(id(p), [])
+                factors: list[Factor] = list(slicers)
+                block = self._block_of(mname)
+                if block is not None:
+                    factors.append(block)
+                if not factors:
+                    self.const["params"] += p.numel()
+                    continue
+                count = float(p.numel())
+                for n in slicers:
+                    count /= self.n_units[n]
+                self.terms["params"].append((count, tuple(factors)))
         if "flops" in kinds:
             if dummy_input is None:
                 raise ValueError("a 'flops' constraint needs dummy_input (one model input)")
@@ -159,22 +187,39 @@ class CostModel:
                     n for n, hp in hparams.items()
                     if any(name == s or name.startswith(s + ".") for s in hp.structure.flop_scope)
                 )
-                if not scaled_by:
+                block = self._block_of(name)
+                if not scaled_by and block is None:
                     self.const["flops"] += value
                     continue
                 flops = float(value)
                 for n in scaled_by:
                     flops /= self.n_units[n]
-                self.terms["flops"].append((flops, scaled_by))
+                self.terms["flops"].append(
+                    (flops, scaled_by if block is None else (*scaled_by, block)))
+
+    def _block_of(self, name: str) -> tuple[str, int] | None:
+        """``(depth hparam, block index)`` of the block module ``name`` lies in, if any."""
+        for n, blocks in self.blocks.items():
+            for i, b in enumerate(blocks):
+                if name == b or name.startswith(b + "."):
+                    return (n, i)
+        return None
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
-        """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units."""
+        """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units (a depth hparam keeps
+        its first ``counts[n]`` blocks in :attr:`orders`)."""
+        kept = {n: set(self.orders[n][: counts[n]]) for n in self.blocks}
         out = {}
         for kind, terms in self.terms.items():
             total = self.const[kind]
             for base, names in terms:
-                for n in names:
-                    base *= counts[n]
+                for f in names:
+                    if isinstance(f, tuple):
+                        if f[1] not in kept[f[0]]:
+                            base = 0.0
+                            break
+                    else:
+                        base *= counts[f]
                 total += base
             out[kind] = total
         return out
@@ -218,7 +263,7 @@ class BaseSearcher:
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
         >>> sorted(GradientBinarySearcher.default_config)[:3]
-        ['all_reduce', 'collect_func', 'data_loader']
+        ['all_reduce', 'axis_ratios', 'collect_func']
     """
 
     name = "base"
@@ -369,6 +414,8 @@ class BaseSearcher:
     def select(self, plan: SearchPlan, sens: dict[str, list[float]],
                orders: dict[str, torch.Tensor]) -> SearchResult:
         """Threshold, refill, keep the chosen units; the result says what and why."""
+        for n in plan.cost_model.blocks:  # depth: the blocks go in the order of their scores
+            plan.cost_model.orders[n] = [int(i) for i in orders[n]]
         sens = plan.tie(sens)
         threshold, history = self.threshold(plan, sens)
         counts = self.refill(plan, plan.counts_at(threshold, sens), sens)

@@ -46,6 +46,7 @@ import torch.nn as nn
 from ..structured.hparam import StructuredHParam
 from ..structured.scores import collect_scores
 from .base import BaseSearcher, SearchResult
+from .joint import joint_select, needs_joint
 
 
 class GradientBinarySearcher(BaseSearcher):
@@ -56,7 +57,11 @@ class GradientBinarySearcher(BaseSearcher):
     ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"global"`` |
     ``"layer"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
     ``progress``, ``all_reduce`` (under ``torch.distributed``, sum the scores over all
-    ranks so that every rank chooses the same subnetwork; default on).
+    ranks so that every rank chooses the same subnetwork; default on). With the hidden-size
+    or depth axis next to other axes the search is joint (:mod:`.joint`): ``axis_ratios``
+    (``{"hidden": [...], "depth": [...]}``, candidate ratios) and ``eval_loader`` (held-out
+    calibration batches that rank the candidates; default: the last quarter of
+    ``data_loader``).
 
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
@@ -76,6 +81,8 @@ class GradientBinarySearcher(BaseSearcher):
         "rescore": True,
         "progress": True,
         "all_reduce": True,
+        "eval_loader": None,
+        "axis_ratios": None,
     }
 
     def sanitize_config(self, config: Any) -> dict[str, Any]:  # noqa: D102
@@ -95,6 +102,13 @@ class GradientBinarySearcher(BaseSearcher):
         """One-shot search, or ``iterations`` steps each rescoring the units still kept."""
         steps = cfg["iterations"]
         plan = self.plan(model, constraints, dummy_input, hparams)  # fails before any scoring
+        if needs_joint(plan):
+            if steps != 1:
+                raise ValueError("iterations > 1 is not supported with the hidden / depth axes "
+                                 "next to other axes (the joint search)")
+            score_cfg, held_out = _hold_out(cfg)
+            sens, orders = self.score(model, plan, score_cfg)
+            return joint_select(self.select, model, plan, sens, orders, held_out, cfg)
         if steps == 1:
             return self.select(plan, *self.score(model, plan, cfg))
         original, targets = plan.cost_model.original, plan.targets
@@ -156,6 +170,24 @@ class GradientBinarySearcher(BaseSearcher):
             norm = scores / total if total > 0 else torch.zeros_like(scores)
             out[n] = _pruned_mass(hp, norm, orders[n])
         return out
+
+
+def _hold_out(cfg: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """``(scoring config, held-out batches)`` for the joint search: ``eval_loader`` if given,
+    else the last quarter (at least one) of a ``data_loader`` list, scored on the rest (a
+    single batch, or a loader without a length, is used for both)."""
+    if cfg["eval_loader"] is not None:
+        return cfg, list(cfg["eval_loader"])
+    loader = cfg["data_loader"]
+    if loader is None:
+        raise ValueError("GradientBinarySearcher needs config['data_loader'] to score the axes")
+    batches = list(loader)
+    if cfg["max_iter_data_loader"] is not None:
+        batches = batches[: cfg["max_iter_data_loader"]]
+    if len(batches) < 2:
+        return {**cfg, "data_loader": batches}, batches
+    cut = len(batches) - max(1, len(batches) // 4)
+    return {**cfg, "data_loader": batches[:cut], "max_iter_data_loader": None}, batches[cut:]
 
 
 def _pruned_mass(hp: StructuredHParam, norm: torch.Tensor, order: torch.Tensor) -> list[float]:

@@ -14,6 +14,7 @@ from .families import (
     AttentionLayout,
     Family,
     MLPLayout,
+    StreamLayout,
     register_family,
 )
 from .hparam import StructuredHParam, UnitMasked, gradnas_hparams
@@ -25,6 +26,7 @@ __all__ = [
     "FAMILIES",
     "MLP_LAYOUTS",
     "SUPPORTED_FAMILIES",
+    "StreamLayout",
     "AttentionLayout",
     "AttrUpdate",
     "Family",

@@ -129,6 +129,31 @@ class ResidualLayout:
 
 
 @dataclass(frozen=True)
+class StreamLayout:
+    """Where one family's residual stream and its blocks live (the hidden-size and depth axes).
+
+    ``blocks``: dotted-name suffix of the ``nn.ModuleList`` of blocks; the part of the name
+    before it is the *backbone* (``"model."`` in ``LlamaForCausalLM``, ``""`` in
+    ``LlamaModel``). Backbone-relative: ``embeddings`` (modules whose parameters make the
+    stream: ``nn.Embedding`` weights lose columns, a patch conv loses output channels, a
+    container's own tensors such as ViT's ``cls_token`` lose their last dim; their outputs are
+    masked), ``outer_norms`` (norms outside the blocks: BERT's embedding LayerNorm, the final
+    norm), ``poolers`` (hidden -> hidden layers: both sides sliced). Block-relative: ``norms``
+    (every norm over the stream). Root-relative: ``heads`` (output layers reading the stream,
+    e.g. ``lm_head``; one tied to the embedding stays tied). The projections reading and
+    writing the stream inside a block come from the family's attention and MLP layouts.
+    """
+
+    family: str
+    blocks: str
+    embeddings: tuple[str, ...]
+    norms: tuple[str, ...]
+    outer_norms: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ("lm_head",)
+    poolers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Family:
     """Everything the library knows about one model family, in one record.
 
@@ -140,7 +165,9 @@ class Family:
     submodules (so a new Llama-like family works without a record); structural families
     are tried in registration order, the most specific first. ``config_fields``: which
     ``model.config`` attribute holds each exported quantity (``"heads"``, ``"kv_heads"``,
-    ``"head_dim"``, ``"channels"``), so export can write the pruned shapes into the config;
+    ``"head_dim"``, ``"channels"``, ``"hidden"``, ``"layers"``), so export can write the pruned
+    shapes into the config; ``stream``: where the residual stream and the blocks are
+    (:class:`StreamLayout`; empty: no hidden-size / depth axes for this family);
     a quantity missing here cannot be expressed by the family's config (BERT derives its head
     size from ``hidden_size / num_attention_heads``, so fewer heads are not expressible).
 
@@ -150,7 +177,9 @@ class Family:
         >>> fam.attention[0].qkv, fam.mlp[0].up, fam.residual[0].attn_update.path
         ('qkv_proj', ('gate_up_proj',), 'resid_attn_dropout')
         >>> dict(FAMILIES["bert"].config_fields)
-        {'channels': 'intermediate_size'}
+        {'channels': 'intermediate_size', 'hidden': 'hidden_size', 'layers': 'num_hidden_layers'}
+        >>> FAMILIES["llama"].stream[0].embeddings
+        ('embed_tokens',)
     """
 
     name: str
@@ -164,13 +193,17 @@ class Family:
     refused: tuple[str, ...] = ()
     why_not: str = ""
     config_fields: tuple[tuple[str, str], ...] = ()
+    stream: tuple[StreamLayout, ...] = ()
 
 
+#: the hidden-size and depth fields every supported config has (GPT-2 maps them to n_embd/n_layer)
+STREAM_CONFIG_FIELDS = (("hidden", "hidden_size"), ("layers", "num_hidden_layers"))
 #: config attributes of Llama-style configs (``head_dim`` is read by attention and rotary)
 LLAMA_CONFIG_FIELDS = (("heads", "num_attention_heads"), ("kv_heads", "num_key_value_heads"),
-                       ("head_dim", "head_dim"), ("channels", "intermediate_size"))
+                       ("head_dim", "head_dim"), ("channels", "intermediate_size"),
+                       *STREAM_CONFIG_FIELDS)
 #: configs that can only express the MLP width (head size = hidden size / heads)
-MLP_ONLY_CONFIG_FIELDS = (("channels", "intermediate_size"),)
+MLP_ONLY_CONFIG_FIELDS = (("channels", "intermediate_size"), *STREAM_CONFIG_FIELDS)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -212,7 +245,8 @@ def _pre_ln(family: str, attn: str, mlp: str, scale: str = "") -> ResidualLayout
 
 
 def _llama_like(name: str, label: str, model_types: tuple[str, ...], classes: tuple[str, ...],
-                mlp_classes: tuple[str, ...], residual: ResidualLayout) -> Family:
+                mlp_classes: tuple[str, ...], residual: ResidualLayout,
+                stream: tuple[StreamLayout, ...] = ()) -> Family:
     """A decoder with Llama's q/k/v/o attention and gated MLP; only ``residual`` differs."""
     return Family(
         name, label, model_types,
@@ -224,7 +258,7 @@ def _llama_like(name: str, label: str, model_types: tuple[str, ...], classes: tu
              MLPLayout(name, (), up=("c_fc",), down="c_proj"),
              MLPLayout(name, (), up=("fc1",), down="fc2"),
              MLPLayout(name, mlp_classes, up=("gate_up_proj",), down="down_proj", sections=2)),
-        residual=(residual,), structural=True, config_fields=LLAMA_CONFIG_FIELDS,
+        residual=(residual,), structural=True, config_fields=LLAMA_CONFIG_FIELDS, stream=stream,
     )
 
 
@@ -243,6 +277,11 @@ register_family(Family(
                              attn_stream=HookPoint("attention.output"),
                              **_BERT_RESIDUAL),),  # type: ignore[arg-type]
     config_fields=MLP_ONLY_CONFIG_FIELDS,
+    stream=(StreamLayout(
+        "bert", "encoder.layer", ("embeddings.word_embeddings", "embeddings.position_embeddings",
+                                  "embeddings.token_type_embeddings"),
+        ("attention.output.LayerNorm", "output.LayerNorm"), ("embeddings.LayerNorm",), (),
+        ("pooler.dense",)),),
 ))
 register_family(Family(
     "mpnet", "MPNet (ResidualUpdateModel only)", ("mpnet",),
@@ -260,7 +299,8 @@ register_family(Family(
     mlp=(MLPLayout("gpt2", ("GPT2MLP",), up=("c_fc",), down="c_proj"),),
     residual=(ResidualLayout("gpt2", ("h",), HookPoint("attn"), HookPoint("mlp"), None,
                              HookPoint(""), False),),
-    config_fields=(("channels", "n_inner"),),  # head dim = n_embd / n_head
+    config_fields=(("channels", "n_inner"), *STREAM_CONFIG_FIELDS),  # head dim = n_embd / n_head
+    stream=(StreamLayout("gpt2", "h", ("wte", "wpe"), ("ln_1", "ln_2"), ("ln_f",)),),
 ))
 register_family(Family(
     "gpt_neox", "GPT-NeoX (GPTNeoXAttention)", ("gpt_neox", "gptneox"),
@@ -272,6 +312,9 @@ register_family(Family(
     mlp=(MLPLayout("gpt_neox", ("GPTNeoXMLP",), up=("dense_h_to_4h",), down="dense_4h_to_h"),),
     residual=(_pre_ln("gpt_neox", "post_attention_dropout", "post_mlp_dropout"),),
     config_fields=MLP_ONLY_CONFIG_FIELDS,  # head size = hidden_size / num_attention_heads
+    stream=(StreamLayout("gpt_neox", "layers", ("embed_in",),
+                         ("input_layernorm", "post_attention_layernorm"), ("final_layer_norm",),
+                         ("lm_head", "embed_out")),),
 ))
 register_family(Family(
     "vit", "ViT (ViTAttention; transformers 5 and 4.x layouts)", ("vit",),
@@ -298,7 +341,12 @@ register_family(Family(
                        HookPoint("output.dropout"), None, HookPoint(""), False),
     ),
     config_fields=(("heads", "num_attention_heads"), ("head_dim", "head_dim"),
-                   ("channels", "intermediate_size")),
+                   ("channels", "intermediate_size"), *STREAM_CONFIG_FIELDS),
+    stream=(StreamLayout("vit", "layers", ("embeddings",), ("layernorm_before", "layernorm_after"),
+                         ("layernorm",), (), ("pooler.dense",)),
+            StreamLayout("vit", "encoder.layer", ("embeddings",),
+                         ("layernorm_before", "layernorm_after"), ("layernorm",), (),
+                         ("pooler.dense",))),
 ))
 # Llama-like decoders, most specific first (structural matching tries them in this order).
 register_family(Family(
@@ -340,6 +388,8 @@ register_family(_llama_like(
     ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"),
     ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"),
     _pre_ln("llama", "self_attn", "mlp"),
+    (StreamLayout("llama", "layers", ("embed_tokens",),
+                  ("input_layernorm", "post_attention_layernorm"), ("norm",)),),
 ))
 
 # Llama-like by their module names, but their attention heads are not independent units.
@@ -493,7 +543,21 @@ def looks_like_mlp(module: nn.Module) -> bool:
     return is_hf_module(module) and type(module).__name__.endswith("MLP")
 
 
-def _get(modules: dict[str, nn.Module], name: str, family: str, block: str) -> nn.Module:
+class Submodules:
+    """``root``'s submodules by dotted name, looked up on demand (``dict(named_modules())``
+    per block made describing every block of a deep model quadratic)."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _has(self.root, name) if name else True
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.root.get_submodule(name)
+
+
+def _get(modules: Submodules, name: str, family: str, block: str) -> nn.Module:
     if name not in modules:
         raise ValueError(
             f"{block}: the {family} plugin expects a submodule {name!r} that this model lacks; "
@@ -567,7 +631,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
             f"{supported_families()}. Switch it off with "
             f"{{'hf.attention': {{'{name}': None}}}} or register a Family."
         )
-    modules = dict(root.named_modules())
+    modules = Submodules(root)
     fam = layout.family
     head_dim = _head_dim(_get(modules, _join(name, layout.head_dim[0]), fam, name),
                          layout.head_dim[1], name)
@@ -651,7 +715,7 @@ def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
             f"has no known submodule layout. Supported families: {supported_families()}. "
             f"Switch it off with {{'hf.mlp': {{'{name}': None}}}} or register a Family."
         )
-    modules = dict(root.named_modules())
+    modules = Submodules(root)
     slices = []
     widths = set()
     for rel in layout.up:

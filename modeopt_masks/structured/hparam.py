@@ -104,7 +104,7 @@ class StructuredHParam:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        assert is_dynamic(module, UnitMasked)
+        assert is_mask_holder(module)
         self.module = module
 
     @property
@@ -204,11 +204,18 @@ class StructuredHParam:
                 f"active={self.active}/{self.n_units}, choices={self.choices})")
 
 
+def is_mask_holder(module: nn.Module) -> bool:
+    """Whether ``module`` holds the unit mask of a gradnas hparam (a :class:`UnitMasked`
+    consumer, or the holder of a stream axis' shared mask, see :mod:`.stream`)."""
+    return is_dynamic(module) and issubclass(type(module).__dict__["_mm_mixin"], UnitMasked) and (
+        "_mm_struct" in module.__dict__)
+
+
 def gradnas_hparams(model: nn.Module) -> dict[str, StructuredHParam]:
     """``{name: StructuredHParam}`` of a gradnas-converted model, in module order."""
     out: dict[str, StructuredHParam] = {}
     for m in model.modules():
-        if is_dynamic(m, UnitMasked):
+        if is_mask_holder(m):
             hp = StructuredHParam(m)
             out[hp.name] = hp
     return out

@@ -7,6 +7,10 @@ touched and no weight gradients are computed. Scores (original unit order):
 * ``"gradnas"`` (default): ``sum over batches of (dL/dmask)^2``;
 * ``"michel"`` (Michel et al. 2019): ``mean over batches of |dL/dmask|``.
 
+A hidden-size or depth hparam whose rule sets ``score="activation"`` /
+``"influence"`` gets that statistic instead, collected in the same pass (see
+:mod:`.stream`).
+
 Under ``torch.distributed`` (an initialised process group of more than one
 rank) the per-rank sums and batch counts are all-reduced, so every rank gets
 the scores of the union of the ranks' batches and a search then chooses the
@@ -129,6 +133,11 @@ def collect_scores(
         mask = m._mm_unit_mask.detach().clone().requires_grad_(True)
         m._mm_score_mask = mask
         masks.append(mask)
+        if m._mm_struct.score != "gradient":  # activation / influence: read in the forward
+            n = m._mm_struct.n_units
+            counts = n if m._mm_struct.kind == "blocks" else 1
+            m.__dict__["_mm_stats"] = [torch.zeros(n, dtype=torch.float64, device=mask.device),
+                                       torch.zeros(counts, dtype=torch.float64, device=mask.device)]
     sums = [torch.zeros(mask.numel(), dtype=torch.float64, device=mask.device) for mask in masks]
     was_training = model.training
     steps = 0
@@ -155,11 +164,16 @@ def collect_scores(
                     acc += g.square() if score_type == "gradnas" else g.abs()
                 steps += 1
     finally:
-        for m in modules:
+        raw = {}
+        for name, m in zip(hps, modules, strict=True):
             m._mm_score_mask = None
+            if "_mm_stats" in m.__dict__:
+                raw[name] = m.__dict__.pop("_mm_stats")
         model.train(was_training)
+    extra = [t for pair in raw.values() for t in pair]  # activation / influence sums, counts
     if all_reduce:
-        steps = _all_reduce(sums, steps, group)
+        steps = _all_reduce([*sums, *extra], steps, group)
+    stats = {name: total / count.clamp(min=1) for name, (total, count) in raw.items()}
     if steps == 0:
         raise ValueError("collect_scores: the data loader gave no batch")
     bad = [name for name, acc in zip(hps, sums, strict=True) if not bool(torch.isfinite(acc).all())]
@@ -187,6 +201,8 @@ def collect_scores(
     out = {}
     for (name, hp), acc in zip(hps.items(), sums, strict=True):
         score = acc / steps if score_type == "michel" else acc
+        if name in stats:  # the axis' own statistic (activation / block influence)
+            score = stats[name]
         hp.importance = score
         out[name] = score.cpu()
     return out

@@ -91,7 +91,7 @@ class Structure:
 
     name: str
     key: str
-    kind: str  # "heads" or "channels"
+    kind: str  # "heads", "channels", "hidden" (residual-stream channels) or "blocks" (depth)
     family: str
     n_units: int
     unit_size: int  # input entries of the mask module per unit
@@ -105,6 +105,15 @@ class Structure:
     #: the units form ``groups`` contiguous equal groups that must all keep the same number of
     #: units (query heads pruned evenly within grouped-query attention KV groups); 1: free
     groups: int = 1
+    #: ``(module, role)`` of every module that reads the shared mask (hidden / depth axes):
+    #: ``"write"`` (output masked), ``"norm"`` (statistics over the kept channels), ``"block"``
+    #: (output masked / gated); see :mod:`.stream`
+    sites: list[tuple[str, str]] = field(default_factory=list)
+    #: depth axis: the block names, unit ``i`` is ``blocks[i]`` (export drops the others)
+    blocks: list[str] = field(default_factory=list)
+    #: how units are scored: ``"gradient"`` (the mask's gradient), ``"activation"`` (hidden:
+    #: mean |normalised hidden state|) or ``"influence"`` (depth: 1 - cos(block input, output))
+    score: str = "gradient"
 
     def group_of(self, unit: int) -> int:
         """The group of ``unit`` (always 0 when ``groups == 1``)."""
@@ -129,6 +138,10 @@ def _sync_dims(module: nn.Module) -> None:
         kind.sync_sizes(module)
     elif isinstance(module, nn.modules.batchnorm._NormBase) and module.weight is not None:
         module.num_features = module.weight.shape[0]
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        module.normalized_shape = (module.weight.shape[0],)
+    elif isinstance(module, nn.Embedding):
+        module.embedding_dim = module.weight.shape[1]
 
 
 @dataclass
@@ -142,6 +155,9 @@ class SlicePlan:
 
     tensors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     attrs: list[tuple[str, str, int]] = field(default_factory=list)
+    #: ``{(module, param): (module, param)}``: a tensor shared with another (tied embeddings),
+    #: sliced once; export puts the same new parameter in both places, so they stay tied
+    aliases: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -153,13 +169,19 @@ def plan_slices(model: nn.Module, selection: list[tuple[Structure, list[int]]]) 
     modules = dict(model.named_modules())
     plan = SlicePlan()
     for structure, kept in selection:
+        owners: dict[int, tuple[str, str]] = {}  # the first slice of each tensor (tied ones)
         for sl in structure.slices:
-            tensor = plan.tensors.get((sl.module, sl.param), getattr(modules[sl.module], sl.param,
-                                                                     None))
-            if tensor is None:
+            key = (sl.module, sl.param)
+            original = getattr(modules[sl.module], sl.param, None)
+            if original is None:
                 continue
+            owner = owners.setdefault(id(original), key)
+            if owner != key:
+                plan.aliases[key] = owner
+                continue
+            tensor = plan.tensors.get(key, original)
             index = torch.tensor(sl.indices(kept), dtype=torch.long, device=tensor.device)
-            plan.tensors[(sl.module, sl.param)] = tensor.index_select(sl.dim, index).contiguous()
+            plan.tensors[key] = tensor.index_select(sl.dim, index).contiguous()
         plan.attrs += [(u.module, u.attr, len(kept) * u.per_unit // u.divisor)
                        for u in structure.attrs]
     return plan
@@ -168,14 +190,17 @@ def plan_slices(model: nn.Module, selection: list[tuple[Structure, list[int]]]) 
 def apply_slices(model: nn.Module, plan: SlicePlan) -> None:
     """Put the planned tensors in place (parameters stay parameters) and update the sizes."""
     modules = dict(model.named_modules())
+    placed: dict[tuple[str, str], torch.Tensor] = {}
     for (name, param), new in plan.tensors.items():
         module = modules[name]
         old = getattr(module, param)
         if isinstance(old, nn.Parameter):
-            setattr(module, param, nn.Parameter(new, requires_grad=old.requires_grad))
-        else:
-            setattr(module, param, new)
-    for name in dict.fromkeys(name for name, _ in plan.tensors):
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+        setattr(module, param, new)
+        placed[(name, param)] = new
+    for (name, param), owner in plan.aliases.items():
+        setattr(modules[name], param, placed[owner])
+    for name in dict.fromkeys([*(n for n, _ in plan.tensors), *(n for n, _ in plan.aliases)]):
         _sync_dims(modules[name])
     for name, attr, value in plan.attrs:
         _set_attr(modules[name], attr, value)
