@@ -34,8 +34,8 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..structured.hparam import StructuredHParam, gradnas_hparams
-from ..summary import Summarised, search_summary
 from ..structured.scores import run_model, to_device
+from ..summary import Summarised, search_summary
 
 CONSTRAINT_KINDS = ("params", "flops")
 
