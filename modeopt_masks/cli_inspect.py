@@ -15,6 +15,8 @@ Examples:
     >>> info = describe(d)
     >>> info["kind"], [m["mode"] for m in info["modes"]], info["params"]
     ('mm.save checkpoint', ['magnitude_pruning'], 20)
+    >>> info["mask_tensors"]  # the magnitude mask of the weight
+    1
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def describe(directory: str) -> dict[str, Any]:
     shapes = tensor_shapes(folder)
     if not shapes:
         raise CLIError(f"{directory!r} has no *.safetensors weights")
-    masks = {k for k in shapes if any(w in k.rsplit(".", 1)[-1] for w in _MASK_WORDS)}
+    masks = {k for k in shapes if any(w in part for part in k.split(".")[-2:] for w in _MASK_WORDS)}
     info["params"] = sum(_numel(s) for k, s in shapes.items() if k not in masks)
     info["mask_tensors"] = len(masks)
     info["tensors"] = shapes
