@@ -199,7 +199,8 @@ def search_summary(result: Any) -> str:
           layers.*.mlp  [2 layers, of 64]  48 64
     """
     took = seconds(getattr(result, "seconds", None))
-    title = f"{type(result).__name__} ({', '.join(x for x in (result.searcher, took) if x)})"
+    about = ", ".join(x for x in (result.searcher, took) if x)
+    title = f"{type(result).__name__} ({about})" if about else type(result).__name__
     facts = []
     for kind, c in result.constraints.items():
         original = c.get("original") or 0.0
@@ -226,7 +227,8 @@ def l0_summary(stats: Mapping[str, Any]) -> str:
     """
     total, most = float(stats["total_l0"]), int(stats["max_l0"])
     n = len(stats["layer2l0"])
-    title = (f"L0Stats: {_number(round(total, 1))} of {most:,} mask entries on "
+    count = f"{total:,.0f}" if total.is_integer() else f"{total:,.1f}"
+    title = (f"L0Stats: {count} of {most:,} mask entries on "
              f"({100 * total / most if most else 0.0:.1f}%) in {n} layer{'s' if n != 1 else ''}")
     values = {k: (v, stats["layer2maxl0"][k]) for k, v in stats["layer2l0"].items()}
     return render(title, (), layer_rows(values, percent=True), "density per layer:")
