@@ -256,28 +256,34 @@ def count_params(model: nn.Module) -> int:
 
 # -- optional features (wired when the other parts are present) --------------------------------
 def axes_rules(text: str) -> dict[str, Any]:
-    """The gradnas rules for ``--axes`` (type keys switched off; axes beyond heads / mlp
-    only where this version's gradnas has them)."""
+    """The gradnas rules for ``--axes``: the config's ``axes`` option where this version's
+    gradnas has one (hidden size and depth need it), else the heads / MLP type keys that
+    are left out switched off.
+
+    Examples:
+        >>> from modeopt_masks.cli_prune import axes_rules
+        >>> axes_rules("heads") in ({"hf.mlp": None}, {"axes": ["heads"]})
+        True
+    """
+    from .modes.gradnas import GradNASConfig
+
     axes = [a.strip() for a in text.split(",") if a.strip()]
     unknown = [a for a in axes if a not in AXES]
     if unknown or not axes:
         raise CLIError(f"--axes {text!r}: unknown axis {unknown or text!r}; valid: "
                        f"{', '.join(AXES)}")
+    if "axes" in GradNASConfig.model_fields:
+        return {"axes": axes}
     extra = [a for a in axes if a not in _AXIS_KEYS]
-    gradnas = importlib.import_module(".modes.gradnas", __package__)
-    supported = set(getattr(gradnas, "AXES", ()))
-    missing = [a for a in extra if a not in supported]
-    if missing:
-        raise CLIError(f"--axes {','.join(missing)}: not available in this version (it prunes "
-                       "heads and mlp)")
-    rules: dict[str, Any] = {key: None for name, key in _AXIS_KEYS.items() if name not in axes}
     if extra:
-        rules["axes"] = extra
-    return rules
+        raise CLIError(f"--axes {','.join(extra)}: not available in this version (it prunes "
+                       "heads and mlp)")
+    return {key: None for name, key in _AXIS_KEYS.items() if name not in axes}
 
 
 def recovery_function() -> Any:
-    """``modeopt_masks.recovery.distill`` where this version has it, else ``None``."""
+    """``modeopt_masks.recovery.distill(student, teacher, batches, steps=, progress=)`` (trains
+    the student in place) where this version has it, else ``None``."""
     try:
         module = importlib.import_module(".recovery", __package__)
     except ModuleNotFoundError:
@@ -384,11 +390,16 @@ def prune_command(args: argparse.Namespace) -> dict[str, Any]:
     phases.start("score and search")
     batches = [{"input_ids": calib[i: i + args.batch_size], "labels": calib[i: i + args.batch_size]}
                for i in range(0, len(calib), args.batch_size)]
+    search: dict[str, Any] = {"data_loader": batches, "progress": progress}
+    outer = [a for a in rules.get("axes") or () if a not in _AXIS_KEYS]
+    if outer and len(batches) > 1 and "eval_loader" in mm.get_searcher(
+            "gradient_binary").default_config:  # hidden / depth candidates: ranked on
+        search.update(data_loader=batches[:-1], eval_loader=batches[-1:])  # scoring text
     try:
         model, result = mm.prune(
             model, ("gradnas", rules), constraints=targets,
             dummy_input={"input_ids": calib[:1]} if "flops" in targets else None,
-            config={"data_loader": batches, "progress": progress})
+            config=search)
     except ValueError as e:
         raise CLIError(f"prune: {_first_line(e)}") from e
     phases.start("export")
@@ -399,7 +410,12 @@ def prune_command(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {}
     if distill is not None:
         phases.start("recover")
-        model = distill(model, teacher, batches, steps=args.recover_steps).eval()
+        # trains the exported student in place (its DistillResult has the loss history)
+        recovered = distill(model, teacher, batches, steps=args.recover_steps, progress=progress)
+        report["recovery"] = {"steps": args.recover_steps,
+                              "seconds": getattr(recovered, "seconds", None),
+                              "last_step": (getattr(recovered, "history", None) or [None])[-1]}
+        model.eval()
         report["perplexity_after_recovery"] = perplexity(
             model, held_out, args.batch_size, "perplexity after recovery", progress)
     phases.start("save")
