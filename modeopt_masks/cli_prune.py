@@ -292,7 +292,8 @@ def recovery_function() -> Any:
 
 
 # -- output -----------------------------------------------------------------------------------
-def write_folder(model: nn.Module, tokenizer: Any, out: str, report: dict[str, Any]) -> None:
+def write_folder(model: nn.Module, tokenizer: Any, out: str, report: dict[str, Any],
+                 progress: bool = True) -> None:
     """``save_pretrained`` + tokenizer + model card (``README.md``) + ``report.json``."""
     from .model_card import export_record, model_card
 
@@ -300,9 +301,10 @@ def write_folder(model: nn.Module, tokenizer: Any, out: str, report: dict[str, A
     if folder.is_file():
         raise CLIError(f"--out {out!r} is a file")
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)  # type: ignore[operator]  # a transformers model
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    with _quiet(progress):
+        model.save_pretrained(folder)  # type: ignore[operator]  # a transformers model
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
     card = model_card(model) if export_record(model) is not None else ""
     (folder / "README.md").write_text(card or "# Exported with modeopt-masks\n")
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
@@ -430,7 +432,7 @@ def prune_command(args: argparse.Namespace) -> dict[str, Any]:
         **facts, "search_seconds": result.seconds,
         "probe": probe(model, held_out[:1, :PROBE_TOKENS]),
     }
-    write_folder(model, tokenizer, args.out, report)
+    write_folder(model, tokenizer, args.out, report, progress)
     report["seconds"] = phases.done()
     (Path(args.out) / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     tqdm.write(result.summary())
@@ -463,7 +465,7 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
     phases.start("save")
     report = {"version": __version__, **source, "checkpoint": str(ckpt),
               "params_before": params_before, "params_after": count_params(model), **facts}
-    write_folder(model, tokenizer, args.out, report)
+    write_folder(model, tokenizer, args.out, report, not args.no_progress)
     report["seconds"] = phases.done()
     _warn_unexpressed(facts)
     return report

@@ -255,3 +255,29 @@ def test_features_of_other_versions_say_not_available(model_dir, tmp_path, capsy
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_hidden_depth_axes_and_recovery_where_this_version_has_them(model_dir, tmp_path):
+    """Runs once the axes (gradnas ``axes`` option) and recovery (``recovery.distill``) work
+    are in this version: the folder still reloads with stock from_pretrained."""
+    from modeopt_masks.cli_prune import recovery_function
+    from modeopt_masks.modes.gradnas import GradNASConfig
+
+    extra = []
+    if "axes" in GradNASConfig.model_fields:
+        extra += ["--axes", "heads,mlp,hidden,depth"]
+    if recovery_function() is not None:
+        extra += ["--recover-steps", "2"]
+    if not extra:
+        pytest.skip("neither the hidden/depth axes nor recovery are in this version")
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    assert main(_prune_args(model_dir, out, "--params", "80%", "--uniform", *extra)) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params_after"] <= 0.8 * report["params_before"]
+    if "--recover-steps" in extra:
+        assert report["recovery"]["steps"] == 2 and report["perplexity_after_recovery"] > 1
+    again = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in again.parameters()) == report["params_after"]
+    if "--axes" in extra and "model.embed_tokens" in report["kept"]:
+        assert again.config.hidden_size == report["kept"]["model.embed_tokens"]["kept"]
