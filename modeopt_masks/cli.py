@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="at most this many scoring sequences")
     prune.add_argument("--eval-fraction", type=float, default=0.1,
                        help="share of the sequences held out for perplexity")
+    prune.add_argument("--max-eval-sequences", type=int, default=16,
+                       help="at most this many held-out sequences")
     _add_model_options(prune)
 
     export = sub.add_parser("export", help="turn an mm.save checkpoint into a from_pretrained "

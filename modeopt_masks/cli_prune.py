@@ -175,9 +175,11 @@ def read_texts(path: str) -> list[str]:
 
 
 def tokenise(tokenizer: Any, texts: list[str], seq_len: int, eval_fraction: float,
-             max_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+             max_sequences: int, max_eval_sequences: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scoring [n, seq_len], held-out [m, seq_len])`` token ids; documents are joined
-    with the EOS token and cut into sequences, the last ``eval_fraction`` held out."""
+    with the EOS token and cut into sequences, the last ``eval_fraction`` held out (the
+    first ``max_eval_sequences`` of them kept)."""
     if tokenizer is None:
         raise CLIError("the model has no tokenizer (tokenizer.json / tokenizer_config.json): "
                        "cannot tokenise --data")
@@ -197,7 +199,7 @@ def tokenise(tokenizer: Any, texts: list[str], seq_len: int, eval_fraction: floa
                        f"sequences of --seq-len {seq_len}; one to score, one held out)")
     rows = torch.tensor(ids[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
     n_eval = min(n - 1, max(1, round(n * eval_fraction)))
-    return rows[: n - n_eval][:max_sequences], rows[n - n_eval:]
+    return rows[: n - n_eval][:max_sequences], rows[n - n_eval:][:max_eval_sequences]
 
 
 def check_vocab(model: nn.Module, *rows: torch.Tensor) -> None:
@@ -371,8 +373,8 @@ def prune_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.recover_steps and distill is None:
         raise CLIError("--recover-steps: recovery by distillation is not available in this "
                        "version")
-    if args.batch_size < 1 or args.max_sequences < 1:
-        raise CLIError("--batch-size and --max-sequences must be >= 1")
+    if min(args.batch_size, args.max_sequences, args.max_eval_sequences) < 1:
+        raise CLIError("--batch-size, --max-sequences and --max-eval-sequences must be >= 1")
     texts = read_texts(args.data)
 
     locate(args.model)
@@ -381,7 +383,7 @@ def prune_command(args: argparse.Namespace) -> dict[str, Any]:
     phases.start("tokenise")  # before the (slow) model load: too little text fails fast
     tokenizer = load_tokenizer(args.model, progress)
     calib, held_out = tokenise(tokenizer, texts, args.seq_len, args.eval_fraction,
-                               args.max_sequences)
+                               args.max_sequences, args.max_eval_sequences)
     phases.start("load")
     model, source = load_model(args.model, progress)
     check_vocab(model, calib, held_out)
