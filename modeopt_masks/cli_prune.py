@@ -136,13 +136,34 @@ def load_model(path: str, progress: bool = True) -> tuple[nn.Module, dict[str, A
                                                  for a in archs):
                 raise CLIError(f"model {path!r} is a {archs[0]}: prune scores with the "
                                "language-modelling loss and needs a causal LM (...ForCausalLM)")
-            model = transformers.AutoModelForCausalLM.from_pretrained(
+            if fmt == "gguf" and hasattr(transformers, "GgufConfig"):  # plain float32 weights
+                kw["quantization_config"] = transformers.GgufConfig(dequantize=True)
+            model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
                 folder, dtype=torch.float32, **kw)
         except CLIError:
             raise
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; one line each
             raise CLIError(f"cannot load model {path!r}: {_first_line(e)}") from e
+    if fmt == "gguf":
+        model = _plain_weights(model, path)
     return model.eval(), {"model": str(path), "format": fmt}
+
+
+def _plain_weights(model: nn.Module, path: str) -> nn.Module:
+    """A GGUF model as plain float32 modules without its quantizer: ``save_pretrained``
+    refuses a model that still carries the GGUF quantizer, even with dequantised weights."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    packed = [n for n, m in model.named_modules() if type(m).__name__.startswith("Gguf")]
+    if packed:
+        raise CLIError(f"the GGUF model {path!r} loaded with packed weights ({packed[0]}, ...): "
+                       "this transformers version cannot dequantise it")
+    try:
+        quantizer.remove_quantization_config(model)
+    except Exception as e:  # noqa: BLE001 - a transformers version without these hooks
+        raise CLIError(f"cannot dequantise the GGUF model {path!r}: {_first_line(e)}") from e
+    return model
 
 
 def read_texts(path: str) -> list[str]:
