@@ -53,7 +53,8 @@ def layer_rows(values: Mapping[str, tuple[float, float]], percent: bool = False,
                max_rows: int = MAX_ROWS) -> list[str]:
     """Table rows of per-layer ``(value, out of)`` pairs, one row per :func:`layer_template`.
 
-    A row lists the values in layer order (``percent``: as percentages of ``out of``),
+    A row lists the values in layer order (``percent``: as percentages of ``out of``;
+    ``all v`` when more than two layers have the same value),
     cut to :data:`ROW_VALUES_WIDTH` characters with the range of the rest appended;
     past ``max_rows`` rows one line counts the layers left out.
 
@@ -78,7 +79,7 @@ def layer_rows(values: Mapping[str, tuple[float, float]], percent: bool = False,
         label = [f"{len(pairs)} layers"] if len(pairs) > 1 else []
         if len(totals) == 1 and not percent:
             label.append(f"of {_number(next(iter(totals)))}")
-        text = " ".join(cells)
+        text = f"all {cells[0]}" if len(cells) > 2 and len(set(cells)) == 1 else " ".join(cells)
         if len(text) > ROW_VALUES_WIDTH:
             shown = _cut(text, ROW_VALUES_WIDTH - 24)
             low, high = min(pairs), max(pairs)

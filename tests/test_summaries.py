@@ -68,7 +68,7 @@ def test_l0_stats_of_a_4_layer_bert():
     assert f"{stats['max_l0']:,} mask entries" in text and "(75.0%)" in text
     assert "bert.encoder.layer.*.attention.self.query" in text
     row = next(ln for ln in text.splitlines() if "attention.self.query" in ln)
-    assert row.endswith("[4 layers]  75% 75% 75% 75%")
+    assert row.endswith("[4 layers]  all 75%")
     assert stats["total_l0"] == 0.75 * stats["max_l0"]  # still the plain dict it was
 
 
