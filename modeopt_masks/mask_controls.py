@@ -20,6 +20,7 @@ import torch.nn as nn
 from .distributed import full_value
 from .masking import MaskedLayer, MaskTechnique, check_ablation
 from .rules import check_temperature
+from .summary import l0_summary
 
 
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
@@ -74,7 +75,28 @@ def _count(tech: MaskTechnique) -> float:
     return float(int(full_value(tech.circuit().sum())))
 
 
-def l0_stats(model: nn.Module) -> dict:
+class L0Stats(dict):
+    """The dict :func:`l0_stats` returns; ``print()`` shows a short summary (total, density
+    per layer) instead of every layer's name.
+
+    Examples:
+        >>> from modeopt_masks.mask_controls import L0Stats
+        >>> s = L0Stats(total_l0=2.0, max_l0=4, layer2l0={"0": 2.0}, layer2maxl0={"0": 4})
+        >>> s == {"total_l0": 2.0, "max_l0": 4, "layer2l0": {"0": 2.0}, "layer2maxl0": {"0": 4}}
+        True
+        >>> print(s.summary().splitlines()[0])
+        L0Stats: 2 of 4 mask entries on (50.0%) in 1 layer
+    """
+
+    def summary(self) -> str:
+        """Total entries on, and the density of each layer (short)."""
+        return l0_summary(self)
+
+    __repr__ = summary
+    __str__ = summary
+
+
+def l0_stats(model: nn.Module) -> L0Stats:
     """``total_l0``, ``max_l0`` and per-layer ``layer2l0`` / ``layer2maxl0`` (weight + bias masks).
 
     In eval the counts are hard (entries in the circuit); in training they are
@@ -92,12 +114,12 @@ def l0_stats(model: nn.Module) -> dict:
             techniques = [tech for _, tech in layer._mask_modules()]
             layer2l0[name] = float(sum(_count(t) for t in techniques))
             layer2max[name] = int(sum(int(torch.Size(t.shape).numel()) for t in techniques))
-    return {
-        "total_l0": float(sum(layer2l0.values())),
-        "max_l0": int(sum(layer2max.values())),
-        "layer2l0": layer2l0,
-        "layer2maxl0": layer2max,
-    }
+    return L0Stats(
+        total_l0=float(sum(layer2l0.values())),
+        max_l0=int(sum(layer2max.values())),
+        layer2l0=layer2l0,
+        layer2maxl0=layer2max,
+    )
 
 
 def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] | None = None) -> None:

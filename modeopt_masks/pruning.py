@@ -35,6 +35,7 @@ Examples:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,6 +101,7 @@ def prune(
         raise ValueError(f"the model is already converted with {name!r}; drop the mode rules")
     if converted:
         model = convert(model, (name, mode_cfg))
+    began = time.perf_counter()
     try:
         result = search.run(model, constraints or {}, dummy_input, search_cfg,
                             gradnas_hparams(model))
@@ -109,6 +111,7 @@ def prune(
             _undo(model, history, start)
             _set_history(model, history)
         raise
+    result.seconds = time.perf_counter() - began
     _record_search(model, name, result, search_cfg)
     return model, result
 

@@ -10,7 +10,11 @@ A mode config has one entry per module *type key* (``"nn.Linear"``,
 Every matching pattern applies in order. A later rule overrides only the fields
 it sets explicitly; ``None`` switches the module off and a later rule switches
 it back on. A user's entry for a type key replaces the mode's default entry for
-that key (the defaults keep output heads such as ``*lm_head*`` off).
+that key, except for the default exclusions (:data:`DEFAULT_EXCLUDED_PATTERNS`,
+output heads such as ``*lm_head*``): they survive a user rule for ``"*"`` (or any
+glob that does not name them), so ``{"nn.Linear": {"*": {...}}}`` leaves
+``lm_head`` (and an embedding tied to it) alone. To convert such a module, name it
+in a glob: ``{"*": {...}, "*lm_head*": {}}`` or ``{"lm_head": {...}}``.
 
 Examples:
     >>> import modeopt_masks as mm
@@ -19,10 +23,13 @@ Examples:
     >>> r = cfg.rule_for("nn.Linear", "encoder.out")
     >>> (r.mask_init_percentage, r.mask_unit)
     (0.9, 'neuron')
+    >>> cfg.rule_for("nn.Linear", "lm_head") is None  # a default exclusion survives "*"
+    True
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar
@@ -34,6 +41,18 @@ from .layer_kinds import kind_of
 
 #: Output heads are left alone by every mode's default config.
 DEFAULT_EXCLUDED_PATTERNS: tuple[str, ...] = ("*lm_head*", "*classifier*", "*score*", "*pooler*")
+
+
+def names_exclusion(pattern: str, exclusion: str) -> bool:
+    """Whether a user glob names the module kind a default ``exclusion`` keeps off (it
+    contains the exclusion's word, e.g. ``"lm_head"`` in ``"*lm_head*"`` or ``"lm_head"``).
+
+    Examples:
+        >>> from modeopt_masks.rules import names_exclusion
+        >>> names_exclusion("lm_head", "*lm_head*"), names_exclusion("*", "*lm_head*")
+        (True, False)
+    """
+    return exclusion.strip("*") in pattern
 
 #: Temperatures multiply or divide float32 mask logits; outside this range the float32
 #: value is 0 or inf, and ``0 * inf`` turns the mask into NaN.
@@ -240,7 +259,7 @@ class ModeConfig(BaseModel):
         spec = self.rules.get(key)
         if not spec:
             return None
-        on, fields = False, {}
+        on, fields, named = False, {}, []
         for pattern, rule in spec.items():
             if not fnmatchcase(name, pattern):
                 continue
@@ -249,6 +268,12 @@ class ModeConfig(BaseModel):
             else:
                 on = True
                 fields.update(rule.explicit_fields())
+                named.append(pattern)
+        if on and key in self.user_keys:  # default exclusions survive globs that don't name them
+            for exclusion in DEFAULT_EXCLUDED_PATTERNS:
+                if fnmatchcase(name, exclusion) and not any(
+                        names_exclusion(p, exclusion) for p in named):
+                    return None
         return self.rule_class(**fields) if on else None
 
     def user_patterns(self) -> list[tuple[str, str]]:
@@ -283,7 +308,8 @@ def match_modules(
     """Plan a conversion: ``(name, module, type key, merged rule)`` for every module switched on.
 
     ``key_of`` gives a module's type key (or ``None`` for unsupported modules). A
-    user rule that matches no module raises an error listing the model's modules.
+    user rule that matches no module raises an error naming the closest module names
+    (and how many supported modules there are), not the whole list.
     """
     planned, seen = [], []
     for name, module in model.named_modules():
@@ -305,9 +331,33 @@ def match_modules(
             and any(k == key and fnmatchcase(n, pattern) for n, k in layers))
     ]
     if unmatched:
-        listing = "\n".join(f"  {n or '<root>'}: {type(m).__name__}" for n, m in model.named_modules())
-        raise ValueError(
-            f"rule(s) {unmatched} match no module of their type. Supported modules found: "
-            f"{[(n, k) for n, k in seen] or 'none'}. All modules:\n{listing}"
-        )
+        raise ValueError(no_match_message(unmatched, seen, model))
     return planned
+
+
+def no_match_message(unmatched: list[tuple[str, str]], seen: list[tuple[str, str]],
+                     model: nn.Module, n_close: int = 5) -> str:
+    """One paragraph for globs that match nothing: per glob the closest module names of its
+    type (``difflib``, at most ``n_close``), and the counts of supported / all modules.
+
+    Examples:
+        >>> import torch.nn as nn
+        >>> from modeopt_masks.rules import no_match_message
+        >>> net = nn.ModuleDict({"query": nn.Linear(2, 2), "key": nn.Linear(2, 2)})
+        >>> print(no_match_message([("nn.Linear", "*querry")],
+        ...                        [("query", "nn.Linear"), ("key", "nn.Linear")], net, n_close=1))
+        rule(s) [('nn.Linear', '*querry')] match no module of their type (2 supported modules of 3). 'nn.Linear' -> '*querry': closest nn.Linear modules: 'query'
+    """
+    total = sum(1 for _ in model.named_modules())
+    parts = [f"rule(s) {unmatched} match no module of their type ({len(seen)} supported "
+             f"module{'s' if len(seen) != 1 else ''} of {total})."]
+    for key, pattern in unmatched:
+        names = [n for n, k in seen if k == key]
+        if not names:
+            parts.append(f"{key!r}: the model has no {key} module; types found: "
+                         f"{sorted({k for _, k in seen}) or 'none'}")
+            continue
+        close = difflib.get_close_matches(pattern.replace("*", ""), names, n=n_close, cutoff=0.0)
+        parts.append(f"{key!r} -> {pattern!r}: closest {key} modules: "
+                     + ", ".join(repr(n) for n in close))
+    return " ".join(parts)

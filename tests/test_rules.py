@@ -52,7 +52,7 @@ def test_none_switches_off_and_a_later_rule_switches_back_on():
     assert cfg.rule_for("nn.Linear", "blocks.0.attn") is None
     r = cfg.rule_for("nn.Linear", "blocks.0.mlp")
     assert r.mask_bias and r.mask_init_percentage == 0.7
-    assert cfg.rule_for("nn.Linear", "lm_head").mask_init_percentage == 0.7
+    assert cfg.rule_for("nn.Linear", "lm_head") is None  # a default exclusion survives "*"
 
 
 def test_globs_match_full_dotted_names_and_star_crosses_dots():
@@ -66,8 +66,14 @@ def test_defaults_leave_output_heads_off_and_user_can_turn_them_on():
     net = mm.convert(Net(), "continuous_sparsification")
     assert "lm_head" not in mm.masked_modules(net)
     assert "conv" in mm.masked_modules(net)
+    # a user rule for "*" keeps the default exclusions (the trap of issue 14) ...
     net = mm.convert(Net(), ("continuous_sparsification", {"nn.Linear": {"*": {}}}))
-    assert "lm_head" in mm.masked_modules(net)
+    assert "lm_head" not in mm.masked_modules(net) and "blocks.0.mlp" in mm.masked_modules(net)
+    # ... and a glob that names the head converts it, with the "*" rule's fields merged in
+    net = mm.convert(Net(), ("magnitude_pruning", {"nn.Linear": {
+        "*": {"prune_percentage": 0.25}, "*lm_head*": {}}}))
+    stats = mm.l0_stats(net.eval())
+    assert stats["layer2l0"]["lm_head"] == 0.75 * stats["layer2maxl0"]["lm_head"]
 
 
 @pytest.mark.parametrize(
@@ -97,11 +103,11 @@ def test_out_of_range_prune_percentage():
         mm.convert(Net(), ("magnitude_pruning", {"nn.Linear": {"prune_percentage": 1.5}}))
 
 
-def test_a_rule_that_matches_nothing_lists_the_modules():
+def test_a_rule_that_matches_nothing_names_the_closest_modules():
     net = Net()
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn: Linear") as info:
-        mm.convert(net, ("magnitude_pruning", {"nn.Linear": {"decoder.*": {}}}))
-    assert "decoder.*" in str(info.value)
+    with pytest.raises(ValueError, match=r"closest nn.Linear modules: 'blocks.[01].mlp', 'blocks.[01].mlp'") as info:
+        mm.convert(net, ("magnitude_pruning", {"nn.Linear": {"blocks.*.mpl": {}}}))
+    assert "blocks.*.mpl" in str(info.value) and "\n" not in str(info.value)
     assert mm.masked_modules(net) == {}
 
 

@@ -174,15 +174,21 @@ def _as_mapping(spec: Any) -> dict | None:
     return spec
 
 
-def _oracle_fields(mapping: dict | None, name: str) -> dict | None:
-    """The oracle's merge: fields of every matching glob in order, ``None`` if off at the end."""
+def _oracle_fields(mapping: dict | None, name: str, user: bool = True) -> dict | None:
+    """The oracle's merge: fields of every matching glob in order, ``None`` if off at the end;
+    in a ``user`` mapping a default exclusion holds unless a matching glob names its word."""
     if mapping is None:
         return None
-    on, fields = False, {}
+    on, fields, named = False, {}, []
     for glob, rule in mapping.items():
         if fnmatchcase(name, glob):
             on = rule is not None
             fields.update(rule or {})
+            if rule is not None:
+                named.append(glob)
+    if on and user and any(fnmatchcase(name, ex) and not any(ex.strip("*") in g for g in named)
+                           for ex in DEFAULT_EXCLUDED_PATTERNS):
+        return None
     return fields if on else None
 
 
@@ -191,7 +197,8 @@ def _expected(mode: str, config: dict, net: nn.Module) -> tuple[dict[str, dict],
     seen = [(n, _key_of(m)) for n, m in net.named_modules() if _key_of(m)]
     selected: dict[str, dict] = {}
     for name, key in seen:
-        fields = _oracle_fields(_as_mapping(config[key]) if key in config else DEFAULT_SPEC, name)
+        fields = _oracle_fields(_as_mapping(config[key]) if key in config else DEFAULT_SPEC, name,
+                                key in config)
         if fields is not None:
             selected[name] = {**COMMON_DEFAULTS, **RULE_DEFAULTS[mode], **fields}
     for key in TYPE_KEYS:
@@ -370,7 +377,8 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
     """``({dimension: choices}, expected error or None)``."""
     selected: dict[str, list[int]] = {}
     for name, key, n in G_DIMS:
-        fields = _oracle_fields(_g_as_mapping(config[key]) if key in config else DEFAULT_SPEC, name)
+        fields = _oracle_fields(_g_as_mapping(config[key]) if key in config else DEFAULT_SPEC,
+                                name, key in config)
         if fields is not None:
             selected[name] = _g_choices(n, fields.get("ratios"), fields.get("divisor", 1))
     for key in G_KEYS:

@@ -28,7 +28,27 @@ from typing import Any
 
 import torch
 
+from ..summary import edge_scores_summary
 from .edges import EdgeMaskedModel
+
+
+class EdgeScores(dict):
+    """``{(writer, reader): score}`` as :func:`edge_attribution_patching` returns it; ``print()``
+    shows the count and the top edges instead of every edge.
+
+    Examples:
+        >>> from modeopt_masks.circuits.eap import EdgeScores
+        >>> print(EdgeScores({("embed", "logits"): 0.5}))
+        EdgeScores: 1 edges; top 1 by |score|:
+          embed -> logits  0.5
+    """
+
+    def summary(self) -> str:
+        """The number of edges and the ten largest by ``|score|`` (short)."""
+        return edge_scores_summary(self)
+
+    __repr__ = summary
+    __str__ = summary
 
 
 def edge_attribution_patching(
@@ -38,7 +58,7 @@ def edge_attribution_patching(
     clean_kwargs: Mapping[str, Any] | None = None,
     corrupt_args: tuple | None = None,
     corrupt_kwargs: Mapping[str, Any] | None = None,
-) -> dict[tuple[str, str], float]:
+) -> EdgeScores:
     """EAP scores ``{(writer, reader): (c_w - a_w) . d metric / d input_r}`` for every edge.
 
     ``metric`` maps the model output to a scalar (e.g. a loss or a logit difference).
@@ -61,7 +81,7 @@ def edge_attribution_patching(
         grads = torch.autograd.grad(value, list(ones.values()))
     finally:
         edges._corrupt = previous
-    scores: dict[tuple[str, str], float] = {}
+    scores = EdgeScores()
     for (_, readers, writers), grad in zip(edges.group_edges(), grads, strict=True):
         for r, reader in enumerate(readers):
             for c, writer in enumerate(writers):

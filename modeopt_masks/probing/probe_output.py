@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..summary import fields_summary
+
 _FIELDS = ("loss", "logits", "hidden_states", "labels")
 
 
@@ -54,6 +56,13 @@ class ProbeOutput(OrderedDict):
         if isinstance(key, int | slice):
             return self.to_tuple()[key]
         return super().__getitem__(key)
+
+    def summary(self) -> str:
+        """The present fields, tensors by shape (short; ``print(out)`` shows it)."""
+        return fields_summary(type(self).__name__, self)
+
+    __repr__ = summary
+    __str__ = summary
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The present fields in order."""

@@ -24,6 +24,7 @@ Examples:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,20 +35,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..structured.hparam import StructuredHParam, gradnas_hparams
 from ..structured.scores import run_model, to_device
+from ..summary import Summarised, search_summary
 
 CONSTRAINT_KINDS = ("params", "flops")
 #: what a cost term scales with: an hparam's kept units, or ``(depth hparam, block)`` kept
 Factor = str | tuple[str, int]
 
 
-@dataclass
-class SearchResult:
+@dataclass(repr=False)
+class SearchResult(Summarised):
     """What a search chose and why.
 
     ``selection``: kept units per hparam; ``kept``: their indices; ``choices``:
     allowed counts; ``scores``: importance per unit in original order;
     ``constraints``: per kind ``{"target", "achieved", "original", "ratio"}``;
-    ``history``: one entry per search step (threshold and costs).
+    ``history``: one entry per search step (threshold and costs); ``seconds``: how long
+    the search took. ``print(result)`` / ``result.summary()`` give a short summary.
 
     Examples:
         >>> from modeopt_masks.searchers import SearchResult
@@ -68,10 +71,15 @@ class SearchResult:
     #: joint search (hidden size / depth with other axes): every candidate of per-axis counts
     #: it scored, with its held-out calibration loss and costs (see :mod:`.joint`)
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of the result."""
         return asdict(self)
+
+    def summary(self) -> str:
+        """Searcher, time, constraints reached and kept units per layer (short)."""
+        return search_summary(self)
 
 
 def parse_constraints(
@@ -308,7 +316,10 @@ class BaseSearcher:
         hparams: dict[str, StructuredHParam] | None = None,
     ) -> SearchResult:
         """Validate ``config``, then :meth:`run` (``hparams``: default, those of ``model``)."""
-        return self.run(model, constraints, dummy_input, self.sanitize_config(config), hparams)
+        start = time.perf_counter()
+        result = self.run(model, constraints, dummy_input, self.sanitize_config(config), hparams)
+        result.seconds = time.perf_counter() - start
+        return result
 
     def run(
         self, model: nn.Module, constraints: Mapping[str, Any], dummy_input: Any,
