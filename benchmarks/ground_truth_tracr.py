@@ -23,7 +23,12 @@ import torch
 from modeopt_masks.circuits import EdgeMaskedModel, acdc, compiled_edges, load_tracr_fixture
 from modeopt_masks.circuits.eap import edge_attribution_patching, top_edges
 from modeopt_masks.circuits.ground_truth import precision_recall, random_edge_sets
-from modeopt_masks.circuits.tracr import fixture_accuracy, fixture_batches, recover_tracr_edges
+from modeopt_masks.circuits.tracr import (
+    fixture_accuracy,
+    fixture_batches,
+    functional_edges,
+    recover_tracr_edges,
+)
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -35,16 +40,21 @@ def run(name: str, steps: int, l0_lambda: float) -> dict:
         refs = [fx.model(b) for b in batches]
     probe = EdgeMaskedModel(fx.model)
     truth = compiled_edges(probe)
+    functional = functional_edges(probe, truth, batches)
     probe.remove_hooks()
 
     def report(edges: EdgeMaskedModel, found: list, seconds: float) -> dict:
         edges.eval().set_edges(found)
         p, r = precision_recall(found, truth)
+        fp, fr = precision_recall(found, functional)
         return {"edges": len(found), "precision": p, "recall": r,
+                "functional_precision": fp, "functional_recall": fr,
                 "circuit_accuracy": fixture_accuracy(fx, edges), "seconds": round(seconds, 1),
                 "missed": sorted(set(truth) - set(found)), "extra": sorted(set(found) - set(truth))}
 
-    out: dict = {"program": name, "edges_total": None, "true_edges": len(truth)}
+    out: dict = {"program": name, "edges_total": None, "true_edges": len(truth),
+                 "functional_edges": len(functional),
+                 "inert_compiled_edges": sorted(set(truth) - set(functional))}
     start = time.perf_counter()
     edges, found = recover_tracr_edges(fx, steps=steps, l0_lambda=l0_lambda)
     out["edges_total"] = edges.num_edges
