@@ -124,6 +124,18 @@ class MaskTechnique(nn.Module):
         self.shape = tuple(shape)
         self.temperature = 1.0
         self.rule: Any = None  # the merged rule that created this mask
+        #: head units (:mod:`modeopt_masks.heads`): ``(tensor axis, entries per unit, tensor
+        #: dims)`` the 1-D unit mask is spread over; ``None``: the mask broadcasts as it is
+        self.spread: tuple[int, int, int] | None = None
+
+    def full(self, units: torch.Tensor) -> torch.Tensor:
+        """``units`` (a mask or circuit of ``self.shape``) in a shape that broadcasts
+        against the masked tensor."""
+        if self.spread is None:
+            return units
+        from .heads import spread_units
+
+        return spread_units(units, *self.spread)
 
     @classmethod
     def from_rule(
@@ -295,16 +307,18 @@ class MaskedLayer:
 
     def _apply_mask(self, name: str, tensor: torch.Tensor, technique: MaskTechnique) -> torch.Tensor:
         ablation = self._mm_ablation
+        full = technique.full  # head units: spread over their columns (else the identity)
         if ablation == "none" and technique.training and technique.learnable:
-            return tensor * match_placement(technique.mask(), tensor).to(tensor.dtype)
+            return tensor * match_placement(full(technique.mask()), tensor).to(tensor.dtype)
         circuit = match_placement(technique.circuit(), tensor)
         if ablation == "none":  # hard mask: no float copy of the mask, no cache
-            return torch.where(circuit, tensor, 0)
+            return torch.where(full(circuit), tensor, 0)
         if ablation == "zero_ablate":
-            return tensor * (~circuit).to(tensor.dtype)
+            return tensor * full(~circuit).to(tensor.dtype)
         if ablation == "random_ablate":
-            return torch.where(circuit, self._random_tensor(name, tensor), tensor)
-        return tensor * self._sampled_mask(name, ablation, technique, circuit).to(tensor.dtype)
+            return torch.where(full(circuit), self._random_tensor(name, tensor), tensor)
+        sampled = self._sampled_mask(name, ablation, technique, circuit)  # drawn over units
+        return tensor * full(sampled).to(tensor.dtype)
 
     # Draws run eagerly even inside torch.compile: traced, the draw became part of the
     # graph (a fresh draw every call, and ``Tensor._version`` is not the real one there).
