@@ -72,7 +72,7 @@ class ContinuousSparsificationMask(MaskTechnique):
     def mask(self) -> torch.Tensor:
         if self.training:
             return torch.sigmoid(self.temperature * compute_dtype(self.logits))
-        return self.circuit().float()
+        return self.hard_mask(torch.float32)
 
     def circuit(self) -> torch.Tensor:
         return self.logits > 0

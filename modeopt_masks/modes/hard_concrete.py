@@ -61,7 +61,7 @@ class HardConcreteMask(MaskTechnique):
 
     def mask(self) -> torch.Tensor:
         if not self.training:
-            return self.circuit().float()
+            return self.hard_mask(torch.float32)
         log_alpha = compute_dtype(self.log_alpha)
         u = torch.rand_like(log_alpha).clamp(_EPS, 1 - _EPS)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.temperature)
