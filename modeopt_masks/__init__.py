@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("CircuitConfig", "CircuitModel"), "circuit"),
     "sync_ablation_draws": "distributed",
     "enable_huggingface_checkpointing": "hf_checkpointing",
+    **dict.fromkeys(("CompactMask", "compact_masks", "expand_masks"), "compact"),
     **dict.fromkeys((
         "ContSparseConv1d", "ContSparseConv2d", "ContSparseGPTConv1D", "ContSparseLayer",
         "ContSparseLinear", "HardConcreteConv1d", "HardConcreteConv2d", "HardConcreteGPTConv1D",
@@ -93,6 +94,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "enable_huggingface_checkpointing",
+    "CompactMask",
+    "compact_masks",
+    "expand_masks",
     "prune",
     "BaseSearcher",
     "BinarySearcher",

@@ -13,6 +13,10 @@ threshold by a streaming radix select
 (:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
 scores, its extra memory is bounded by one chunk.
 
+Eval path: each forward multiplies the weight by ``keep`` converted to the weight's dtype
+(nothing cached); the bool ``keep`` buffer (1 byte per entry) stays resident unless
+``mm.compact_masks`` packs it into 1 bit per entry (:mod:`modeopt_masks.compact`).
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)),

@@ -193,6 +193,14 @@ class MaskModeDescriptor(ModeDescriptor):
     # -- state ---------------------------------------------------------------------------
     def update_metadata(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
         layers = dict(model.named_modules())
+        compacted = [name for name in metadata["layers"]
+                     if any(t.eval_only for _, t in layers[name]._mask_modules())]
+        if compacted:  # called by mm.save before it writes anything
+            raise ValueError(
+                f"{self.name}: the masks of {compacted[:10]} were compacted for evaluation "
+                "(mm.compact_masks); a checkpoint would restore learned masks that are not "
+                "there: save before compacting, or mm.expand_masks(model) first "
+                "(after compact_masks(..., keep_logits=True))")
         metadata["temperatures"] = {
             name: layers[name].weight_mask.temperature
             for name in metadata["layers"]
