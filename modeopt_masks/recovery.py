@@ -337,9 +337,9 @@ class Distiller:
         if self.criterion.needs_hidden:
             widths = [getattr(getattr(m, "config", None), "hidden_size", None)
                       for m in (student, teacher)]
-            if all(isinstance(w, int) for w in widths):
-                p = next(student.parameters())
-                self.criterion.ensure_projection(*widths, device=p.device)  # type: ignore[arg-type]
+            s_width, t_width = widths
+            if isinstance(s_width, int) and isinstance(t_width, int):
+                self.criterion.ensure_projection(s_width, t_width, device=_device(student))
         self.lr = lr
         self.max_grad_norm = max_grad_norm
         self.train_masks = train_masks

@@ -79,6 +79,7 @@ class DistillationTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train`` with the mask-mode masks out of the optimiser (unless
         ``train_masks``); their ``requires_grad`` is put back afterwards."""
+        assert self.model is not None
         params = [] if self.train_masks else mask_parameters(self.model)
         flags = [p.requires_grad for p in params]
         try:
