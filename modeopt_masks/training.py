@@ -112,73 +112,140 @@ def expected_density(model: nn.Module) -> torch.Tensor:
     return l0 / total
 
 
+def hard_density(model: nn.Module) -> torch.Tensor:
+    """Active masks' hard kept fraction: the share of entries in the eval circuit (no gradient).
+
+    This is the density the model has after ``model.eval()`` (or :func:`~modeopt_masks.export`),
+    whatever the masks' training-time distribution: for hard concrete the expected L0
+    counts gates with ``log_alpha`` slightly below 0, which the eval circuit drops.
+
+    Examples:
+        >>> import torch.nn as nn, modeopt_masks as mm
+        >>> from modeopt_masks.training import hard_density
+        >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)), "magnitude_pruning")
+        >>> float(hard_density(net))
+        0.5
+    """
+    own = getattr(model, "hard_density", None)
+    if callable(own):
+        return own().detach()
+    if callable(getattr(model, "expected_density", None)):
+        return expected_density(model).detach()
+    techniques = [
+        tech for layer in masked_modules(model).values() if layer.use_masks
+        for _, tech in layer._mask_modules()
+    ]
+    if not techniques:
+        raise ValueError("the model has no active masked layers: convert it with a mask mode first")
+    total = sum(math.prod(t.shape) for t in techniques)
+    kept = torch.stack([full_value(t.circuit()).float().sum() for t in techniques]).sum()
+    return kept / total
+
+
+#: bound on the integral term: past it the penalty dominates any task loss anyway, and the
+#: bound keeps a run whose masks cannot move (a frozen optimiser) from overflowing to NaN
+LAMBDA_LIMIT = 1e6
+
+
 class DensityController(nn.Module):
-    """Keep ``target_density`` of the mask entries, by a Lagrange multiplier (CoFi style).
+    """Keep ``target_density`` of the mask entries: a PI controller on the hard density.
 
-    ``controller(model)`` returns ``lambda_1 * (d - t) + lambda_2 * (d - t) ** 2``
-    for the expected density ``d`` (:func:`expected_density`) and the current target
-    ``t``; add it to the task loss in place of ``l0_lambda * L0``. In training (module
-    in train mode, grad enabled) each call then takes one gradient-*ascent* step on
-    the multipliers: ``lambda_1 += lr * (d - t)``, ``lambda_2 += lr * (d - t) ** 2``,
-    so the pressure grows until the density sits at the target; no separate optimiser
-    or ``step()`` call is needed (works unchanged in the HF ``Trainer`` through
-    ``CircuitModel(..., density_controller=...)``).
+    ``controller(model)`` returns ``c * (d - t)`` for the expected density ``d``
+    (:func:`expected_density`, differentiable), the current target ``t`` and a
+    control signal ``c = lambda_1 + gain * (h - t)`` computed from the *hard*
+    density ``h`` (:func:`hard_density`, the fraction the eval circuit keeps); add it
+    to the task loss in place of ``l0_lambda * L0``. In training (module in train mode,
+    grad enabled) each call then updates the integral ``lambda_1 += lr * (h - t)``;
+    no separate optimiser or ``step()`` call is needed (works unchanged in the HF
+    ``Trainer`` through ``CircuitModel(..., density_controller=...)``).
 
-    ``lambda_2_init`` starts ``lambda_2`` above zero: the quadratic term's gradient
-    ``2 lambda_2 (d - t)`` is a proportional term that damps the oscillation a pure
-    integral multiplier shows against Adam-trained masks (cf. the PID Lagrangian of
-    Stooke et al. 2020). The defaults (``lr=10``, ``lambda_2_init=300``) suit losses
-    of order one (cross-entropy); scale both with your loss.
+    Why this form: with Adam the masks move at a rate set by the optimiser's learning
+    rate once the penalty dominates, so a multiplier that has grown while the density
+    was far from the target (integral wind-up) drives it far past the target (to 0
+    of all weights) before it unwinds. Three things prevent that, and the defaults
+    land on the target within a couple of points in a plain loop and in the
+    ``Trainer`` (tested at 5%, 20% and 30%):
 
-    ``warmup_steps`` moves the target linearly from the density at the first call to
-    ``target_density`` (CoFi's warm-up), which is gentler on the task. The multipliers
-    are buffers (saved in ``state_dict``), never seen by the model's optimiser.
-    Magnitude-pruning masks are fixed, so they cannot be controlled.
+    * the target moves linearly from the density at the first call to
+      ``target_density`` over ``warmup_steps`` (default 100; CoFi's warm-up), so the
+      gap stays small;
+    * ``lambda_1`` is reset to 0 whenever the hard gap changes sign (anti-wind-up);
+    * the controller steers the hard density, not the expected one, so the eval
+      circuit is what lands on the target (hard concrete's expected L0 can be many
+      points above its eval circuit).
+
+    The multipliers are buffers (saved in ``state_dict``), never seen by the model's
+    optimiser. Magnitude-pruning masks are fixed, so they cannot be controlled.
+
+    With few mask units (a few heads or edges) the hard density moves in large steps and
+    the hard-density controller overshoots; ``steer="expected"`` then uses CoFi's smooth
+    Lagrangian ``lambda_1 (d - t) + lambda_2 (d - t)^2`` on the expected density, both
+    multipliers by gradient ascent (``lr``; ``lambda_2`` starts at ``lambda_2_init``; no
+    reset, no ``gain``), e.g. ``DensityController(t, steer="expected", lr=1.0,
+    lambda_2_init=10.0, warmup_steps=0)`` for head masks.
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.training import DensityController
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "continuous_sparsification")
-        >>> ctrl = DensityController(target_density=0.1, lr=1.0, lambda_2_init=0.0)
-        >>> penalty = ctrl(net)           # density 0.5 (sigmoid(0)): gap 0.4, multipliers were 0
-        >>> round(float(penalty.detach()), 3), round(ctrl.lambda_1.item(), 3), round(ctrl.lambda_2.item(), 3)
-        (0.0, 0.4, 0.16)
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight_mask.logits.fill_(0.1)    # all kept: hard density 1
+        >>> ctrl = DensityController(target_density=0.25, lr=1.0, gain=2.0, warmup_steps=0)
+        >>> penalty = ctrl(net)   # c = 0 + 2 * (1 - 0.25) = 1.5, then lambda_1 = 0.75
+        >>> round(ctrl.lambda_1.item(), 2), ctrl.last_hard_density
+        (0.75, 1.0)
     """
 
     lambda_1: torch.Tensor
     lambda_2: torch.Tensor
     steps: torch.Tensor
     initial_density: torch.Tensor
+    last_gap: torch.Tensor
 
     def __init__(
         self,
         target_density: float,
-        lr: float = 10.0,
-        lambda_2_init: float = 300.0,
-        warmup_steps: int = 0,
+        lr: float = 1.0,
+        gain: float = 10.0,
+        warmup_steps: int = 100,
+        steer: Literal["hard", "expected"] = "hard",
+        lambda_2_init: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= target_density <= 1.0:
             raise ValueError(f"target_density is a fraction in [0, 1], got {target_density}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not lambda_2_init >= 0:
-            raise ValueError(f"lambda_2_init must be >= 0, got {lambda_2_init}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be positive and finite, got {lr}")
+        if not (math.isfinite(gain) and gain >= 0):
+            raise ValueError(f"gain must be >= 0 and finite, got {gain}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if steer not in ("hard", "expected"):
+            raise ValueError(f"steer is 'hard' or 'expected', got {steer!r}")
+        if not (math.isfinite(lambda_2_init) and lambda_2_init >= 0):
+            raise ValueError(f"lambda_2_init must be >= 0 and finite, got {lambda_2_init}")
+        self.steer = steer
         self.target_density = float(target_density)
         self.lr = float(lr)
+        self.gain = float(gain)
         self.warmup_steps = int(warmup_steps)
         self.register_buffer("lambda_1", torch.zeros((), dtype=torch.float64))
         self.register_buffer("lambda_2", torch.full((), float(lambda_2_init), dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("initial_density", torch.full((), float("nan"), dtype=torch.float64))
+        self.register_buffer("last_gap", torch.zeros((), dtype=torch.float64))
         self._last_density: torch.Tensor | None = None
+        self._last_hard: torch.Tensor | None = None
 
     @property
     def last_density(self) -> float | None:
         """The expected density of the last call (``None`` before the first)."""
         return None if self._last_density is None else float(self._last_density)
+
+    @property
+    def last_hard_density(self) -> float | None:
+        """The hard (eval-circuit) density of the last call (``None`` before the first)."""
+        return None if self._last_hard is None else float(self._last_hard)
 
     def target(self) -> float:
         """The target of the current step (the final target once warm-up is over)."""
@@ -206,14 +273,34 @@ class DensityController(nn.Module):
                 "the expected density does not depend on any trainable mask (magnitude_pruning "
                 "masks are fixed, or the masks are in eval mode): nothing to control"
             )
-        measured = density.detach().to(self.initial_density)
+        hard = hard_density(model).to(self.initial_density)
         self.initial_density.copy_(
-            torch.where(torch.isnan(self.initial_density), measured, self.initial_density)
+            torch.where(torch.isnan(self.initial_density), hard, self.initial_density)
         )
-        gap = density - self._target_tensor().to(density)
-        l1, l2 = self.lambda_1.to(density), self.lambda_2.to(density)
-        penalty = l1 * gap + l2 * gap * gap
-        self._last_density = measured
+        target = self._target_tensor()
+        self._last_density = density.detach()
+        self._last_hard = hard
+        if self.steer == "expected":
+            return self._lagrangian(density, target)
+        hard_gap = hard - target
+        control = self.lambda_1 + self.gain * hard_gap
+        penalty = control.to(density) * (density - target.to(density))
+        if self.training and torch.is_grad_enabled():
+            crossed = torch.sign(hard_gap) * torch.sign(self.last_gap) < 0
+            self.lambda_1.copy_(torch.where(crossed, torch.zeros_like(self.lambda_1), self.lambda_1))
+            # multiplicative: the pressure needed depends on the model size and the
+            # optimiser, so it grows geometrically while the gap keeps its sign
+            self.lambda_1.add_(self.lr * hard_gap * (1.0 + self.lambda_1.abs()))
+            self.lambda_1.clamp_(-LAMBDA_LIMIT, LAMBDA_LIMIT)
+            self.last_gap.copy_(hard_gap)
+            self.steps.add_(1)
+        return penalty
+
+    def _lagrangian(self, density: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # steer="expected": CoFi's ``lambda_1 (d - t) + lambda_2 (d - t)^2`` on the smooth
+        # expected density, both multipliers by gradient ascent
+        gap = density - target.to(density)
+        penalty = self.lambda_1.to(density) * gap + self.lambda_2.to(density) * gap * gap
         if self.training and torch.is_grad_enabled():
             g = gap.detach().to(self.lambda_1)
             self.lambda_1.add_(self.lr * g)
@@ -223,7 +310,7 @@ class DensityController(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"target_density={self.target_density}, lr={self.lr}, "
+            f"target_density={self.target_density}, steer={self.steer!r}, lr={self.lr}, gain={self.gain}, "
             f"warmup_steps={self.warmup_steps}"
         )
 

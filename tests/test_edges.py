@@ -149,8 +149,8 @@ def test_density_controller_lands_on_the_target_number_of_edges():
     with torch.no_grad():
         ref = model(IDS)
     edges = EdgeMaskedModel(model, init_percentage=0.9).train()
-    ctrl = DensityController(target_density=20 / edges.num_edges, lr=1.0, lambda_2_init=100.0,
-                             warmup_steps=100)
+    ctrl = DensityController(target_density=20 / edges.num_edges, steer="expected", lr=1.0,
+                             lambda_2_init=100.0, warmup_steps=100)
     opt = torch.optim.Adam(edges.mask_parameters(), lr=0.05)
     for _ in range(200):
         loss = (edges(IDS) - ref).pow(2).mean() + ctrl(edges)

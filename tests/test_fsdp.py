@@ -114,7 +114,7 @@ def _build(name: str, world: int, mesh: Any
     # SGD: linear in the gradients (Adam would blow up the rounding noise of gradients that
     # are zero in exact arithmetic, such as attention key biases, to whole steps)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR, momentum=0.9)
-    ctrl = DensityController(0.3, lr=1.0, lambda_2_init=1.0) if name in CONTROLLED else None
+    ctrl = DensityController(0.3, steer="expected", lr=1.0, lambda_2_init=1.0, warmup_steps=0) if name in CONTROLLED else None
     return model, opt, ctrl
 
 

@@ -192,7 +192,8 @@ def test_controller_trains_head_masks_to_the_planted_heads_at_the_target_density
     with torch.no_grad():
         assert float(expected_density(masked)) == pytest.approx(
             float(sum(masked.get_submodule(n).weight_mask.l0() for n in names)) / 8)
-    controller = DensityController(target_density=0.25, lr=1.0, lambda_2_init=10.0)
+    controller = DensityController(target_density=0.25, steer="expected", lr=1.0,
+                                   lambda_2_init=10.0, warmup_steps=0)
     opt = torch.optim.Adam(gates, lr=0.05)
     for _ in range(150):
         loss = 300 * torch.nn.functional.mse_loss(masked(**inputs).logits, teacher)

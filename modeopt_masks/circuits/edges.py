@@ -269,6 +269,11 @@ class EdgeMaskedModel(nn.Module):
         """Expected fraction of edges kept (differentiable in training; the hard fraction in eval)."""
         return torch.stack([m.l0() for m in self.gate_masks().values()]).sum() / self.num_edges
 
+    def hard_density(self) -> torch.Tensor:
+        """Fraction of edges in the hard circuit (what :meth:`edge_list` returns), no gradient."""
+        kept = torch.stack([m.circuit().sum() for m in self.gate_masks().values()]).sum()
+        return kept.detach().float() / self.num_edges
+
     def l0(self) -> torch.Tensor:
         """Expected number of edges kept."""
         return torch.stack([m.l0() for m in self.gate_masks().values()]).sum()

@@ -115,7 +115,8 @@ def _heads(model: nn.Module, ids: torch.Tensor, full: torch.Tensor, planted: int
 
     teacher = logits_with(truth)
     gates = [gate(n).log_alpha for n in layouts]
-    controller = DensityController(target_density=planted / len(units), lr=1.0, lambda_2_init=10.0)
+    controller = DensityController(target_density=planted / len(units), steer="expected", lr=1.0,
+                                   lambda_2_init=10.0, warmup_steps=0)
     opt = torch.optim.Adam(gates, lr=0.05)
     masked.train()
     for _ in range(steps):
@@ -146,7 +147,8 @@ def _edges(model: nn.Module, ids: torch.Tensor, full: torch.Tensor, planted: int
         return out
 
     teacher = logits_with(truth)
-    controller = DensityController(target_density=planted / len(units), lr=1.0, lambda_2_init=10.0)
+    controller = DensityController(target_density=planted / len(units), steer="expected", lr=1.0,
+                                   lambda_2_init=10.0, warmup_steps=0)
     fit_edges(edges, lambda e: 300 * torch.nn.functional.mse_loss(e(ids).logits, teacher),
               steps, lr=0.05, controller=controller)
     found = edges.edge_list()
