@@ -2,7 +2,7 @@
 
 The model carries its history as an ordered list of ``ModeState`` entries
 (``mode``, validated ``config``, ``metadata``) in ``model._modeopt_state``;
-:func:`mode_history` reads it.
+[`mode_history`][modeopt_masks.conversion.mode_history] reads it.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -83,9 +83,9 @@ class Journal:
     buffers, children, hooks, attributes such as ``training`` and the mode
     history) and every tensor's ``requires_grad``, ``.grad`` and storage. That
     is cheap: no tensor is copied. A step that writes tensor *values* in place
-    calls :func:`protect` first (a CPU copy of the old values); other undo
-    actions go in with :meth:`add_undo`. :meth:`rollback` undoes everything.
-    Use it through :func:`transaction`.
+    calls [`protect`][modeopt_masks.conversion.protect] first (a CPU copy of the old values); other undo
+    actions go in with `add_undo`. `rollback` undoes everything.
+    Use it through [`transaction`][modeopt_masks.conversion.transaction].
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -174,7 +174,7 @@ def transaction(model: nn.Module) -> Iterator[Journal]:
     """Run the block as one change of ``model``: on any exception (``KeyboardInterrupt``
     included) every recorded change is undone and the exception goes on.
 
-    Steps inside the block that write tensor values in place call :func:`protect`;
+    Steps inside the block that write tensor values in place call [`protect`][modeopt_masks.conversion.protect];
     module, class, attribute, hook and ``requires_grad`` changes need nothing.
 
     Examples:
@@ -202,7 +202,7 @@ def transaction(model: nn.Module) -> Iterator[Journal]:
 
 
 def protect(tensor: torch.Tensor) -> None:
-    """Record ``tensor``'s values in every open :func:`transaction` before writing it in place.
+    """Record ``tensor``'s values in every open [`transaction`][modeopt_masks.conversion.transaction] before writing it in place.
 
     Outside a transaction it does nothing.
 
@@ -224,7 +224,7 @@ def protect(tensor: torch.Tensor) -> None:
 
 def protect_attributes(obj: object, *names: str) -> None:
     """Record attributes of ``obj`` (a config, say: not a module, which is recorded anyway)
-    in every open :func:`transaction`, to be set back (or deleted, if absent) on rollback.
+    in every open [`transaction`][modeopt_masks.conversion.transaction], to be set back (or deleted, if absent) on rollback.
 
     Examples:
         >>> import torch.nn as nn

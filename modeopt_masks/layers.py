@@ -1,6 +1,6 @@
 """NeuroSurgeon's layer-level names (``ContSparseLinear``, ``HardConcreteConv2d``, ...).
 
-Thin names over the same machinery as :func:`modeopt_masks.convert`, for users
+Thin names over the same machinery as [`modeopt_masks.convert`][modeopt_masks.conversion.convert], for users
 porting NeuroSurgeon code. ``Name.from_layer(layer, **rule_fields)`` converts that
 one layer in place (``mm.convert(layer, (mode, {type key: rule_fields}))``: same
 parameter objects, the mode history lives on the layer, ``mm.unconvert(layer)``

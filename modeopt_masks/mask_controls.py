@@ -76,7 +76,7 @@ def _count(tech: MaskTechnique) -> float:
 
 
 class L0Stats(dict):
-    """The dict :func:`l0_stats` returns; ``print()`` shows a short summary (total, density
+    """The dict [`l0_stats`][modeopt_masks.mask_controls.l0_stats] returns; ``print()`` shows a short summary (total, density
     per layer) instead of every layer's name.
 
     Examples:

@@ -1,7 +1,7 @@
 """Masked layers: the machinery shared by every unstructured mask mode.
 
 A converted layer keeps its own parameters and gains a ``weight_mask`` (and,
-with ``mask_bias``, a ``bias_mask``) child: a :class:`MaskTechnique` that holds
+with ``mask_bias``, a ``bias_mask``) child: a [`MaskTechnique`][modeopt_masks.masking.MaskTechnique] that holds
 the mask's parameters. The layer's forward runs its original computation on
 ``weight * mask``. Ablations and per-layer switches live here, once, for every
 technique and every layer kind.
@@ -52,6 +52,7 @@ ABLATIONS: tuple[str, ...] = (
     "randomly_sampled",
     "complement_sampled",
 )
+"""The valid ablation names (``set_ablation``, ``MaskedLayer.ablation``)."""
 #: the ablations that use random draws (redrawn by ``force_resample``; the others are
 #: functions of the masks).
 DRAWN_ABLATIONS: tuple[str, ...] = ("random_ablate", "randomly_sampled", "complement_sampled")
@@ -130,7 +131,7 @@ class MaskTechnique(nn.Module):
         cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
     ) -> MaskTechnique:
         """The technique of mask ``shape`` for ``tensor`` (a weight or bias of a ``kind``
-        layer) under the merged ``rule``; what :func:`~modeopt_masks.modes.mask_mode.register_mask_mode`
+        layer) under the merged ``rule``; what [`register_mask_mode`][modeopt_masks.modes.mask_mode.register_mask_mode]
         calls for every converted tensor."""
         raise NotImplementedError
 
@@ -169,7 +170,7 @@ def compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def hard_masks(module: nn.Module) -> Iterator[None]:
-    """Every :class:`MaskTechnique` under ``module`` in eval (hard masks) inside the block.
+    """Every [`MaskTechnique`][modeopt_masks.masking.MaskTechnique] under ``module`` in eval (hard masks) inside the block.
 
     Only the techniques' own ``training`` flags change, and they are put back
     afterwards; the rest of the model keeps its train/eval state.
@@ -196,7 +197,7 @@ def hard_masks(module: nn.Module) -> Iterator[None]:
 
 
 class MaskedLayer:
-    """Mixin put in front of a layer's class by ``convert`` (see :mod:`modeopt_masks.dynamic`).
+    """Mixin put in front of a layer's class by ``convert`` (see [`modeopt_masks.dynamic`][modeopt_masks.dynamic]).
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm

@@ -13,7 +13,7 @@ does not reload with ``from_pretrained`` (size mismatch); rebuild it with
 
 ``("gradnas", {"axes": ["heads", "mlp", "hidden", "depth"]})`` also searches the hidden
 size and the number of blocks of a Hugging Face transformer, jointly under the one target
-(see ``docs/llm_pruning.md`` and :mod:`modeopt_masks.searchers.joint`).
+(see ``docs/llm_pruning.md`` and [`modeopt_masks.searchers.joint`][modeopt_masks.searchers.joint]).
 
 ``config`` mixes the mode's rule config (type keys such as ``"hf.attention"``)
 and the searcher's options (``data_loader``, ``loss_func``, ...); each key goes

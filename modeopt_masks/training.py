@@ -1,9 +1,9 @@
 """Mask-training helpers: temperature schedules, a target-density controller, an HF callback.
 
-* :class:`ExponentialSchedule`: a temperature going exponentially from ``initial`` to
+* [`ExponentialSchedule`][modeopt_masks.training.ExponentialSchedule]: a temperature going exponentially from ``initial`` to
   ``final`` over ``total`` steps or epochs (Savarese et al. multiply the temperature
   by ``final ** (1 / epochs)`` once per epoch, from 1 to about 200).
-* :class:`DensityController`: ask for a fraction of mask entries kept instead of tuning
+* [`DensityController`][modeopt_masks.training.DensityController]: ask for a fraction of mask entries kept instead of tuning
   an L0 lambda. A Lagrangian term on the expected density ``d`` with target ``t``,
   ``lambda_1 (d - t) + lambda_2 (d - t)^2`` (CoFi pruning, Xia et al. 2022), whose
   multipliers rise by gradient *ascent* while the masks descend.
@@ -116,7 +116,7 @@ class DensityController(nn.Module):
     """Keep ``target_density`` of the mask entries, by a Lagrange multiplier (CoFi style).
 
     ``controller(model)`` returns ``lambda_1 * (d - t) + lambda_2 * (d - t) ** 2``
-    for the expected density ``d`` (:func:`expected_density`) and the current target
+    for the expected density ``d`` ([`expected_density`][modeopt_masks.training.expected_density]) and the current target
     ``t``; add it to the task loss in place of ``l0_lambda * L0``. In training (module
     in train mode, grad enabled) each call then takes one gradient-*ascent* step on
     the multipliers: ``lambda_1 += lr * (d - t)``, ``lambda_2 += lr * (d - t) ** 2``,
@@ -189,7 +189,7 @@ class DensityController(nn.Module):
         return start + (self.target_density - start) * frac
 
     def _target_tensor(self) -> torch.Tensor:
-        """:meth:`target` as a float64 tensor on the buffers' device (no host sync)."""
+        """`target` as a float64 tensor on the buffers' device (no host sync)."""
         init, final = self.initial_density, torch.full_like(self.initial_density, self.target_density)
         if self.warmup_steps == 0:
             return final

@@ -1,7 +1,7 @@
 """Edge attribution patching (EAP, Syed et al. 2023): one-shot edge scores in the edge-mask space.
 
 The score of edge ``w -> r`` is the first-order change of ``metric`` when the edge is
-switched off: with the gates of :class:`~modeopt_masks.circuits.EdgeMaskedModel`,
+switched off: with the gates of [`EdgeMaskedModel`][modeopt_masks.circuits.edges.EdgeMaskedModel],
 ``input_r = sum_w m a_w + (1 - m) c_w``, so ``dL/dm[r, w] = grad_r . (a_w - c_w)`` at
 ``m = 1``; EAP's ``(c_w - a_w) . grad_r`` is its negative. One forward and one
 backward give every edge's score. ``c`` is the corrupted run's activation (or zero
@@ -33,7 +33,7 @@ from .edges import EdgeMaskedModel
 
 
 class EdgeScores(dict):
-    """``{(writer, reader): score}`` as :func:`edge_attribution_patching` returns it; ``print()``
+    """``{(writer, reader): score}`` as [`edge_attribution_patching`][modeopt_masks.circuits.eap.edge_attribution_patching] returns it; ``print()``
     shows the count and the top edges instead of every edge.
 
     Examples:

@@ -5,7 +5,7 @@ every head's query, key and value input (per KV group under grouped-query
 attention), every MLP input and the final read-out. Each reader receives its own
 sum of the writers before it, weighted by a hard-concrete gate per edge:
 ``input_r = sum_w m[r, w] * a_w + (1 - m[r, w]) * c_w`` where ``c_w`` is the
-writer's corrupted activation (:meth:`EdgeMaskedModel.record_corruption`) or
+writer's corrupted activation ([`EdgeMaskedModel.record_corruption`][modeopt_masks.circuits.edges.EdgeMaskedModel.record_corruption]) or
 zero. With every gate at one this is the residual stream, so the model computes
 what it computed before (up to float summation order).
 
@@ -77,7 +77,8 @@ LAYOUTS: dict[str, EdgeLayout] = {
         "input_layernorm", "post_attention_layernorm", "mlp", "norm",
     ),
 }
-#: HF ``config.model_type`` -> edge layout family (``tiny``: :class:`TinyTransformer`).
+"""The edge layout of each supported model family (``gpt2``, ``llama``)."""
+#: HF ``config.model_type`` -> edge layout family (``tiny``: `TinyTransformer`).
 MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
     "tiny": "llama",
@@ -138,7 +139,7 @@ class EdgeMaskedModel(nn.Module):
     circuit ``log_alpha > 0``. ``use_masks = False`` runs the unmodified model.
     Masks train with ``edges.mask_parameters()``; the base model is not touched.
     ``expected_density()`` makes it usable with
-    :class:`~modeopt_masks.training.DensityController` (``controller(edges)``),
+    [`DensityController`][modeopt_masks.training.DensityController] (``controller(edges)``),
     so a target number of edges is ``target_density = n / edges.num_edges``.
 
     Examples:
@@ -252,11 +253,11 @@ class EdgeMaskedModel(nn.Module):
                         la[r, c] = value if (writer, reader) in wanted else -value
 
     def heads_per_group(self) -> dict[str, int]:
-        """Query heads per KV group by attention layer name (``{"a0": 2}``), for :func:`draw_edges`."""
+        """Query heads per KV group by attention layer name (``{"a0": 2}``), for [`draw_edges`][modeopt_masks.circuits.graph.draw_edges]."""
         return {f"a{i.index}": i.n_heads // i.n_kv for i in self._layers}
 
     def draw(self, path: str | None = None, title: str | None = None) -> Any:
-        """:func:`~modeopt_masks.circuits.draw_edges` of the hard circuit."""
+        """[`draw_edges`][modeopt_masks.circuits.graph.draw_edges] of the hard circuit."""
         from .graph import draw_edges
 
         return draw_edges(self.edge_list(), self.heads_per_group(), path, title)

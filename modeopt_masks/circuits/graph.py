@@ -55,7 +55,7 @@ def draw_edges(
     """A matplotlib figure of the ``(writer, reader)`` edges; saved to ``path`` when given.
 
     ``heads_per_group``: query heads per KV group by layer name (``{"a0": 2}``) for GQA
-    readers named ``a0.g1.k``; :meth:`EdgeMaskedModel.heads_per_group` gives it.
+    readers named ``a0.g1.k``; [`EdgeMaskedModel.heads_per_group`][modeopt_masks.circuits.edges.EdgeMaskedModel.heads_per_group] gives it.
     """
     import matplotlib.pyplot as plt
 

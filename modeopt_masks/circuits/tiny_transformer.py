@@ -4,7 +4,7 @@ Attention-only when ``d_mlp == 0``; no layer norms when ``norm=False`` (Tracr's
 compiled models have none); the norms are then ``nn.Identity`` so that the same
 hook points exist in every configuration. Heads, q/k/v/o projections and the
 layer list follow the Llama naming (``layers.N.self_attn.q_proj`` ...), which
-is what :class:`~modeopt_masks.circuits.EdgeMaskedModel` reads.
+is what [`EdgeMaskedModel`][modeopt_masks.circuits.edges.EdgeMaskedModel] reads.
 
 Examples:
     >>> import torch
@@ -25,7 +25,7 @@ from ..rules import StrictModel
 
 
 class TinyTransformerConfig(StrictModel):
-    """Sizes of a :class:`TinyTransformer` (``d_mlp=0``: attention only).
+    """Sizes of a [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] (``d_mlp=0``: attention only).
 
     ``attn_scale`` multiplies the attention logits after the usual ``1/sqrt(d_head)``
     (``None`` for the usual scale); Tracr's compiled heads need ``1.0`` without it

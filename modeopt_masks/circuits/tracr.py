@@ -1,10 +1,10 @@
-"""Tracr's compiled transformers as :class:`TinyTransformer` models, with their ground-truth edges.
+"""Tracr's compiled transformers as [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] models, with their ground-truth edges.
 
 Tracr (``tracr-pypi``) compiles a RASP program into a transformer whose residual
 stream is a direct sum of labelled one-hot subspaces; every block reads and
-writes only its own subspaces. :func:`tiny_from_tracr` copies the compiled haiku
+writes only its own subspaces. [`tiny_from_tracr`][modeopt_masks.circuits.tracr.tiny_from_tracr] copies the compiled haiku
 weights (no layer norm, ReLU MLPs, ``softmax(QK^T / sqrt(key_size))``, non-causal)
-into a :class:`TinyTransformer`; :func:`compiled_edges` reads the program's edges
+into a [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer]; [`compiled_edges`][modeopt_masks.circuits.tracr.compiled_edges] reads the program's edges
 off the weights: writer ``w`` feeds reader ``r`` exactly when the residual
 dimensions ``w`` writes meet the dimensions ``r`` reads. Nothing here imports jax:
 ``benchmarks/ground_truth_tracr_compile.py`` caches compiled programs as ``.npz``.
@@ -51,7 +51,7 @@ def tiny_from_tracr(
     unembed: Any,
     causal: bool = False,
 ) -> TinyTransformer:
-    """A :class:`TinyTransformer` computing what the compiled Tracr model ``params`` computes.
+    """A [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] computing what the compiled Tracr model ``params`` computes.
 
     ``params``: the assembled model's ``params`` (haiku module name -> ``{"w", "b"}``);
     ``unembed``: ``[n_out, d_model]``, the projection of the residual onto the output space.
@@ -101,7 +101,7 @@ def _dims(rows: torch.Tensor) -> set[int]:
 
 
 def compiled_edges(edges: EdgeMaskedModel) -> list[tuple[str, str]]:
-    """The edges of a norm-free :class:`TinyTransformer` read off its weights (Tracr ground truth).
+    """The edges of a norm-free [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] read off its weights (Tracr ground truth).
 
     ``(w, r)`` is an edge when the dimensions ``w`` writes (nonzero output weights or
     bias) meet the dimensions ``r`` reads (nonzero input weights). Heads and MLPs that
@@ -156,7 +156,7 @@ class TracrFixture:
 
 
 def load_tracr_fixture(path: str) -> TracrFixture:
-    """Read a ``tracr_<name>.npz`` fixture into a :class:`TracrFixture`."""
+    """Read a ``tracr_<name>.npz`` fixture into a [`TracrFixture`][modeopt_masks.circuits.tracr.TracrFixture]."""
     data = np.load(path)
     meta = json.loads(str(data["meta"]))
     params: dict[str, dict[str, np.ndarray]] = {}

@@ -9,7 +9,7 @@ largest of every M consecutive input weights instead (``prune_percentage`` is
 then unused). NaN/inf weights raise a ``ValueError`` naming the layer (they
 cannot be ranked) and leave the model unchanged. The global scope finds its
 threshold by a streaming radix select
-(:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
+([`modeopt_masks.selection.global_keep`][modeopt_masks.selection.global_keep]): no concatenated copy of the
 scores, its extra memory is bounded by one chunk.
 
 Examples:

@@ -2,12 +2,12 @@
 
 Masks on ``target_layers`` are trained so that the cached ``probe_vector``
 clusters by label: the loss is the soft-nearest-neighbour loss on cosine
-distance (same label = neighbours, see :mod:`~modeopt_masks.probing.snn_loss`)
+distance (same label = neighbours, see [`snn_loss`][modeopt_masks.probing.snn_loss])
 plus ``l0_lambda * L0``. ``objective="linear"`` trains a linear probe on the
 vector instead (cross-entropy). Evaluate the found circuit with
-:func:`~modeopt_masks.probing.evaluation.nearest_centroid_accuracy` on
+[`nearest_centroid_accuracy`][modeopt_masks.probing.evaluation.nearest_centroid_accuracy] on
 collected vectors, and ablate it with ``mm.set_ablation(probe.model, ...)``
-(compare with :func:`~modeopt_masks.probing.evaluation.compare_ablations`).
+(compare with [`compare_ablations`][modeopt_masks.probing.evaluation.compare_ablations]).
 
 Examples:
     >>> import torch, transformers
@@ -38,7 +38,7 @@ from .snn_loss import soft_nearest_neighbour_loss
 
 
 class CircuitProbeConfig(MaskedProbeConfig):
-    """:class:`MaskedProbeConfig` plus the objective.
+    """[`MaskedProbeConfig`][modeopt_masks.probing.masked_probe.MaskedProbeConfig] plus the objective.
 
     ``objective``: ``"snn"`` (soft nearest neighbours, ``snn_temperature``) or
     ``"linear"`` (a linear probe with ``n_classes`` outputs). ``target_layers``
@@ -66,7 +66,7 @@ class CircuitProbeConfig(MaskedProbeConfig):
 class CircuitProbe(MaskedProbe):
     """Mask training against the SNN (or linear-probe) loss on one cached vector.
 
-    ``forward`` returns :class:`ProbeOutput`: ``loss`` (with ``l0_lambda * L0``
+    ``forward`` returns [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput]: ``loss`` (with ``l0_lambda * L0``
     in training), ``hidden_states`` (the selected vectors ``[n, hidden]``),
     ``labels`` and, for the linear objective, ``logits``.
 

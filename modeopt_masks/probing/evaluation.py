@@ -30,7 +30,7 @@ def collect_vectors(
     ``labels``) and return the selected vectors ``[n, hidden]`` and labels ``[n]``.
 
     ``probe`` is any module whose output has ``hidden_states`` and ``labels``
-    (a :class:`~modeopt_masks.probing.ProbeOutput`, or a dict).
+    (a [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput], or a dict).
 
     Examples:
         >>> import torch, torch.nn as nn

@@ -5,7 +5,7 @@ On every forward the chosen vectors are put in ``vector_cache`` under
 (``[batch, seq, hidden]``, still attached to the autograd graph so masks and
 probes can train through them). What "update" and "stream" mean for post-LN
 (BERT-family) and pre-LN (GPT-2, GPT-NeoX, Llama-style, ViT) models is defined
-in :mod:`modeopt_masks.probing.residual_layouts`.
+in [`modeopt_masks.probing.residual_layouts`][modeopt_masks.probing.residual_layouts].
 
 Examples:
     >>> import torch, transformers
@@ -35,7 +35,7 @@ from .residual_layouts import HookPoint, ResidualLayout, layout_candidates, stru
 
 
 class ResidualUpdateModelConfig(StrictModel):
-    """Which vectors :class:`ResidualUpdateModel` caches.
+    """Which vectors [`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel] caches.
 
     ``model_type``: a family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``,
     ``llama``, ``vit``) or an HF ``config.model_type`` such as ``roberta``;
@@ -112,7 +112,7 @@ def find_layers(model: nn.Module, layout: ResidualLayout) -> tuple[str, nn.Modul
 
 
 def select_layout(model: nn.Module, model_type: str) -> ResidualLayout:
-    """The first of :func:`layout_candidates` whose layers and hook points exist in ``model``.
+    """The first of [`layout_candidates`][modeopt_masks.probing.residual_layouts.layout_candidates] whose layers and hook points exist in ``model``.
 
     When none fits, the transformers 5 layout is returned (the errors then name what is missing).
 

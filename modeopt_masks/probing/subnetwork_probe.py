@@ -2,7 +2,7 @@
 
 A linear probe (or, with ``intermediate_size``, a one-hidden-layer MLP) reads
 one cached vector (``probe_vector``). The masks come from
-:func:`modeopt_masks.convert`; with no ``target_layers`` it is plain probing of
+[`modeopt_masks.convert`][modeopt_masks.conversion.convert]; with no ``target_layers`` it is plain probing of
 a frozen model.
 
 Examples:
@@ -30,7 +30,7 @@ from .masked_probe import IGNORE_INDEX, MaskedProbe, MaskedProbeConfig
 
 
 class SubnetworkProbeConfig(MaskedProbeConfig):
-    """:class:`MaskedProbeConfig` plus ``n_classes`` and ``intermediate_size`` (``None``: linear).
+    """[`MaskedProbeConfig`][modeopt_masks.probing.masked_probe.MaskedProbeConfig] plus ``n_classes`` and ``intermediate_size`` (``None``: linear).
 
     Examples:
         >>> from modeopt_masks.probing import SubnetworkProbeConfig
@@ -48,7 +48,7 @@ class SubnetworkProbeConfig(MaskedProbeConfig):
 
 
 class SubnetworkProbe(MaskedProbe):
-    """Masks + probe; ``forward`` returns :class:`ProbeOutput` (``loss``, ``logits``).
+    """Masks + probe; ``forward`` returns [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput] (``loss``, ``logits``).
 
     ``logits`` are ``[batch, n_classes]`` for sequence labelling and
     ``[batch, seq, n_classes]`` (every position) for token labelling; the loss is

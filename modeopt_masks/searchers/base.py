@@ -69,7 +69,7 @@ class SearchResult(Summarised):
     history: list[dict[str, float]] = field(default_factory=list)
     searcher: str = ""
     #: joint search (hidden size / depth with other axes): every candidate of per-axis counts
-    #: it scored, with its held-out calibration loss and costs (see :mod:`.joint`)
+    #: it scored, with its held-out calibration loss and costs (see `.joint`)
     candidates: list[dict[str, Any]] = field(default_factory=list)
     seconds: float | None = None
 
@@ -215,7 +215,7 @@ class CostModel:
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
         """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units (a depth hparam keeps
-        its first ``counts[n]`` blocks in :attr:`orders`)."""
+        its first ``counts[n]`` blocks in `orders`)."""
         kept = {n: set(self.orders[n][: counts[n]]) for n in self.blocks}
         out = {}
         for kind, terms in self.terms.items():
@@ -315,7 +315,7 @@ class BaseSearcher:
         config: Mapping[str, Any] | None = None,
         hparams: dict[str, StructuredHParam] | None = None,
     ) -> SearchResult:
-        """Validate ``config``, then :meth:`run` (``hparams``: default, those of ``model``)."""
+        """Validate ``config``, then `run` (``hparams``: default, those of ``model``)."""
         start = time.perf_counter()
         result = self.run(model, constraints, dummy_input, self.sanitize_config(config), hparams)
         result.seconds = time.perf_counter() - start

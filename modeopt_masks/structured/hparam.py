@@ -1,13 +1,13 @@
 """Searchable structured hparams and the unit mask that realises them.
 
-The mask of a :class:`~.structure.Structure` sits on the *input* of the module
+The mask of a [`Structure`][modeopt_masks.structured.structure.Structure] sits on the *input* of the module
 that consumes the dimension (the attention output projection, the MLP down
 projection, the next conv): that module's class is swapped for
-``UnitMasked + original`` (see :mod:`modeopt_masks.dynamic`), whose forward
+``UnitMasked + original`` (see [`modeopt_masks.dynamic`][modeopt_masks.dynamic]), whose forward
 reshapes the input to ``[..., units, unit_size]`` and multiplies by the mask.
 No ``head_mask`` argument is needed, so this works on transformers 5.
 
-:class:`StructuredHParam` is the user-facing view: ``choices`` (unit counts),
+[`StructuredHParam`][modeopt_masks.structured.hparam.StructuredHParam] is the user-facing view: ``choices`` (unit counts),
 ``importance`` (scores in original unit order), ``active`` (units kept) and
 ``kept`` (which units).
 
@@ -205,8 +205,8 @@ class StructuredHParam:
 
 
 def is_mask_holder(module: nn.Module) -> bool:
-    """Whether ``module`` holds the unit mask of a gradnas hparam (a :class:`UnitMasked`
-    consumer, or the holder of a stream axis' shared mask, see :mod:`.stream`)."""
+    """Whether ``module`` holds the unit mask of a gradnas hparam (a [`UnitMasked`][modeopt_masks.structured.hparam.UnitMasked]
+    consumer, or the holder of a stream axis' shared mask, see [`.stream`][modeopt_masks.structured.stream])."""
     return is_dynamic(module) and issubclass(type(module).__dict__["_mm_mixin"], UnitMasked) and (
         "_mm_struct" in module.__dict__)
 
