@@ -69,6 +69,15 @@ class CircuitConfig(MaskTargets):
     loss in training (L0 as [`modeopt_masks.l0_loss`][modeopt_masks.mask_controls.l0_loss] counts it: one per mask
     entry, so a neuron mask counts units).
 
+    Attributes:
+        mask_method: The mask mode (e.g. ``"continuous_sparsification"``, ``"hard_concrete"``).
+        mask_hparams: Rule fields and mode options for that mode.
+        target_layers: Module names or globs to mask (``[]``: none).
+        freeze_base: Train only the masks.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        use_cache: Not a setting (the HF ``Trainer`` writes it); excluded from dumps.
+
     Examples:
         >>> from modeopt_masks.circuit import CircuitConfig
         >>> CircuitConfig(mask_method="hard_concrete", target_layers=["*.query"],
@@ -135,6 +144,15 @@ class CircuitModel(nn.Module):
     (a ``ModelOutput``/dict ``"loss"``, or the first element of a tuple when that
     is a scalar tensor). With ``density_controller`` the controller's penalty is
     added instead of ``l0_lambda * L0`` (ask for a density, don't tune a lambda).
+
+    Args:
+        config: A [`CircuitConfig`][modeopt_masks.circuit.CircuitConfig] or its fields as a dict.
+        model: The model to mask (converted in place).
+        density_controller: A [`DensityController`][modeopt_masks.training.DensityController]
+            whose penalty replaces ``l0_lambda * L0``.
+
+    Raises:
+        ValueError: When a target matches no maskable module (the model is unchanged).
 
     Examples:
         >>> import torch, torch.nn as nn

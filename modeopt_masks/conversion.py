@@ -41,6 +41,11 @@ _STATE_ATTR = "_modeopt_state"
 class ModeState:
     """One applied mode: its name, validated config and metadata.
 
+    Args:
+        mode: The mode's registered name.
+        config: Its validated config.
+        metadata: What the mode recorded when it converted the model.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning")
@@ -60,6 +65,12 @@ class ModeState:
 
 def mode_history(model: nn.Module) -> list[ModeState]:
     """The modes applied to ``model``, oldest first (empty for a plain model).
+
+    Args:
+        model: Any model.
+
+    Returns:
+        A list of [`ModeState`][modeopt_masks.conversion.ModeState].
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -313,6 +324,16 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
     Configs are validated before anything changes; if any step fails, the modes
     applied by this call are undone and the model is as it was.
 
+    Args:
+        model: The model to convert.
+        mode: A mode name, ``(name, config)``, or a list of them applied in order.
+
+    Returns:
+        ``model`` itself, converted.
+
+    Raises:
+        ValueError: For an unknown mode, an invalid config, or a rule that matches nothing.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
@@ -377,6 +398,12 @@ def _undo(model: nn.Module, history: list[ModeState], keep: int) -> nn.Module:
 def unconvert(model: nn.Module) -> nn.Module:
     """Undo every mode: original module classes, masks and hooks removed, weights untouched.
 
+    Args:
+        model: A converted model.
+
+    Returns:
+        ``model`` itself, as before its first conversion.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.unconvert(mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete"))
@@ -393,6 +420,12 @@ def export(model: nn.Module) -> nn.Module:
     Mask modes multiply the (eval, hard) masks into the weights; structured
     modes slice the weights so the model is physically smaller. The exported
     model computes what the converted model computes in eval mode.
+
+    Args:
+        model: A converted model.
+
+    Returns:
+        ``model`` itself, with plain modules.
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm

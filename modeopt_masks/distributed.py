@@ -118,6 +118,17 @@ def sync_ablation_draws(model: nn.Module, src: int = 0, group: Any = None) -> in
     an initialised process group (or with one process) it only draws and
     returns ``0``.
 
+    Args:
+        model: A model with masked layers in eval mode.
+        src: The rank whose draws everyone gets.
+        group: The process group (default: the world).
+
+    Returns:
+        The number of tensors broadcast.
+
+    Raises:
+        RuntimeError: When the ranks' models or ablations differ, or a layer is in training.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.distributed import sync_ablation_draws

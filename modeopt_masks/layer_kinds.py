@@ -47,6 +47,18 @@ Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None],
 class LayerKind:
     """One supported layer type.
 
+    Args:
+        key: The type key used in configs (``"nn.Linear"``).
+        cls: The module class.
+        out_dim: The weight axis of output units.
+        forward: ``forward(module, input, weight, bias)`` with the masked tensors.
+        init_weight: Re-initialises a weight (used by ``random_ablate``).
+        in_dim: The weight axis of input features.
+        input_axis: The input activation's axis holding those features.
+        sync_sizes: Sets the module's size attributes from its weight.
+        plain_pairs: gradnas: may form a plain ``layer -> act -> layer`` pair.
+        sliceable: gradnas: whether a module's output channels can be sliced.
+
     Examples:
         >>> from modeopt_masks.layer_kinds import LAYER_KINDS, hf_conv1d_kind
         >>> _ = hf_conv1d_kind()  # registered when transformers is first needed
@@ -139,6 +151,12 @@ LAYER_KINDS: dict[str, LayerKind] = {}
 
 def register_layer_kind(kind: LayerKind) -> LayerKind:
     """Make a layer type maskable by every mask mode.
+
+    Args:
+        kind: The [`LayerKind`][modeopt_masks.layer_kinds.LayerKind] to add.
+
+    Returns:
+        ``kind``.
 
     Examples:
         >>> from modeopt_masks.layer_kinds import LAYER_KINDS, register_layer_kind

@@ -145,6 +145,9 @@ def _family(name: str, mode: str, technique: type[MaskTechnique], positional: tu
         {"_mode": mode, "_technique": technique, "_positional": positional,
          "__module__": __name__,
          "__doc__": f"Any layer converted by ``{mode}`` (for ``isinstance``; base of its names).\n\n"
+                    f"Args:\n    *args: Not accepted: calling this name raises ``TypeError``"
+                    f" (build a layer with one of the named kinds).\n"
+                    f"    **kwargs: Not accepted either.\n\n"
                     f"Examples:\n    >>> import torch.nn as nn, modeopt_masks as mm\n"
                     f"    >>> from modeopt_masks.layers import {name}\n"
                     f"    >>> layer = mm.convert(nn.Sequential(nn.Linear(2, 2)), {mode!r})[0]\n"
@@ -166,6 +169,10 @@ def _name(family: Any, name: str, key: str, original: str) -> Any:
     doc = (
         f"``{original}`` converted by ``{family._mode}``: ``{name}.from_layer(layer, **rule)``"
         f" or ``{name}(*{original.split('.')[-1]}_args, **rule)``.\n\n"
+        f"Args:\n    *args: The ``{original}`` constructor's positional arguments.\n"
+        f"    **kwargs: Its keyword arguments, plus the rule fields of ``{family._mode}``"
+        f" (``mask_unit``, ``mask_init_value``...) and ``ablation``.\n\n"
+        f"Raises:\n    TypeError: When the arguments fit neither the layer nor the rule fields.\n\n"
         f"Examples:\n    >>> {imp}\n    >>> from modeopt_masks.layers import {name}\n"
         f"    >>> layer = {name}.from_layer({make})\n"
         f"    >>> isinstance(layer, {name}), isinstance(layer, {cls})\n    (True, True)\n"

@@ -108,6 +108,9 @@ class MaskTechnique(nn.Module):
     eval; ``circuit()`` is the hard boolean subnetwork; ``l0()`` the expected
     number of kept entries, differentiable where the technique learns.
 
+    Args:
+        shape: The shape of the masked tensor.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(3, 2)), "continuous_sparsification")

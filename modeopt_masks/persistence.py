@@ -451,6 +451,11 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *,
     ``from_pretrained`` checkpoint. Saving over an earlier checkpoint replaces it all at
     once (see the module docstring).
 
+    Args:
+        model: A converted (or plain) model.
+        directory: Where to write (created if needed).
+        base_weights: Also write the base model's tensors (``False``: masks-only).
+
     Examples:
         >>> import os, tempfile, torch.nn as nn, modeopt_masks as mm
         >>> d = tempfile.mkdtemp()
@@ -576,6 +581,16 @@ def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
 
     Raises [`StateError`][modeopt_masks.persistence.StateError] (the model unchanged) if the files are corrupted
     or the model does not fit.
+
+    Args:
+        model: A fresh model of the saved architecture.
+        directory: A directory written by [`save`][modeopt_masks.persistence.save].
+
+    Returns:
+        ``model``, converted and loaded.
+
+    Raises:
+        StateError: When the files are corrupted or the model does not fit.
 
     Examples:
         >>> import tempfile, torch.nn as nn, modeopt_masks as mm

@@ -79,6 +79,22 @@ def prune(
     ``dummy_input``). ``searcher``: ``"gradient_binary"`` (default for gradnas,
     needs ``data_loader``) or ``"binary"`` (needs ``score_func``). On error the
     model is left as it was.
+
+    Args:
+        model: The model to prune (converted in place).
+        mode: A structured mode name, or ``(mode, config)``; default ``"gradnas"``.
+        constraints: Targets, e.g. ``{"params": "70%"}`` or ``{"flops": 1e9}`` (a number or a
+            percentage of the original).
+        dummy_input: A model input; needed for FLOPs constraints.
+        config: Searcher options (``data_loader``, ``loss_func``, ``score_func``...).
+        searcher: ``"gradient_binary"``, ``"binary"`` or a searcher instance; default by mode.
+
+    Returns:
+        ``(model, result)``: the converted model set to the chosen subnetwork, and the
+        [`SearchResult`][modeopt_masks.searchers.base.SearchResult].
+
+    Raises:
+        ValueError: For an unknown constraint, an unreachable target or missing searcher options.
     """
     ((name, mode_given),) = normalise_modes(mode)
     desc = get_mode(name)

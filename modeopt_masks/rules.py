@@ -153,6 +153,10 @@ class ModeConfig(BaseModel):
     Subclasses set ``rule_class`` (the per-module rule) and ``layer_keys`` (the
     type keys the mode understands) and declare global options as fields.
 
+    Attributes:
+        rules: ``{type key: {glob: rule fields or None}}``; ``None`` switches a match off.
+        user_keys: The type keys the user gave (set by validation; not passed by hand).
+
     Examples:
         >>> import modeopt_masks as mm
         >>> cfg = mm.get_mode("continuous_sparsification").config_class.model_validate(

@@ -55,6 +55,11 @@ class ExponentialSchedule:
     ``schedule(t) = initial * (final / initial) ** min(t / total, 1)``: call it per
     step or per epoch, whichever ``t`` counts.
 
+    Args:
+        initial: Value at ``t = 0``.
+        final: Value from ``t = total`` on.
+        total: Number of steps (or epochs) of the interpolation.
+
     Examples:
         >>> from modeopt_masks.training import ExponentialSchedule
         >>> s = ExponentialSchedule(initial=1.0, final=200.0, total=4)
@@ -90,6 +95,12 @@ def expected_density(model: nn.Module) -> torch.Tensor:
 
     In training this is the expected L0 of the soft/stochastic masks; in eval the
     hard circuit's fraction.
+
+    Args:
+        model: A model with active learned masks.
+
+    Returns:
+        A scalar tensor in ``[0, 1]``.
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -134,6 +145,13 @@ class DensityController(nn.Module):
     ``target_density`` (CoFi's warm-up), which is gentler on the task. The multipliers
     are buffers (saved in ``state_dict``), never seen by the model's optimiser.
     Magnitude-pruning masks are fixed, so they cannot be controlled.
+
+    Args:
+        target_density: The fraction of mask entries to keep, in ``(0, 1)``.
+        lr: Step size of the multipliers' gradient ascent.
+        lambda_2_init: Initial quadratic multiplier.
+        warmup_steps: Steps over which the target moves from the first density to
+            ``target_density`` (0: at once).
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -252,6 +270,12 @@ class MaskTrainingCallback(_TrainerCallbackBase):
     in training) and ``mask_temperature`` are added to the logs and to the trainer's
     ``state.log_history``; with ``density_controller`` also its target and
     ``lambda_1``. ``history`` keeps ``(global_step, temperature)`` of every change.
+
+    Args:
+        schedule: Maps the step or epoch count to a temperature (``None``: leave it).
+        unit: Whether ``schedule`` counts ``"step"``s or ``"epoch"``s.
+        log_l0: Add the mask statistics to the trainer's logs.
+        density_controller: A controller whose target and ``lambda_1`` are logged too.
 
     Examples:
         >>> from modeopt_masks.training import ExponentialSchedule, MaskTrainingCallback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,5 @@ def test_api_reference_builds_strictly(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     for name in ("convert", "restore", "set_ablation", "ModeConfig"):
         assert name in api
+    assert not re.search(r":(func|class|meth|mod|data|attr|exc):`", api), "a raw Sphinx role shows"
+    assert "Parameters:" in api and "][modeopt_masks" not in api  # Args render, links resolve

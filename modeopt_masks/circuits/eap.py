@@ -64,6 +64,17 @@ def edge_attribution_patching(
     ``metric`` maps the model output to a scalar (e.g. a loss or a logit difference).
     Without corrupted inputs the ablation is zero (attribution of removing the writer).
     The model's parameters get no gradients; the edges' corruption state is restored.
+
+    Args:
+        edges: The edge-masked model.
+        metric: Maps the model output to a scalar.
+        clean_args: Positional inputs of the clean run.
+        clean_kwargs: Keyword inputs of the clean run.
+        corrupt_args: Positional inputs of the corrupted run (``None``: zero ablation).
+        corrupt_kwargs: Keyword inputs of the corrupted run.
+
+    Returns:
+        ``{(writer, reader): score}``.
     """
     clean_kwargs = dict(clean_kwargs or {})
     previous = edges._corrupt
@@ -91,6 +102,13 @@ def edge_attribution_patching(
 
 def top_edges(scores: Mapping[tuple[str, str], float], k: int) -> list[tuple[str, str]]:
     """The ``k`` edges with the largest ``|score|``.
+
+    Args:
+        scores: ``{edge: score}``.
+        k: How many edges.
+
+    Returns:
+        The edges, largest ``|score|`` first.
 
     Examples:
         >>> from modeopt_masks.circuits import top_edges

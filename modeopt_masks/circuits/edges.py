@@ -55,6 +55,17 @@ class EdgeLayout:
     ``qkv``: one fused projection (GPT-2 ``attn.c_attn``) or three separate ones.
     ``final_norm``: a module name relative to the module that holds the layer list.
     ``mlp`` / ``mlp_norm``: ``None`` when the layers have no MLP.
+
+    Args:
+        family: The family name (``"gpt2"``, ``"llama"``).
+        layers: Dotted-name suffixes of the layer list.
+        attn: The attention module, relative to a layer.
+        qkv: One fused projection or the three separate ones.
+        o_proj: The attention output projection.
+        attn_norm: The norm before attention.
+        mlp_norm: The norm before the MLP (``None``: no MLP).
+        mlp: The MLP module (``None``: no MLP).
+        final_norm: The final norm, relative to the module holding the layer list.
     """
 
     family: str
@@ -141,6 +152,15 @@ class EdgeMaskedModel(nn.Module):
     ``expected_density()`` makes it usable with
     [`DensityController`][modeopt_masks.training.DensityController] (``controller(edges)``),
     so a target number of edges is ``target_density = n / edges.num_edges``.
+
+    Args:
+        model: A GPT-2, Llama-family or [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] model.
+        init_percentage: Initial probability that a gate is open.
+        temperature: Hard-concrete temperature.
+        model_type: The family (``None``: read from the model).
+
+    Raises:
+        ValueError: For an unsupported model type.
 
     Examples:
         >>> import torch, transformers

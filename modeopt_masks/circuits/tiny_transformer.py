@@ -31,6 +31,20 @@ class TinyTransformerConfig(StrictModel):
     (``None`` for the usual scale); Tracr's compiled heads need ``1.0`` without it
     (see ``scaled``). ``n_out`` is the unembedding width (defaults to ``vocab_size``).
 
+    Attributes:
+        vocab_size: Number of input tokens.
+        d_model: Residual width.
+        n_layers: Number of blocks.
+        n_heads: Attention heads per block.
+        d_head: Width of one head.
+        d_mlp: MLP width (0: attention only).
+        max_len: Longest input (position embeddings).
+        norm: Use layer norms.
+        causal: Causal attention.
+        scaled: Scale attention logits by ``1/sqrt(d_head)``.
+        n_out: Unembedding width (``None``: ``vocab_size``).
+        unembed_bias: Give the unembedding a bias.
+
     Examples:
         >>> from modeopt_masks.circuits import TinyTransformerConfig
         >>> TinyTransformerConfig(vocab_size=5, d_model=8, n_layers=1, n_heads=2, d_head=4).d_mlp
@@ -107,7 +121,11 @@ class TinyBlock(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    """Token + learned position embeddings, ``n_layers`` blocks, final norm, unembedding."""
+    """Token + learned position embeddings, ``n_layers`` blocks, final norm, unembedding.
+
+    Args:
+        cfg: Its sizes and options.
+    """
 
     def __init__(self, cfg: TinyTransformerConfig) -> None:
         super().__init__()

@@ -56,6 +56,15 @@ def tiny_from_tracr(
     ``params``: the assembled model's ``params`` (haiku module name -> ``{"w", "b"}``);
     ``unembed``: ``[n_out, d_model]``, the projection of the residual onto the output space.
     The output is that projection (argmax it for categorical programs).
+
+    Args:
+        params: The assembled model's ``params``.
+        num_heads: Attention heads per layer.
+        unembed: ``[n_out, d_model]`` output projection.
+        causal: Causal attention.
+
+    Returns:
+        The TinyTransformer.
     """
     tok = _t(params["token_embed"]["embeddings"])
     pos = _t(params["pos_embed"]["embeddings"])
@@ -106,6 +115,12 @@ def compiled_edges(edges: EdgeMaskedModel) -> list[tuple[str, str]]:
     ``(w, r)`` is an edge when the dimensions ``w`` writes (nonzero output weights or
     bias) meet the dimensions ``r`` reads (nonzero input weights). Heads and MLPs that
     write nothing are not in the graph, nor are the edges into them.
+
+    Args:
+        edges: An edge-masked norm-free TinyTransformer.
+
+    Returns:
+        The ``(writer, reader)`` edges.
     """
     net = edges.wrapped_model
     if not isinstance(net, TinyTransformer) or net.config.norm:
@@ -156,7 +171,14 @@ class TracrFixture:
 
 
 def load_tracr_fixture(path: str) -> TracrFixture:
-    """Read a ``tracr_<name>.npz`` fixture into a [`TracrFixture`][modeopt_masks.circuits.tracr.TracrFixture]."""
+    """Read a ``tracr_<name>.npz`` fixture into a [`TracrFixture`][modeopt_masks.circuits.tracr.TracrFixture].
+
+    Args:
+        path: The ``.npz`` file.
+
+    Returns:
+        The fixture's parameters, unembedding and true edges.
+    """
     data = np.load(path)
     meta = json.loads(str(data["meta"]))
     params: dict[str, dict[str, np.ndarray]] = {}

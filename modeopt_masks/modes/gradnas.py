@@ -102,6 +102,15 @@ SCORES: dict[str, tuple[str, ...]] = {"hf.hidden": ("gradient", "activation"),
 class GradNASRule(Rule):
     """Choices of one searchable dimension: ``ratios`` x ``divisor``.
 
+    Attributes:
+        ratios: Allowed fractions of the units, in ``(0, 1]`` (``None``: every multiple of
+            ``divisor``).
+        divisor: Unit counts are multiples of this.
+        gqa: Grouped-query attention: prune whole KV ``"groups"`` or query heads ``"even"``ly.
+        min_ratio: Keep at least this fraction of the units.
+        score: ``"gradient"``, ``"activation"`` (``hf.hidden`` only) or ``"influence"``
+            (``hf.depth`` only).
+
     Examples:
         >>> from modeopt_masks.modes.gradnas import GradNASRule
         >>> GradNASRule(ratios=[0.5, 1.0], divisor=4).choices(12)
@@ -150,6 +159,14 @@ class GradNASRule(Rule):
 
 class GradNASConfig(ModeConfig):
     """Which heads / channels ``gradnas`` searches; output heads are off by default.
+
+    Attributes:
+        rules: ``{type key: {glob: GradNASRule fields or None}}``; ``None`` switches a match off.
+        user_keys: The type keys the user gave (set by validation; not passed by hand).
+        uniform: Keep the same number of units in every layer of a kind, so the exported
+            model has one shape per kind.
+        axes: The axes searched: any of ``"heads"``, ``"mlp"``, ``"hidden"``, ``"depth"``,
+            ``"channels"`` (``None``: heads, MLP and plain channels as the rules give).
 
     Examples:
         >>> import modeopt_masks as mm

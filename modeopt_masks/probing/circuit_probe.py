@@ -44,6 +44,22 @@ class CircuitProbeConfig(MaskedProbeConfig):
     ``"linear"`` (a linear probe with ``n_classes`` outputs). ``target_layers``
     must name at least one module: circuit probing trains masks.
 
+    Attributes:
+        mask_method: The mask mode of the masked layers.
+        mask_hparams: Rule fields, mode options and ``ablation``.
+        target_layers: Module names or globs to mask.
+        freeze_base: Train only masks and probe; the base stays in eval.
+        probe_vector: The cached vector probed, e.g. ``"mlp_update_3"``.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        labeling: ``"sequence"`` (one label per input) or ``"token"`` (per position).
+        model_type: The family or HF ``model_type`` (``None``: read from the model).
+        hidden_size: Size of the probed vector (``None``: from the model's config).
+        use_cache: Not a setting (the HF ``Trainer`` writes it).
+        objective: ``"snn"`` (soft nearest neighbours) or ``"linear"`` (a linear probe).
+        snn_temperature: Temperature of the SNN loss.
+        n_classes: Outputs of the linear probe (``objective="linear"``).
+
     Examples:
         >>> from modeopt_masks.probing import CircuitProbeConfig
         >>> CircuitProbeConfig(probe_vector="mlp_update_0", target_layers=["*"]).objective
@@ -69,6 +85,11 @@ class CircuitProbe(MaskedProbe):
     ``forward`` returns [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput]: ``loss`` (with ``l0_lambda * L0``
     in training), ``hidden_states`` (the selected vectors ``[n, hidden]``),
     ``labels`` and, for the linear objective, ``logits``.
+
+    Args:
+        config: A [`CircuitProbeConfig`][modeopt_masks.probing.circuit_probe.CircuitProbeConfig]
+            or its fields as a dict.
+        model: The base model (masked in place).
 
     Examples:
         >>> import transformers

@@ -35,6 +35,16 @@ def mask_mode_spec(
 
     A pattern that matches no maskable module raises, naming the closest maskable ones
     (see [`modeopt_masks.targets.resolve_targets`][modeopt_masks.targets.resolve_targets]).
+
+    Args:
+        model: The model to mask.
+        method: The mask mode.
+        target_layers: Module names or globs.
+        hparams: Rule fields and mode options.
+        freeze_base: Whether only masks train.
+
+    Returns:
+        ``(method, config)`` for [`convert`][modeopt_masks.conversion.convert].
     """
     targets = MaskTargets(mask_method=method, mask_hparams=hparams, target_layers=target_layers,
                           freeze_base=freeze_base)

@@ -53,6 +53,19 @@ class MaskedProbeConfig(MaskTargets):
     training. ``hidden_size``: the probed vector's size, read from the model's
     config when ``None``.
 
+    Attributes:
+        mask_method: The mask mode of the masked layers.
+        mask_hparams: Rule fields, mode options and ``ablation``.
+        target_layers: Module names or globs to mask.
+        freeze_base: Train only masks and probe; the base stays in eval.
+        probe_vector: The cached vector probed, e.g. ``"mlp_update_3"``.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        labeling: ``"sequence"`` (one label per input) or ``"token"`` (per position).
+        model_type: The family or HF ``model_type`` (``None``: read from the model).
+        hidden_size: Size of the probed vector (``None``: from the model's config).
+        use_cache: Not a setting (the HF ``Trainer`` writes it).
+
     Examples:
         >>> from modeopt_masks.probing import SubnetworkProbeConfig
         >>> cfg = SubnetworkProbeConfig(probe_vectors="mlp_update_0", n_classes=2,
@@ -134,6 +147,10 @@ class MaskedProbe(nn.Module):
     build the probe with the same config on a fresh base model and ``load_state_dict``.
     ``mm.save(probe.model, dir)`` / ``mm.restore(fresh_base, dir)`` keeps the masked model
     alone (no probe head). Copies (``copy.deepcopy``, ``pickle``) cache and train on their own.
+
+    Args:
+        config: The probe's config.
+        model: The base model (masked in place).
     """
 
     #: the class of ``wrapped_model`` (a subclass may use its own ``ResidualUpdateModel``)

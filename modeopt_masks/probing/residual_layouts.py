@@ -74,6 +74,15 @@ MODEL_TYPE_TO_FAMILY: dict[str, str] = {
 def layout_for(model_type: str) -> ResidualLayout:
     """The layout of a family or HF ``model_type``; an error naming the supported ones.
 
+    Args:
+        model_type: A family or HF ``model_type``.
+
+    Returns:
+        Its [`ResidualLayout`][modeopt_masks.structured.families.ResidualLayout].
+
+    Raises:
+        ValueError: For an unsupported model type.
+
     Examples:
         >>> from modeopt_masks.probing.residual_layouts import layout_for
         >>> layout_for("mistral").family
@@ -95,6 +104,12 @@ def layout_for(model_type: str) -> ResidualLayout:
 
 def layout_candidates(model_type: str) -> list[ResidualLayout]:
     """The transformers 5 layout of ``model_type``, then its older-version alternatives.
+
+    Args:
+        model_type: A family or HF ``model_type``.
+
+    Returns:
+        The candidate layouts, newest first.
 
     Examples:
         >>> from modeopt_masks.probing.residual_layouts import layout_candidates

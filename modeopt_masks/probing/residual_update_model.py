@@ -43,6 +43,14 @@ class ResidualUpdateModelConfig(StrictModel):
     ``attn`` / ``mlp``: which sub-blocks; ``updates`` / ``stream``: cache the
     updates and/or the residual stream after each sub-block.
 
+    Attributes:
+        model_type: A family or HF ``config.model_type`` (``None``: read from the model).
+        target_layers: Layer indices whose vectors are cached.
+        mlp: Cache the MLP sub-block's vectors.
+        attn: Cache the attention sub-block's vectors.
+        updates: Cache the updates the sub-blocks add.
+        stream: Cache the residual stream after each sub-block.
+
     Examples:
         >>> from modeopt_masks.probing import ResidualUpdateModelConfig
         >>> ResidualUpdateModelConfig(target_layers=[0, 2], attn=False).vector_names()
@@ -116,6 +124,13 @@ def select_layout(model: nn.Module, model_type: str) -> ResidualLayout:
 
     When none fits, the transformers 5 layout is returned (the errors then name what is missing).
 
+    Args:
+        model: The model.
+        model_type: A family or HF ``model_type``.
+
+    Returns:
+        The fitting [`ResidualLayout`][modeopt_masks.structured.families.ResidualLayout].
+
     Examples:
         >>> import transformers
         >>> from modeopt_masks.probing import select_layout
@@ -171,6 +186,11 @@ class ResidualUpdateModel(nn.Module):
     wrapped model; the hooks also fire when the model is called directly.
     ``remove_hooks()`` removes them (nothing is cached afterwards),
     ``add_hooks()`` puts them back, ``with rum.disabled():`` pauses them.
+
+    Args:
+        config: A [`ResidualUpdateModelConfig`][modeopt_masks.probing.residual_update_model.ResidualUpdateModelConfig]
+            or its fields as a dict.
+        model: The model to hook (not modified otherwise).
 
     Examples:
         >>> import torch, transformers

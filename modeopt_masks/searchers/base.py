@@ -52,6 +52,19 @@ class SearchResult(Summarised):
     ``history``: one entry per search step (threshold and costs); ``seconds``: how long
     the search took. ``print(result)`` / ``result.summary()`` give a short summary.
 
+    Args:
+        selection: Kept units per hparam name.
+        kept: Indices of the kept units per hparam.
+        choices: Allowed unit counts per hparam.
+        scores: Importance per unit, in original order.
+        sensitivities: Per-hparam sensitivity values (binary searcher).
+        constraints: Per kind, ``{"target", "achieved", "original", "ratio"}``.
+        threshold: The importance threshold the search settled on.
+        history: One entry per search step (threshold and costs).
+        searcher: Name of the searcher that produced the result.
+        candidates: The candidate subnetworks tried (joint search).
+        seconds: How long the search took.
+
     Examples:
         >>> from modeopt_masks.searchers import SearchResult
         >>> r = SearchResult(selection={"a": 2}, kept={"a": [0, 3]})
@@ -120,7 +133,14 @@ def parse_constraints(
 
 
 def count_params(model: nn.Module) -> int:
-    """Parameters of ``model`` (shared tensors once)."""
+    """Parameters of ``model`` (shared tensors once).
+
+    Args:
+        model: Any module.
+
+    Returns:
+        The number of parameter entries, counting shared tensors once.
+    """
     return sum(p.numel() for p in model.parameters())
 
 
@@ -246,7 +266,15 @@ def _parent_in(name: str, names: Mapping[str, Any]) -> str | None:
 
 
 def measure_flops(model: nn.Module, dummy_input: Any) -> tuple[int, dict[str, int]]:
-    """Total FLOPs of one forward on ``dummy_input`` and FLOPs per module name."""
+    """Total FLOPs of one forward on ``dummy_input`` and FLOPs per module name.
+
+    Args:
+        model: The model to run.
+        dummy_input: Its input (a tensor, a tuple of positional args or a dict of kwargs).
+
+    Returns:
+        ``(total, per_module)``: FLOPs of the forward and FLOPs per module name.
+    """
     param = next(model.parameters(), None)
     inputs = to_device(dummy_input, param.device) if param is not None else dummy_input
     was_training = model.training

@@ -92,7 +92,12 @@ class MLPLayout:
 
 @dataclass(frozen=True)
 class HookPoint:
-    """The output of submodule ``path`` (``""`` = the layer) on its ``call``-th call per layer."""
+    """The output of submodule ``path`` (``""`` = the layer) on its ``call``-th call per layer.
+
+    Args:
+        path: The submodule, relative to the layer (``""``: the layer).
+        call: Which call per layer (0: the first).
+    """
 
     path: str
     call: int = 0
@@ -106,6 +111,16 @@ class ResidualLayout:
     ``attn_stream``: a hook point for post-LN families, ``None`` for pre-LN ones
     (where it is computed as layer input + ``attn_update``). ``scale``: a layer attribute
     the updates are multiplied by before they are added (Granite's ``residual_multiplier``).
+
+    Args:
+        family: The family name.
+        layers: Candidate dotted-name suffixes of the layer list.
+        attn_update: Where the attention update is read.
+        mlp_update: Where the MLP update is read.
+        attn_stream: The stream after attention (post-LN families; ``None`` for pre-LN).
+        mlp_stream: The stream after the MLP.
+        post_ln: Whether the family normalises after the residual addition.
+        scale: A layer attribute the updates are multiplied by.
     """
 
     family: str

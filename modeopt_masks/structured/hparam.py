@@ -94,6 +94,9 @@ class UnitMasked:
 class StructuredHParam:
     """One searchable dimension of a converted model (a view on its masked consumer module).
 
+    Args:
+        module: The masked consumer module whose input units this hparam selects.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.structured import gradnas_hparams
@@ -212,7 +215,14 @@ def is_mask_holder(module: nn.Module) -> bool:
 
 
 def gradnas_hparams(model: nn.Module) -> dict[str, StructuredHParam]:
-    """``{name: StructuredHParam}`` of a gradnas-converted model, in module order."""
+    """``{name: StructuredHParam}`` of a gradnas-converted model, in module order.
+
+    Args:
+        model: A gradnas-converted model.
+
+    Returns:
+        ``{name: StructuredHParam}`` in module order (empty for an unconverted model).
+    """
     out: dict[str, StructuredHParam] = {}
     for m in model.modules():
         if is_mask_holder(m):

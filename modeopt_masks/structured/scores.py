@@ -118,6 +118,23 @@ def collect_scores(
     A loss whose mask gradients are all zero raises a ``ValueError`` (nothing to rank).
     A loss that is ~0 on every batch (the full model at its minimum, as with a
     self-distillation loss) has no gradient signal: a warning says so.
+
+    Args:
+        model: A gradnas-converted model.
+        data_loader: Batches to score on.
+        loss_func: ``loss_func(output, batch)``; default ``output.loss``.
+        collect_func: ``collect_func(batch)`` gives the model input; default the batch.
+        max_iter_data_loader: Stop after this many batches (``None``: all).
+        score_type: ``"gradnas"`` (squared mask gradients) or ``"michel"`` (absolute ones).
+        progress: Show a progress bar.
+        all_reduce: Sum the scores over the ranks of ``group`` when distributed.
+        group: The process group (default: the world).
+
+    Returns:
+        ``{hparam name: importance per unit}``.
+
+    Raises:
+        ValueError: For an unknown ``score_type``, non-finite scores or all-zero gradients.
     """
     if score_type not in ("gradnas", "michel"):
         raise ValueError(f"score_type must be 'gradnas' or 'michel', got {score_type!r}")
