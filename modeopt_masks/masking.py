@@ -16,7 +16,7 @@ Ablation modes (evaluation only, on the hard circuit ``c``):
 * ``complement_sampled``: ``|c|`` entries drawn from outside the circuit removed.
 
 Eval path (every mode): nothing is cached. With hard masks each forward multiplies the
-weight by :meth:`MaskTechnique.hard_mask`, the circuit as 0/1 in the weight's dtype,
+weight by [`MaskTechnique.hard_mask`][modeopt_masks.masking.MaskTechnique.hard_mask], the circuit as 0/1 in the weight's dtype,
 computed from the mask's current tensors (``continuous_sparsification`` and
 ``hard_concrete`` threshold their logits straight into that dtype; ``magnitude_pruning``
 converts its ``keep`` buffer). The only extra memory is one layer's mask and masked
@@ -27,8 +27,8 @@ bool condition is ~10x slower than a same-dtype product, the whole eval overhead
 removed entry whose weight is ``inf``/``NaN`` gives ``NaN``, as ``weight * mask`` does.)
 
 The masks' own memory stays resident (``continuous_sparsification``: a float32 logit per
-weight). :func:`modeopt_masks.compact.compact_masks` swaps every technique for a
-:class:`~modeopt_masks.compact.CompactMask`: the circuit packed 8 entries per byte,
+weight). [`modeopt_masks.compact.compact_masks`][modeopt_masks.compact.compact_masks] swaps every technique for a
+[`CompactMask`][modeopt_masks.compact.CompactMask]: the circuit packed 8 entries per byte,
 unpacked per forward (eval only; see that module for reversibility and saving).
 
 Examples:
@@ -139,7 +139,7 @@ class MaskTechnique(nn.Module):
         self.shape = tuple(shape)
         self.temperature = 1.0
         self.rule: Any = None  # the merged rule that created this mask
-        #: head units (:mod:`modeopt_masks.heads`): ``(tensor axis, entries per unit, tensor
+        #: head units (`modeopt_masks.heads`): ``(tensor axis, entries per unit, tensor
         #: dims)`` the 1-D unit mask is spread over; ``None``: the mask broadcasts as it is
         self.spread: tuple[int, int, int] | None = None
 
@@ -173,7 +173,7 @@ class MaskTechnique(nn.Module):
         """The circuit as 0/1 of ``dtype`` (what eval multiplies the tensor by), fresh per call.
 
         Subclasses whose circuit is a threshold override it to skip the bool step
-        (see :func:`positive`).
+        (see [`positive`][modeopt_masks.masking.positive]).
 
         Examples:
             >>> import torch, torch.nn as nn, modeopt_masks as mm

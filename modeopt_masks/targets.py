@@ -77,7 +77,7 @@ class MaskTargets(StrictModel):
       ablation mode). Unknown keys and bad values are errors naming the valid ones.
     * ``target_layers``: module names, exact or globs (``fnmatch``; ``*`` crosses dots);
       ``[]`` masks nothing. With ``mask_unit="head"`` / ``"kv_group"`` they name attention
-      blocks (or their output projections; see :func:`head_targets`).
+      blocks (or their output projections; see [`head_targets`][modeopt_masks.targets.head_targets]).
     * ``freeze_base``: base weights frozen and the base kept in eval mode; only masks train.
 
     Examples:

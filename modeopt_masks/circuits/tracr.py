@@ -159,7 +159,7 @@ def functional_edges(edges: EdgeMaskedModel, truth: list[tuple[str, str]],
     """The edges of ``truth`` that compute something: removing one alone (the rest of
     ``truth`` on) moves some output after BOS by more than ``tol`` on some input.
 
-    Weight overlap (:func:`compiled_edges`) also counts reads that no input can make
+    Weight overlap ([`compiled_edges`][modeopt_masks.circuits.tracr.compiled_edges]) also counts reads that no input can make
     matter (e.g. a query read of a head whose scores do not depend on it); this is the
     ground truth that an output-matching method can be asked to recover. The gates are
     left at ``truth``.

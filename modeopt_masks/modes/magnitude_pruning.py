@@ -15,7 +15,7 @@ scores, its extra memory is bounded by one chunk.
 
 Eval path: each forward multiplies the weight by ``keep`` converted to the weight's dtype
 (nothing cached); the bool ``keep`` buffer (1 byte per entry) stays resident unless
-``mm.compact_masks`` packs it into 1 bit per entry (:mod:`modeopt_masks.compact`).
+``mm.compact_masks`` packs it into 1 bit per entry ([`modeopt_masks.compact`][modeopt_masks.compact]).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm

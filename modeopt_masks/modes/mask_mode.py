@@ -39,7 +39,7 @@ class MaskRule(Rule):
     ``mask_unit="neuron"`` gives one mask entry per output unit (a row of a
     Linear, a column of a ``Conv1D``, an output channel of a conv);
     ``mask_unit="head"`` / ``"kv_group"`` one per attention head / KV group, on an
-    attention block's output projection (its input columns, see :mod:`modeopt_masks.heads`);
+    attention block's output projection (its input columns, see [`modeopt_masks.heads`][modeopt_masks.heads]);
     ``mask_bias`` masks the bias too (not with head units: the bias belongs to no head).
     """
 

@@ -15,7 +15,7 @@ Rule fields: ``sparsity`` (fraction of each layer's weights removed) or
 ``pattern="N:M"`` (keep N of every M consecutive input weights; the fraction is
 then ``(M - N) / M``). Weights or calibration inputs with NaN/inf raise a
 ``ValueError`` and leave the model as it was (the weights a mode rewrites are
-kept on disk meanwhile: :class:`SpilledWeights`).
+kept on disk meanwhile: [`SpilledWeights`][modeopt_masks.modes.oneshot.SpilledWeights]).
 """
 
 from __future__ import annotations

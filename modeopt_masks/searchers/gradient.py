@@ -58,7 +58,7 @@ class GradientBinarySearcher(BaseSearcher):
     ``"layer"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
     ``progress``, ``all_reduce`` (under ``torch.distributed``, sum the scores over all
     ranks so that every rank chooses the same subnetwork; default on). With the hidden-size
-    or depth axis next to other axes the search is joint ([`.joint`][modeopt_masks.searchers.joint]): ``axis_ratios``
+    or depth axis next to other axes the search is joint ([`modeopt_masks.searchers.joint`][modeopt_masks.searchers.joint]): ``axis_ratios``
     (``{"hidden": [...], "depth": [...]}``, candidate ratios) and ``eval_loader`` (held-out
     calibration batches that rank the candidates; default: the last quarter of
     ``data_loader``).

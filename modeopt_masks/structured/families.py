@@ -105,7 +105,7 @@ class HookPoint:
 
 @dataclass(frozen=True)
 class ResidualLayout:
-    """Where one family's residual-stream updates live (see [`..probing.residual_layouts`][modeopt_masks.probing.residual_layouts]).
+    """Where one family's residual-stream updates live (see [`modeopt_masks.probing.residual_layouts`][modeopt_masks.probing.residual_layouts]).
 
     ``layers``: candidate dotted-name suffixes of the ``nn.ModuleList`` of layers.
     ``attn_stream``: a hook point for post-LN families, ``None`` for pre-LN ones

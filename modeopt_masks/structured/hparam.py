@@ -209,7 +209,7 @@ class StructuredHParam:
 
 def is_mask_holder(module: nn.Module) -> bool:
     """Whether ``module`` holds the unit mask of a gradnas hparam (a [`UnitMasked`][modeopt_masks.structured.hparam.UnitMasked]
-    consumer, or the holder of a stream axis' shared mask, see [`.stream`][modeopt_masks.structured.stream])."""
+    consumer, or the holder of a stream axis' shared mask, see [`modeopt_masks.structured.stream`][modeopt_masks.structured.stream])."""
     return is_dynamic(module) and issubclass(type(module).__dict__["_mm_mixin"], UnitMasked) and (
         "_mm_struct" in module.__dict__)
 

@@ -12,7 +12,7 @@ touched and no weight gradients are computed. Scores (original unit order):
 
 A hidden-size or depth hparam whose rule sets ``score="activation"`` /
 ``"influence"`` gets that statistic instead, collected in the same pass (see
-[`.stream`][modeopt_masks.structured.stream]).
+[`modeopt_masks.structured.stream`][modeopt_masks.structured.stream]).
 
 Under ``torch.distributed`` (an initialised process group of more than one
 rank) the per-rank sums and batch counts are all-reduced, so every rank gets

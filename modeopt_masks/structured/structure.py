@@ -3,8 +3,8 @@
 A [`Structure`][modeopt_masks.structured.structure.Structure] describes one prunable dimension of a model (an attention
 block's heads, an MLP block's hidden channels, a plain layer's output channels)
 in names and integers only, so it survives ``deepcopy``/pickle and can be
-re-derived on a fresh model. Family plugins ([`.families`][modeopt_masks.structured.families]) and the plain
-structure finder ([`.plain`][modeopt_masks.structured.plain]) build them; [`slice_structure`][modeopt_masks.structured.structure.slice_structure] applies an
+re-derived on a fresh model. Family plugins ([`modeopt_masks.structured.families`][modeopt_masks.structured.families]) and the plain
+structure finder ([`modeopt_masks.structured.plain`][modeopt_masks.structured.plain]) build them; [`slice_structure`][modeopt_masks.structured.structure.slice_structure] applies an
 export.
 
 Examples:
