@@ -75,10 +75,8 @@ def prune(
 ) -> tuple[nn.Module, SearchResult]:
     """Search a subnetwork of ``model`` that meets ``constraints``; return ``(model, result)``.
 
-    ``constraints``: ``{"params": "70%" | number, "flops": ...}`` (FLOPs need
-    ``dummy_input``). ``searcher``: ``"gradient_binary"`` (default for gradnas,
-    needs ``data_loader``) or ``"binary"`` (needs ``score_func``). On error the
-    model is left as it was.
+    The ``"gradient_binary"`` searcher (default for gradnas) needs ``config["data_loader"]``,
+    ``"binary"`` needs ``config["score_func"]``. On error the model is left as it was.
 
     Args:
         model: The model to prune (converted in place).

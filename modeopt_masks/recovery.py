@@ -305,12 +305,8 @@ def _device(model: nn.Module) -> torch.device:
 class Distiller:
     """Distil ``student`` from ``teacher`` step by step: ``step(batch)`` trains on one batch.
 
-    ``optimizer``: a ``torch.optim.Optimizer`` class or factory ``f(params)`` (default
-    ``AdamW`` with ``lr`` and no weight decay, as ``transformers.Trainer``); ``max_grad_norm``
-    clips the gradient norm (``None``: no clipping; 1.0 as the Trainer's default);
-    ``collect_func(batch)`` gives the model input (default: the batch, dicts as keyword
-    arguments, ``labels`` dropped unless ``lm_weight`` > 0). Other options: see
-    [`DistillationLoss`][modeopt_masks.recovery.DistillationLoss] and the module docstring.
+    The loss options are those of [`DistillationLoss`][modeopt_masks.recovery.DistillationLoss];
+    see also the module docstring.
 
     Args:
         student: The pruned model that trains.
@@ -323,10 +319,13 @@ class Distiller:
         lm_weight: Weight of the student's own language-model loss (needs ``labels``).
         projection: Maps student hidden states to the teacher's width (``None``: made when
             the widths differ).
-        optimizer: An optimiser class or factory ``f(params)`` (``None``: ``AdamW``).
-        max_grad_norm: Clip the gradient norm to this (``None``: no clipping).
+        optimizer: A ``torch.optim.Optimizer`` class or factory ``f(params)`` (``None``:
+            ``AdamW`` with ``lr`` and no weight decay, as ``transformers.Trainer``).
+        max_grad_norm: Clip the gradient norm to this (``None``: no clipping; 1.0 as the
+            Trainer's default).
         train_masks: Train the student's masks too (default: frozen).
-        collect_func: ``collect_func(batch)`` gives the model input.
+        collect_func: ``collect_func(batch)`` gives the model input (default: the batch,
+            dicts as keyword arguments, ``labels`` dropped unless ``lm_weight`` > 0).
 
     Raises:
         ValueError: When the student is the teacher, the vocabularies differ, or an option

@@ -37,14 +37,10 @@ from .residual_layouts import HookPoint, ResidualLayout, layout_candidates, stru
 class ResidualUpdateModelConfig(StrictModel):
     """Which vectors [`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel] caches.
 
-    ``model_type``: a family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``,
-    ``llama``, ``vit``) or an HF ``config.model_type`` such as ``roberta``;
-    ``None`` reads it from the model. ``target_layers``: layer indices.
-    ``attn`` / ``mlp``: which sub-blocks; ``updates`` / ``stream``: cache the
-    updates and/or the residual stream after each sub-block.
-
     Attributes:
-        model_type: A family or HF ``config.model_type`` (``None``: read from the model).
+        model_type: A family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``, ``llama``,
+            ``vit``) or an HF ``config.model_type`` such as ``roberta`` (``None``: read
+            from the model).
         target_layers: Layer indices whose vectors are cached.
         mlp: Cache the MLP sub-block's vectors.
         attn: Cache the attention sub-block's vectors.

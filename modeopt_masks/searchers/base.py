@@ -46,11 +46,7 @@ Factor = str | tuple[str, int]
 class SearchResult(Summarised):
     """What a search chose and why.
 
-    ``selection``: kept units per hparam; ``kept``: their indices; ``choices``:
-    allowed counts; ``scores``: importance per unit in original order;
-    ``constraints``: per kind ``{"target", "achieved", "original", "ratio"}``;
-    ``history``: one entry per search step (threshold and costs); ``seconds``: how long
-    the search took. ``print(result)`` / ``result.summary()`` give a short summary.
+    ``print(result)`` / ``result.summary()`` give a short summary.
 
     Args:
         selection: Kept units per hparam name.
