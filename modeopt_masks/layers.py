@@ -15,6 +15,18 @@ Besides the mode's rule fields (``mask_unit``, ``mask_bias``, ``mask_init_value`
 the initial ablation mode; NeuroSurgeon's positional order of ``from_layer``
 (``ablation, mask_unit, mask_bias, mask_init_value`` and so on) is accepted.
 
+The names (built at import, one class per technique and layer type):
+
+| technique | any layer | ``nn.Linear`` | ``nn.Conv1d`` | ``nn.Conv2d`` | HF ``Conv1D`` |
+|---|---|---|---|---|---|
+| ``continuous_sparsification`` | ``ContSparseLayer`` | ``ContSparseLinear`` | ``ContSparseConv1d`` | ``ContSparseConv2d`` | ``ContSparseGPTConv1D`` |
+| ``hard_concrete`` | ``HardConcreteLayer`` | ``HardConcreteLinear`` | ``HardConcreteConv1d`` | ``HardConcreteConv2d`` | ``HardConcreteGPTConv1D`` |
+| ``magnitude_pruning`` | ``MagPruneLayer`` | ``MagPruneLinear`` | ``MagPruneConv1d`` | ``MagPruneConv2d`` | ``MagPruneGPTConv1D`` |
+
+Calling a name takes the layer's constructor arguments (``*args``, ``**kwargs``) plus the
+rule fields; the "any layer" names are for ``isinstance`` only (calling one raises
+``TypeError``).
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> from modeopt_masks.layers import ContSparseLinear

@@ -73,6 +73,12 @@ def defining_path(package: str, name: str) -> tuple[str, bool]:
     raise AssertionError(f"cannot find where {package}.{name} is assigned")
 
 
+def public_paths() -> dict[str, str]:
+    """``{public name: the dotted path mkdocstrings gives its entry}``."""
+    return {f"{package}.{name}": defining_path(package, name)[0]
+            for package in PUBLIC_PACKAGES for name in importlib.import_module(package).__all__}
+
+
 def missing_entries(api_text: str) -> list[str]:
     """Public names that the api text does not render, with the reason."""
     every, with_members = api_entries(api_text)
