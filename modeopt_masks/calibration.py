@@ -5,10 +5,10 @@ a Linear as it is, a ``Conv1D`` transposed, a convolution flattened over
 ``(in_channels / groups, *kernel)`` with one matrix block per group; its inputs
 become rows of input features (``input_features``: tokens, or ``unfold``-ed
 patches for convolutions). Statistics accumulate over those rows:
-:class:`SquaredNorms` (Wanda's ``||X_j||_2^2``) and :class:`Hessian`
+[`SquaredNorms`][modeopt_masks.calibration.SquaredNorms] (Wanda's ``||X_j||_2^2``) and [`Hessian`][modeopt_masks.calibration.Hessian]
 (SparseGPT's ``X^T X``).
 
-:func:`calibrate` runs the calibration data through the model and hands each
+[`calibrate`][modeopt_masks.calibration.calibrate] runs the calibration data through the model and hands each
 group of layers' statistics to a callback that prunes them. With
 ``sequential=True`` it works as the reference implementations do: the inputs of
 the first repeated block (a decoder layer) are captured once, then each block
@@ -76,7 +76,7 @@ def weight_matrix(layer: Any, tensor: torch.Tensor | None = None) -> torch.Tenso
 
 
 def from_matrix(layer: Any, matrix: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`weight_matrix`: ``matrix`` in the weight layout ``shape``."""
+    """Inverse of [`weight_matrix`][modeopt_masks.calibration.weight_matrix]: ``matrix`` in the weight layout ``shape``."""
     if _transposed(layer):
         return matrix.t().contiguous()
     return matrix.reshape(shape)

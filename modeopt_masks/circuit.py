@@ -1,11 +1,11 @@
 """``CircuitModel`` / ``CircuitConfig``: the NeuroSurgeon circuit-discovery interface on our modes.
 
 ``CircuitModel(config, model)`` converts the layers named by ``config.target_layers``
-(exact module names or globs) with one of the mask modes through :func:`mm.convert`,
+(exact module names or globs) with one of the mask modes through [`mm.convert`][modeopt_masks.conversion.convert],
 so everything else (save/restore, export, ablations, ``mm.l0_loss``) works on
 ``circuit.wrapped_model`` as on any converted model. In training with ``add_l0``
 its forward adds ``l0_lambda * mm.l0_loss(model)`` (or, with a
-:class:`~modeopt_masks.training.DensityController`, the controller's penalty) to
+[`DensityController`][modeopt_masks.training.DensityController], the controller's penalty) to
 the loss of a Hugging Face output.
 
 Examples:
@@ -59,15 +59,24 @@ _WRAPPED = "wrapped_model"
 
 
 class CircuitConfig(MaskTargets):
-    """How :class:`CircuitModel` masks a model (NeuroSurgeon's ``CircuitConfig``).
+    """How [`CircuitModel`][modeopt_masks.circuit.CircuitModel] masks a model (NeuroSurgeon's ``CircuitConfig``).
 
     ``mask_method``, ``mask_hparams``, ``target_layers``, ``freeze_base``: see
-    :class:`~modeopt_masks.targets.MaskTargets` (shared with the probes; validated
+    [`MaskTargets`][modeopt_masks.targets.MaskTargets] (shared with the probes; validated
     when the config is built). ``target_layers=[]`` (the default) masks nothing.
     Globs mean exactly what they match: output heads are included when a glob
     covers them. ``add_l0`` / ``l0_lambda``: add ``l0_lambda * L0`` to the output's
-    loss in training (L0 as :func:`modeopt_masks.l0_loss` counts it: one per mask
+    loss in training (L0 as [`modeopt_masks.l0_loss`][modeopt_masks.mask_controls.l0_loss] counts it: one per mask
     entry, so a neuron mask counts units).
+
+    Attributes:
+        mask_method: The mask mode (e.g. ``"continuous_sparsification"``, ``"hard_concrete"``).
+        mask_hparams: Rule fields and mode options for that mode.
+        target_layers: Module names or globs to mask (``[]``: none).
+        freeze_base: Train only the masks.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        use_cache: Not a setting (the HF ``Trainer`` writes it); excluded from dumps.
 
     Examples:
         >>> from modeopt_masks.circuit import CircuitConfig
@@ -118,7 +127,7 @@ class CircuitConfig(MaskTargets):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> CircuitConfig:
-        """Read what :meth:`save_pretrained` wrote."""
+        """Read what `save_pretrained` wrote."""
         with open(os.path.join(directory, _CONFIG_FILE)) as f:
             return cls.model_validate(json.load(f))
 
@@ -129,12 +138,21 @@ _CONFIG_FILE = "circuit_config.json"
 class CircuitModel(nn.Module):
     """Wrap ``model``, converting ``config.target_layers`` with ``config.mask_method``.
 
-    The conversion is :func:`modeopt_masks.convert` (atomic: on any error the model
+    The conversion is [`modeopt_masks.convert`][modeopt_masks.conversion.convert] (atomic: on any error the model
     is left as it was). ``forward`` passes everything through; in training with
     ``add_l0`` it adds ``l0_lambda * mm.l0_loss(model)`` to the output's ``loss``
     (a ``ModelOutput``/dict ``"loss"``, or the first element of a tuple when that
     is a scalar tensor). With ``density_controller`` the controller's penalty is
     added instead of ``l0_lambda * L0`` (ask for a density, don't tune a lambda).
+
+    Args:
+        config: A [`CircuitConfig`][modeopt_masks.circuit.CircuitConfig] or its fields as a dict.
+        model: The model to mask (converted in place).
+        density_controller: A [`DensityController`][modeopt_masks.training.DensityController]
+            whose penalty replaces ``l0_lambda * L0``.
+
+    Raises:
+        ValueError: When a target matches no maskable module (the model is unchanged).
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -187,7 +205,7 @@ class CircuitModel(nn.Module):
     def resolve_targets(targets: Iterable[str], model: nn.Module) -> dict[str, list[str]]:
         """Group target names/globs by the type key of the supported modules they match.
 
-        :func:`modeopt_masks.targets.resolve_targets` (the probes use it too): a
+        [`modeopt_masks.targets.resolve_targets`][modeopt_masks.targets.resolve_targets] (the probes use it too): a
         target that matches no module, or only unsupported ones, raises a
         ``ValueError`` naming it and what is there.
 

@@ -1,10 +1,10 @@
 """The ``inspect`` command: what a checkpoint or an exported folder holds, read from its files.
 
-:func:`describe` reads an ``mm.save`` checkpoint (``modeopt_state.json``: the model
+[`describe`][modeopt_masks.cli_inspect.describe] reads an ``mm.save`` checkpoint (``modeopt_state.json``: the model
 class and the modes with their configs) or a ``save_pretrained`` folder
 (``config.json``, the modes in ``modeopt_masks_state.json`` if any, the ``report.json``
 a ``prune`` run wrote), and the tensor shapes and parameter count from the safetensors
-headers (no tensor is loaded). :func:`render` prints it compactly: tensors whose names
+headers (no tensor is loaded). [`render`][modeopt_masks.cli_inspect.render] prints it compactly: tensors whose names
 differ only by a layer index share a line.
 
 Examples:

@@ -1,15 +1,15 @@
 """The ``prune`` and ``export`` commands: load, tokenise, score, search, export, write a folder.
 
-:func:`prune_command` loads a Hugging Face causal LM (a model directory, or a ``.gguf``
+[`prune_command`][modeopt_masks.cli_prune.prune_command] loads a Hugging Face causal LM (a model directory, or a ``.gguf``
 file dequantised to float32) and its tokenizer, tokenises the ``--data`` text into
 ``--seq-len`` sequences (the last ``--eval-fraction`` held out), measures the held-out
-perplexity, runs :func:`~modeopt_masks.prune` (gradnas, the LM loss on the scoring
-sequences), exports, measures again and :func:`write_folder` writes the
+perplexity, runs [`prune`][modeopt_masks.pruning.prune] (gradnas, the LM loss on the scoring
+sequences), exports, measures again and [`write_folder`][modeopt_masks.cli_prune.write_folder] writes the
 ``save_pretrained`` folder, the tokenizer, the model card and ``report.json``. The
 report holds the params before and after, the target and what was reached, the units
 every layer kept, both perplexities and a fixed probe: the first held-out tokens, the
 shape and SHA-256 of the exported model's float32 logits on them, so a reload can be
-checked bit for bit. Every bad input raises :class:`~modeopt_masks.cli.CLIError`.
+checked bit for bit. Every bad input raises [`CLIError`][modeopt_masks.cli.CLIError].
 
 Examples:
     >>> from modeopt_masks.cli_prune import parse_target, read_texts

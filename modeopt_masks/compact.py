@@ -3,7 +3,7 @@
 A converted model keeps its masks' tensors resident: ``continuous_sparsification`` and
 ``hard_concrete`` one float32 logit per masked entry (as much memory again as float32
 weights), ``magnitude_pruning`` a bool per entry. For evaluation only the hard circuit is
-needed. :func:`compact_masks` replaces each layer's technique by a :class:`CompactMask`
+needed. [`compact_masks`][modeopt_masks.compact.compact_masks] replaces each layer's technique by a [`CompactMask`][modeopt_masks.compact.CompactMask]
 holding that circuit as a ``uint8`` bit field (1/32 of a float32 weight); each eval
 forward unpacks one layer's circuit straight into the weight's dtype and multiplies, so
 no second full-size weight stays alive and nothing derived from the weight is cached.
@@ -12,7 +12,7 @@ One-way unless asked otherwise: by default the replaced techniques (the logits) 
 dropped, the model is for evaluation only (a training forward raises), and ``mm.save``
 refuses it (the checkpoint would restore learned masks that are gone). With
 ``keep_logits=True`` the replaced techniques are kept in CPU memory, off any accelerator
-and outside ``state_dict``; :func:`expand_masks` puts them back, exactly as they were.
+and outside ``state_dict``; [`expand_masks`][modeopt_masks.compact.expand_masks] puts them back, exactly as they were.
 Compaction changes no output: the compact model computes what the eval model did.
 
 Examples:
@@ -75,7 +75,7 @@ def _byte_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def unpack_bits(bits: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """The inverse of :func:`pack_bits`: a tensor of ``shape`` with 0/1 (``True``/``False``)
+    """The inverse of [`pack_bits`][modeopt_masks.compact.pack_bits]: a tensor of ``shape`` with 0/1 (``True``/``False``)
     of ``dtype``, gathered straight into that dtype (one lookup of each byte's 8 values;
     4x faster than shifting and comparing).
 
@@ -95,6 +95,11 @@ class CompactMask(MaskTechnique):
 
     ``source`` names the technique it replaced. ``mask()``/``hard_mask()`` unpack the
     circuit on every call (nothing cached); a training forward raises.
+
+    Args:
+        shape: The shape of the masked tensor.
+        bits: The packed circuit, 8 entries per byte.
+        source: The name of the technique it replaced.
 
     Examples:
         >>> import torch
@@ -146,7 +151,7 @@ def _layers(model: nn.Module) -> dict[str, MaskedLayer]:
 
 
 def is_compacted(model: nn.Module) -> bool:
-    """Whether any masked layer of ``model`` holds a :class:`CompactMask`.
+    """Whether any masked layer of ``model`` holds a [`CompactMask`][modeopt_masks.compact.CompactMask].
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -164,9 +169,17 @@ def compact_masks(model: nn.Module, *, keep_logits: bool = False) -> nn.Module:
 
     The circuits are taken as they are now (the hard masks, whatever the train/eval
     state). ``keep_logits=False`` frees the replaced techniques (one-way: eval only, no
-    ``mm.save``); ``keep_logits=True`` keeps them in CPU memory for :func:`expand_masks`.
+    ``mm.save``); ``keep_logits=True`` keeps them in CPU memory for [`expand_masks`][modeopt_masks.compact.expand_masks].
     All circuits are packed before any layer changes, so a failure leaves the model as it
     was. Already compact masks are left alone. Returns ``model``, put in eval mode.
+
+    Args:
+        model: A model with masked layers.
+        keep_logits: Keep the replaced techniques (CPU) so that
+            [`expand_masks`][modeopt_masks.compact.expand_masks] can undo it.
+
+    Returns:
+        ``model``, in eval mode.
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -200,10 +213,19 @@ def compact_masks(model: nn.Module, *, keep_logits: bool = False) -> nn.Module:
 
 
 def expand_masks(model: nn.Module) -> nn.Module:
-    """Undo :func:`compact_masks` made with ``keep_logits=True``: the original techniques
+    """Undo [`compact_masks`][modeopt_masks.compact.compact_masks] made with ``keep_logits=True``: the original techniques
     are put back (on the device of the tensor they mask), exactly as they were compacted.
 
     Raises ``ValueError`` (the model unchanged) if a compact mask kept no original.
+
+    Args:
+        model: A model compacted with ``keep_logits=True``.
+
+    Returns:
+        ``model``, with its original techniques.
+
+    Raises:
+        ValueError: When a compact mask kept no original (the model unchanged).
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm

@@ -2,7 +2,7 @@
 
 The model carries its history as an ordered list of ``ModeState`` entries
 (``mode``, validated ``config``, ``metadata``) in ``model._modeopt_state``;
-:func:`mode_history` reads it.
+[`mode_history`][modeopt_masks.conversion.mode_history] reads it.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -41,6 +41,11 @@ _STATE_ATTR = "_modeopt_state"
 class ModeState:
     """One applied mode: its name, validated config and metadata.
 
+    Args:
+        mode: The mode's registered name.
+        config: Its validated config.
+        metadata: What the mode recorded when it converted the model.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "magnitude_pruning")
@@ -60,6 +65,12 @@ class ModeState:
 
 def mode_history(model: nn.Module) -> list[ModeState]:
     """The modes applied to ``model``, oldest first (empty for a plain model).
+
+    Args:
+        model: Any model.
+
+    Returns:
+        A list of [`ModeState`][modeopt_masks.conversion.ModeState].
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -83,9 +94,9 @@ class Journal:
     buffers, children, hooks, attributes such as ``training`` and the mode
     history) and every tensor's ``requires_grad``, ``.grad`` and storage. That
     is cheap: no tensor is copied. A step that writes tensor *values* in place
-    calls :func:`protect` first (a CPU copy of the old values); other undo
-    actions go in with :meth:`add_undo`. :meth:`rollback` undoes everything.
-    Use it through :func:`transaction`.
+    calls [`protect`][modeopt_masks.conversion.protect] first (a CPU copy of the old values); other undo
+    actions go in with `add_undo`. `rollback` undoes everything.
+    Use it through [`transaction`][modeopt_masks.conversion.transaction].
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -174,7 +185,7 @@ def transaction(model: nn.Module) -> Iterator[Journal]:
     """Run the block as one change of ``model``: on any exception (``KeyboardInterrupt``
     included) every recorded change is undone and the exception goes on.
 
-    Steps inside the block that write tensor values in place call :func:`protect`;
+    Steps inside the block that write tensor values in place call [`protect`][modeopt_masks.conversion.protect];
     module, class, attribute, hook and ``requires_grad`` changes need nothing.
 
     Examples:
@@ -202,7 +213,7 @@ def transaction(model: nn.Module) -> Iterator[Journal]:
 
 
 def protect(tensor: torch.Tensor) -> None:
-    """Record ``tensor``'s values in every open :func:`transaction` before writing it in place.
+    """Record ``tensor``'s values in every open [`transaction`][modeopt_masks.conversion.transaction] before writing it in place.
 
     Outside a transaction it does nothing.
 
@@ -224,7 +235,7 @@ def protect(tensor: torch.Tensor) -> None:
 
 def protect_attributes(obj: object, *names: str) -> None:
     """Record attributes of ``obj`` (a config, say: not a module, which is recorded anyway)
-    in every open :func:`transaction`, to be set back (or deleted, if absent) on rollback.
+    in every open [`transaction`][modeopt_masks.conversion.transaction], to be set back (or deleted, if absent) on rollback.
 
     Examples:
         >>> import torch.nn as nn
@@ -313,6 +324,16 @@ def convert(model: nn.Module, mode: ModeLike | list[ModeLike]) -> nn.Module:
     Configs are validated before anything changes; if any step fails, the modes
     applied by this call are undone and the model is as it was.
 
+    Args:
+        model: The model to convert.
+        mode: A mode name, ``(name, config)``, or a list of them applied in order.
+
+    Returns:
+        ``model`` itself, converted.
+
+    Raises:
+        ValueError: For an unknown mode, an invalid config, or a rule that matches nothing.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
@@ -377,6 +398,12 @@ def _undo(model: nn.Module, history: list[ModeState], keep: int) -> nn.Module:
 def unconvert(model: nn.Module) -> nn.Module:
     """Undo every mode: original module classes, masks and hooks removed, weights untouched.
 
+    Args:
+        model: A converted model.
+
+    Returns:
+        ``model`` itself, as before its first conversion.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.unconvert(mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete"))
@@ -393,6 +420,12 @@ def export(model: nn.Module) -> nn.Module:
     Mask modes multiply the (eval, hard) masks into the weights; structured
     modes slice the weights so the model is physically smaller. The exported
     model computes what the converted model computes in eval mode.
+
+    Args:
+        model: A converted model.
+
+    Returns:
+        ``model`` itself, with plain modules.
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm

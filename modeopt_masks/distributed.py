@@ -1,10 +1,10 @@
 """Helpers for masks under ``torch.distributed``: DDP, FSDP2 (``fully_shard``), checkpoints.
 
 The recipe for FSDP2 (``docs/distributed.md`` has it in full): ``mm.convert`` the
-whole model on every rank, then :func:`shard_masked_model` (``fully_shard`` per
+whole model on every rank, then [`shard_masked_model`][modeopt_masks.distributed.shard_masked_model] (``fully_shard`` per
 block and on the root, after checking the ranks hold the same masks), then build
-the optimizer. :func:`save_sharded` / :func:`load_sharded` checkpoint with
-``torch.distributed.checkpoint``; :func:`gather_to` copies the trained state onto
+the optimizer. [`save_sharded`][modeopt_masks.distributed.save_sharded] / [`load_sharded`][modeopt_masks.distributed.load_sharded] checkpoint with
+``torch.distributed.checkpoint``; [`gather_to`][modeopt_masks.distributed.gather_to] copies the trained state onto
 an unsharded model for ``mm.save`` and ``mm.export``.
 
 Mask parameters are ordinary parameters and buffers, so DDP broadcasts them
@@ -15,7 +15,7 @@ Ablation *draws* are not parameters. ``random_ablate`` (a fresh init of the
 circuit's weights), ``randomly_sampled`` and ``complement_sampled`` (which
 entries are removed) are drawn from the process's own random generator the
 first time a layer needs them, so two ranks draw different subnetworks unless
-they were seeded identically. :func:`sync_ablation_draws` makes every rank
+they were seeded identically. [`sync_ablation_draws`][modeopt_masks.distributed.sync_ablation_draws] makes every rank
 use rank ``src``'s draws (it draws where needed, then broadcasts). Call it
 after ``set_ablation`` (and again after ``force_resample=True``).
 
@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-#: the file :func:`save_sharded` writes next to the ``torch.distributed.checkpoint`` shards
+#: the file `save_sharded` writes next to the ``torch.distributed.checkpoint`` shards
 SHARDED_STATE_FILE = "modeopt_state.json"
 
 
@@ -117,6 +117,17 @@ def sync_ablation_draws(model: nn.Module, src: int = 0, group: Any = None) -> in
     differ). Layers must be in eval mode (ablations need hard masks). Without
     an initialised process group (or with one process) it only draws and
     returns ``0``.
+
+    Args:
+        model: A model with masked layers in eval mode.
+        src: The rank whose draws everyone gets.
+        group: The process group (default: the world).
+
+    Returns:
+        The number of tensors broadcast.
+
+    Raises:
+        RuntimeError: When the ranks' models or ablations differ, or a layer is in training.
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -301,7 +312,7 @@ def shard_masked_model(
     default works). Their ``mask``/``circuit``/``l0`` methods are registered as
     FSDP forward methods, so they unshard when the layer asks for the mask.
     ``mp_policy`` is the ``MixedPrecisionPolicy`` of the block and root units
-    (mask units keep their own dtype). With ``check``, :func:`check_masks_match`
+    (mask units keep their own dtype). With ``check``, [`check_masks_match`][modeopt_masks.distributed.check_masks_match]
     runs first.
 
     Examples:
@@ -434,7 +445,7 @@ def save_sharded(
     optimizer's state; rank 0 writes the mode history (configs, temperatures,
     gradnas selections) as ``modeopt_state.json``. ``extra``: more
     ``Stateful``/tensor entries to checkpoint along (e.g. a ``DensityController``'s
-    ``state_dict()``). Load with :func:`load_sharded` into a model converted and
+    ``state_dict()``). Load with [`load_sharded`][modeopt_masks.distributed.load_sharded] into a model converted and
     sharded the same way (the world size may differ).
 
     Examples:
@@ -473,7 +484,7 @@ def load_sharded(
     model: nn.Module, directory: str | os.PathLike[str], optimizer: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Load what :func:`save_sharded` wrote into ``model`` (and ``optimizer``, ``extra``).
+    """Load what [`save_sharded`][modeopt_masks.distributed.save_sharded] wrote into ``model`` (and ``optimizer``, ``extra``).
 
     ``model`` must be converted with the same modes and configs (a ``ValueError``
     says how they differ, before any tensor is read) and sharded (or not) as

@@ -6,7 +6,7 @@ key/value group of grouped-query attention: a K/V head and all its query heads) 
 columns (a group's ``heads_per_group * head_dim``) per entry. Turning an entry off is
 exactly zeroing that head's (group's) attention output before the projection, so the
 other heads and the projection's bias are untouched. The layout comes from the family
-records (:func:`modeopt_masks.structured.families.attention_structure`, the one gradnas
+records ([`modeopt_masks.structured.families.attention_structure`][modeopt_masks.structured.families.attention_structure], the one gradnas
 uses): BERT-family, GPT-2, GPT-NeoX, Llama-family (with GQA), ViT and every
 Llama-like decoder the records match structurally.
 
@@ -62,14 +62,14 @@ def head_layouts(model: nn.Module) -> dict[str, HeadLayout]:
     """Every attention block the family records know, by its output projection's name.
 
     A block whose layout the records cannot read (e.g. a refused class) is left out;
-    :func:`head_layout_of` names why when such a projection is asked for.
+    [`head_layout_of`][modeopt_masks.heads.head_layout_of] names why when such a projection is asked for.
     """
     return {k: v for k, v in scan_heads(model).items() if isinstance(v, HeadLayout)}
 
 
 def head_layout_of(model: nn.Module, name: str,
                    scanned: dict[str, HeadLayout | str] | None = None) -> HeadLayout:
-    """The :class:`HeadLayout` whose output projection is module ``name``, else a clear error.
+    """The [`HeadLayout`][modeopt_masks.heads.HeadLayout] whose output projection is module ``name``, else a clear error.
 
     Examples:
         >>> import transformers as tf
@@ -98,9 +98,9 @@ def head_layout_of(model: nn.Module, name: str,
 
 
 def scan_heads(model: nn.Module) -> dict[str, HeadLayout | str]:
-    """Output projection name -> its :class:`HeadLayout`, or why the records could not read it.
+    """Output projection name -> its [`HeadLayout`][modeopt_masks.heads.HeadLayout], or why the records could not read it.
 
-    ``scanned`` for :func:`head_layout_of` (one scan serves every layer of a conversion).
+    ``scanned`` for [`head_layout_of`][modeopt_masks.heads.head_layout_of] (one scan serves every layer of a conversion).
 
     Examples:
         >>> import transformers as tf

@@ -1,6 +1,6 @@
 """Library-aware Hugging Face checkpoints: ``save_pretrained`` / ``from_pretrained`` keep modes.
 
-After :func:`enable_huggingface_checkpointing` (like Model Optimizer's), ``save_pretrained``
+After [`enable_huggingface_checkpointing`][modeopt_masks.hf_checkpointing.enable_huggingface_checkpointing] (like Model Optimizer's), ``save_pretrained``
 of a converted, unexported model writes, beside ``config.json`` and the weights,
 ``modeopt_masks_state.json``: the mode history (names, configs, metadata such as gradnas
 selections) as checksummed JSON, never pickle. The mask tensors are in the ordinary
@@ -8,10 +8,10 @@ safetensors weight files, so a ``Trainer`` checkpoint (it calls ``save_pretraine
 ``resume_from_checkpoint`` on a model converted the same way restore them as well.
 ``from_pretrained`` of such a folder loads the base weights, replays the modes and loads
 every saved tensor, checked by name and shape: a folder whose tensors do not fit raises
-:class:`~modeopt_masks.StateError` naming the saved class and both shapes.
+[`StateError`][modeopt_masks.persistence.StateError] naming the saved class and both shapes.
 
 Without this library the folder loads as the unconverted base model, never silently:
-beside the mask tensors the weights hold :data:`MARKER_TENSOR` (the SHA-256 of the state
+beside the mask tensors the weights hold [`MARKER_TENSOR`][modeopt_masks.hf_checkpointing.MARKER_TENSOR] (the SHA-256 of the state
 file, which also ties the two together), so transformers' load report lists it and every
 mask tensor as ``UNEXPECTED``, gradnas selections included (they have no tensor of
 their own). With the library those keys are expected, and not reported.
@@ -57,10 +57,8 @@ from .registry import get_mode
 
 #: the mode-state file written beside ``config.json``
 HF_STATE_FILE = "modeopt_masks_state.json"
-#: the weight written beside the masks: stock transformers reports it as unexpected, so a
-#: load without this library says the modes were not applied (its value: the state file's
-#: SHA-256)
 MARKER_TENSOR = "modeopt_masks_modes_not_applied"
+"""The weight written beside the masks: stock transformers reports it as unexpected, so a load without this library says the modes were not applied (its value: the state file's SHA-256)."""
 
 _ORIGINAL: dict[str, Any] = {}
 
@@ -197,7 +195,7 @@ def _from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any,
 
 def restore_modes(model: nn.Module, folder: str | os.PathLike[str]) -> nn.Module:
     """Replay the modes saved in ``folder`` on ``model`` (its base weights loaded) and load
-    every tensor of the folder's safetensors files; a :class:`StateError` leaves ``model``
+    every tensor of the folder's safetensors files; a [`StateError`][modeopt_masks.persistence.StateError] leaves ``model``
     unchanged.
 
     Examples:

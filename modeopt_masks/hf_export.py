@@ -1,18 +1,18 @@
 """A truthful ``config`` for an exported Hugging Face model.
 
 ``mm.export`` of a gradnas model slices the weights layer by layer; this module
-reads the shapes the layers now have (:func:`layer_shapes`) and writes them into
+reads the shapes the layers now have ([`layer_shapes`][modeopt_masks.hf_export.layer_shapes]) and writes them into
 ``model.config`` wherever the family's config can express them
-(:func:`update_config`; which attribute holds which quantity is the
-``config_fields`` of the model's :class:`~modeopt_masks.structured.families.Family`
+([`update_config`][modeopt_masks.hf_export.update_config]; which attribute holds which quantity is the
+``config_fields`` of the model's [`Family`][modeopt_masks.structured.families.Family]
 record). A quantity can be written when every layer of its kind has the same
 value: then ``save_pretrained`` writes a ``config.json`` that stock
 ``from_pretrained`` rebuilds without this library (see ``docs/deploy.md``).
 Per-layer values, or a quantity the config has no field for (BERT's head count,
 since its head size is ``hidden_size / num_attention_heads``), are left as they
-were and listed by :func:`update_config`; ``save_pretrained`` of the exported model
+were and listed by [`update_config`][modeopt_masks.hf_export.update_config]; ``save_pretrained`` of the exported model
 then adds a per-module structure record and a self-contained modeling file
-(:mod:`modeopt_masks.hf_remote`): the folder loads with ``trust_remote_code=True``,
+([`modeopt_masks.hf_remote`][modeopt_masks.hf_remote]): the folder loads with ``trust_remote_code=True``,
 and stock loading without it fails with a size-mismatch error, loudly, instead of
 loading the wrong model.
 
@@ -70,7 +70,7 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def config_updates(model: nn.Module) -> tuple[dict[str, int], list[str]]:
-    """What :func:`update_config` would write (``{config attribute: value}``), and what it
+    """What [`update_config`][modeopt_masks.hf_export.update_config] would write (``{config attribute: value}``), and what it
     cannot express (one sentence each; empty: the config describes the model exactly)."""
     config = getattr(model, "config", None)
     shapes = layer_shapes(model)

@@ -1,18 +1,18 @@
 """Save a pruned Hugging Face model whose layers differ, loadable without this library.
 
 When the exported model's shapes are not what its (updated) config builds, e.g. a
-different number of heads or MLP channels in every layer, :func:`save_pretrained` writes
-into ``config.json`` a structure record (:func:`structure_record`): for every module whose
+different number of heads or MLP channels in every layer, [`save_pretrained`][modeopt_masks.hf_remote.save_pretrained] writes
+into ``config.json`` a structure record ([`structure_record`][modeopt_masks.hf_remote.structure_record]): for every module whose
 parameter shapes or plain attributes differ from a stock model built from the config, its
 new shapes and the changed attributes. Beside it goes ``modeling_modeopt_pruned.py`` (from
-the template :mod:`modeopt_masks.hf_remote_modeling`, torch and transformers only), with a
+the template [`modeopt_masks.hf_remote_modeling`][modeopt_masks.hf_remote_modeling], torch and transformers only), with a
 ``Pruned<Architecture>`` subclass per saved class, referenced by ``config.json``'s
 ``auto_map``: ``AutoModel*.from_pretrained(folder, trust_remote_code=True)`` rebuilds the
 model anywhere. When the config describes the model exactly (a uniform export), the record
 is empty and the folder is a plain one that stock ``from_pretrained`` loads.
 
-``mm.export`` of a gradnas model installs :func:`save_pretrained` as the model's own
-``save_pretrained`` (:func:`attach`), so ``model.save_pretrained(dir)`` (and a ``Trainer``
+``mm.export`` of a gradnas model installs [`save_pretrained`][modeopt_masks.hf_remote.save_pretrained] as the model's own
+``save_pretrained`` ([`attach`][modeopt_masks.hf_remote.attach]), so ``model.save_pretrained(dir)`` (and a ``Trainer``
 saving it) writes the record when it is needed.
 
 Examples:
@@ -224,7 +224,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
     the model (or ``force_remote_code``), the structure record in ``config.json``, the
     modeling file and ``auto_map``; ``model.config`` is left as it was. A model converted
     again after its export (modes in its history) is saved as it would be without this
-    function (see :mod:`modeopt_masks.hf_checkpointing`).
+    function (see [`modeopt_masks.hf_checkpointing`][modeopt_masks.hf_checkpointing]).
 
     Examples:
         >>> import tempfile, os, transformers as tf
@@ -281,7 +281,7 @@ def _class_save_pretrained(model: nn.Module) -> Any:
 
 
 def attach(model: nn.Module) -> nn.Module:
-    """Make ``model.save_pretrained`` this module's :func:`save_pretrained` (an instance
+    """Make ``model.save_pretrained`` this module's [`save_pretrained`][modeopt_masks.hf_remote.save_pretrained] (an instance
     attribute, so deep copies keep it); a model without ``save_pretrained`` is left alone.
 
     Examples:

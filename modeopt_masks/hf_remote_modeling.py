@@ -1,7 +1,7 @@
 """Rebuild a model whose layers have their own shapes, with transformers and torch alone.
 
 This file is the template of ``modeling_modeopt_pruned.py``, the modeling file that
-:func:`modeopt_masks.hf_remote.save_pretrained` writes beside a pruned export whose
+[`modeopt_masks.hf_remote.save_pretrained`][modeopt_masks.hf_remote.save_pretrained] writes beside a pruned export whose
 per-layer shapes ``config.json`` cannot express. It imports nothing from modeopt-masks:
 ``AutoModel*.from_pretrained(folder, trust_remote_code=True)`` loads it where the library
 is not installed. The save appends ``import transformers`` and one class per saved
@@ -11,7 +11,7 @@ architecture, e.g.::
         ...
 
 Such a class builds the stock model from the config, then applies
-``config.modeopt_structure`` (:func:`apply_structure`): every listed module gets empty
+``config.modeopt_structure`` ([`apply_structure`][modeopt_masks.hf_remote_modeling.apply_structure]): every listed module gets empty
 parameters of the recorded shapes (``from_pretrained`` then loads the saved weights into
 them) and its recorded attributes (head counts, widths, ...).
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-#: the ``config.json`` key holding the per-module shapes and attributes
 STRUCTURE_KEY = "modeopt_structure"
+"""The ``config.json`` key holding the per-module shapes and attributes."""
 #: version of the record's layout
 STRUCTURE_FORMAT = 1
 
@@ -118,7 +118,7 @@ def _share_stock_conversions(cls: type) -> None:
 
 class PrunedStructure:
     """Mixin placed before a transformers model class: build it, then apply the config's
-    :data:`STRUCTURE_KEY` record (:func:`apply_structure`).
+    [`STRUCTURE_KEY`][modeopt_masks.hf_remote_modeling.STRUCTURE_KEY] record ([`apply_structure`][modeopt_masks.hf_remote_modeling.apply_structure]).
 
     Examples:
         >>> import transformers as tf

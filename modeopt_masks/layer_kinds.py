@@ -1,6 +1,6 @@
 """Layer kinds: everything the library knows about one supported layer type, in one record.
 
-A :class:`LayerKind` names its config type key, says which weight axis holds the
+A [`LayerKind`][modeopt_masks.layer_kinds.LayerKind] names its config type key, says which weight axis holds the
 output units and which the inputs, runs the layer's own forward on given
 (masked) tensors, draws a fresh weight with the layer's usual initialisation,
 puts the size attributes back in line with a sliced weight, and says whether
@@ -9,7 +9,7 @@ mask modes, ``gradnas`` (plain pairs, family blocks, export) and the searchers
 all read these records; adding a layer type is one ``LayerKind`` and one
 ``register_layer_kind`` call.
 
-Which modules a kind accepts (:func:`kind_of`): the kind's class and its
+Which modules a kind accepts ([`kind_of`][modeopt_masks.layer_kinds.kind_of]): the kind's class and its
 subclasses that keep its ``forward`` (as Model Optimizer matches them); a
 subclass with its own ``forward`` computes something the library cannot see and
 is refused by every mode alike.
@@ -46,6 +46,18 @@ Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None],
 @dataclass(frozen=True)
 class LayerKind:
     """One supported layer type.
+
+    Args:
+        key: The type key used in configs (``"nn.Linear"``).
+        cls: The module class.
+        out_dim: The weight axis of output units.
+        forward: ``forward(module, input, weight, bias)`` with the masked tensors.
+        init_weight: Re-initialises a weight (used by ``random_ablate``).
+        in_dim: The weight axis of input features.
+        input_axis: The input activation's axis holding those features.
+        sync_sizes: Sets the module's size attributes from its weight.
+        plain_pairs: gradnas: may form a plain ``layer -> act -> layer`` pair.
+        sliceable: gradnas: whether a module's output channels can be sliced.
 
     Examples:
         >>> from modeopt_masks.layer_kinds import LAYER_KINDS, hf_conv1d_kind
@@ -134,10 +146,17 @@ def _ungrouped(m: nn.Module) -> bool:
 
 
 LAYER_KINDS: dict[str, LayerKind] = {}
+"""Every registered layer kind by key (``register_layer_kind`` adds to it)."""
 
 
 def register_layer_kind(kind: LayerKind) -> LayerKind:
     """Make a layer type maskable by every mask mode.
+
+    Args:
+        kind: The [`LayerKind`][modeopt_masks.layer_kinds.LayerKind] to add.
+
+    Returns:
+        ``kind``.
 
     Examples:
         >>> from modeopt_masks.layer_kinds import LAYER_KINDS, register_layer_kind
@@ -178,7 +197,7 @@ for _key, _cls in (("nn.Conv1d", nn.Conv1d), ("nn.Conv2d", nn.Conv2d)):
 def hf_conv1d_kind() -> LayerKind | None:
     """The ``hf.Conv1D`` kind, registered on first use (``None`` without transformers).
 
-    ``import modeopt_masks`` does not import transformers (seconds); :func:`kind_of`
+    ``import modeopt_masks`` does not import transformers (seconds); [`kind_of`][modeopt_masks.layer_kinds.kind_of]
     registers this kind once ``transformers.pytorch_utils`` is loaded.
 
     Examples:

@@ -1,6 +1,6 @@
 """NeuroSurgeon's layer-level names (``ContSparseLinear``, ``HardConcreteConv2d``, ...).
 
-Thin names over the same machinery as :func:`modeopt_masks.convert`, for users
+Thin names over the same machinery as [`modeopt_masks.convert`][modeopt_masks.conversion.convert], for users
 porting NeuroSurgeon code. ``Name.from_layer(layer, **rule_fields)`` converts that
 one layer in place (``mm.convert(layer, (mode, {type key: rule_fields}))``: same
 parameter objects, the mode history lives on the layer, ``mm.unconvert(layer)``
@@ -14,6 +14,18 @@ Besides the mode's rule fields (``mask_unit``, ``mask_bias``, ``mask_init_value`
 ``temperature``, ``mask_init_percentage``, ``prune_percentage``), ``ablation`` sets
 the initial ablation mode; NeuroSurgeon's positional order of ``from_layer``
 (``ablation, mask_unit, mask_bias, mask_init_value`` and so on) is accepted.
+
+The names (built at import, one class per technique and layer type):
+
+| technique | any layer | ``nn.Linear`` | ``nn.Conv1d`` | ``nn.Conv2d`` | HF ``Conv1D`` |
+|---|---|---|---|---|---|
+| ``continuous_sparsification`` | ``ContSparseLayer`` | ``ContSparseLinear`` | ``ContSparseConv1d`` | ``ContSparseConv2d`` | ``ContSparseGPTConv1D`` |
+| ``hard_concrete`` | ``HardConcreteLayer`` | ``HardConcreteLinear`` | ``HardConcreteConv1d`` | ``HardConcreteConv2d`` | ``HardConcreteGPTConv1D`` |
+| ``magnitude_pruning`` | ``MagPruneLayer`` | ``MagPruneLinear`` | ``MagPruneConv1d`` | ``MagPruneConv2d`` | ``MagPruneGPTConv1D`` |
+
+Calling a name takes the layer's constructor arguments (``*args``, ``**kwargs``) plus the
+rule fields; the "any layer" names are for ``isinstance`` only (calling one raises
+``TypeError``).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -145,6 +157,9 @@ def _family(name: str, mode: str, technique: type[MaskTechnique], positional: tu
         {"_mode": mode, "_technique": technique, "_positional": positional,
          "__module__": __name__,
          "__doc__": f"Any layer converted by ``{mode}`` (for ``isinstance``; base of its names).\n\n"
+                    f"Args:\n    *args: Not accepted: calling this name raises ``TypeError``"
+                    f" (build a layer with one of the named kinds).\n"
+                    f"    **kwargs: Not accepted either.\n\n"
                     f"Examples:\n    >>> import torch.nn as nn, modeopt_masks as mm\n"
                     f"    >>> from modeopt_masks.layers import {name}\n"
                     f"    >>> layer = mm.convert(nn.Sequential(nn.Linear(2, 2)), {mode!r})[0]\n"
@@ -166,6 +181,10 @@ def _name(family: Any, name: str, key: str, original: str) -> Any:
     doc = (
         f"``{original}`` converted by ``{family._mode}``: ``{name}.from_layer(layer, **rule)``"
         f" or ``{name}(*{original.split('.')[-1]}_args, **rule)``.\n\n"
+        f"Args:\n    *args: The ``{original}`` constructor's positional arguments.\n"
+        f"    **kwargs: Its keyword arguments, plus the rule fields of ``{family._mode}``"
+        f" (``mask_unit``, ``mask_init_value``...) and ``ablation``.\n\n"
+        f"Raises:\n    TypeError: When the arguments fit neither the layer nor the rule fields.\n\n"
         f"Examples:\n    >>> {imp}\n    >>> from modeopt_masks.layers import {name}\n"
         f"    >>> layer = {name}.from_layer({make})\n"
         f"    >>> isinstance(layer, {name}), isinstance(layer, {cls})\n    (True, True)\n"

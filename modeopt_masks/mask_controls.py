@@ -26,6 +26,12 @@ from .summary import l0_summary
 def masked_modules(model: nn.Module) -> dict[str, MaskedLayer]:
     """Every converted mask layer of ``model`` by its dotted name.
 
+    Args:
+        model: Any model.
+
+    Returns:
+        ``{dotted name: MaskedLayer}``, in module order.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), "hard_concrete")
@@ -52,6 +58,12 @@ def _select(model: nn.Module, names: Iterable[str] | None) -> dict[str, MaskedLa
 def l0_loss(model: nn.Module) -> torch.Tensor:
     """Sum of every active mask's expected L0 (differentiable in training), float32 (or wider).
 
+    Args:
+        model: A model with masked layers.
+
+    Returns:
+        A scalar tensor (zero when nothing is masked).
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "continuous_sparsification")
@@ -76,7 +88,7 @@ def _count(tech: MaskTechnique) -> float:
 
 
 class L0Stats(dict):
-    """The dict :func:`l0_stats` returns; ``print()`` shows a short summary (total, density
+    """The dict [`l0_stats`][modeopt_masks.mask_controls.l0_stats] returns; ``print()`` shows a short summary (total, density
     per layer) instead of every layer's name.
 
     Examples:
@@ -102,6 +114,12 @@ def l0_stats(model: nn.Module) -> L0Stats:
     In eval the counts are hard (entries in the circuit); in training they are
     the expected values.
 
+    Args:
+        model: A model with masked layers.
+
+    Returns:
+        An ``L0Stats`` dict.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(10, 10)), "magnitude_pruning")
@@ -125,6 +143,11 @@ def l0_stats(model: nn.Module) -> L0Stats:
 def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] | None = None) -> None:
     """Set the temperature of every mask that has one (``names``: globs to restrict).
 
+    Args:
+        model: A model with masked layers.
+        temperature: The new temperature (positive).
+        names: Globs of layer names to restrict to (``None``: all).
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(2, 2)), "hard_concrete")
@@ -142,6 +165,15 @@ def set_temperature(model: nn.Module, temperature: float, names: Iterable[str] |
 
 def get_temperature(model: nn.Module) -> float:
     """The masks' temperature; an error if the layers disagree or none has one.
+
+    Args:
+        model: A model with masked layers.
+
+    Returns:
+        The common temperature.
+
+    Raises:
+        ValueError: When no mask has a temperature or the layers disagree.
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -167,6 +199,15 @@ def set_ablation(
 ) -> None:
     """Set the ablation mode (one of ``ABLATIONS``) of all (or the named) masked layers.
 
+    Args:
+        model: A model with masked layers.
+        ablation: One of [`ABLATIONS`][modeopt_masks.masking.ABLATIONS].
+        force_resample: Draw new random ablation values even if some exist.
+        names: Globs of layer names to restrict to (``None``: all).
+
+    Raises:
+        ValueError: For an unknown ablation or names that match no masked layer.
+
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(4, 4)), "magnitude_pruning").eval()
@@ -181,6 +222,11 @@ def set_ablation(
 
 def use_masks(model: nn.Module, value: bool, names: Iterable[str] | None = None) -> None:
     """Switch masks on or off (off = the layer's original output), for all or the named layers.
+
+    Args:
+        model: A model with masked layers.
+        value: ``True`` to apply the masks, ``False`` for the original outputs.
+        names: Globs of layer names to restrict to (``None``: all).
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm

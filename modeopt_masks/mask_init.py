@@ -1,6 +1,6 @@
 """Start learned masks from a hard circuit (e.g. a Wanda or magnitude mask).
 
-:func:`init_from_circuit` sets the parameter of each learned mask
+[`init_from_circuit`][modeopt_masks.mask_init.init_from_circuit] sets the parameter of each learned mask
 (``continuous_sparsification`` logits, ``hard_concrete`` ``log_alpha``: the masks whose
 circuit is ``parameter > 0``) to ``+margin`` where the circuit keeps an entry and
 ``-margin`` where it drops one, so training starts from that subnetwork.

@@ -1,7 +1,7 @@
 """Masked layers: the machinery shared by every unstructured mask mode.
 
 A converted layer keeps its own parameters and gains a ``weight_mask`` (and,
-with ``mask_bias``, a ``bias_mask``) child: a :class:`MaskTechnique` that holds
+with ``mask_bias``, a ``bias_mask``) child: a [`MaskTechnique`][modeopt_masks.masking.MaskTechnique] that holds
 the mask's parameters. The layer's forward runs its original computation on
 ``weight * mask``. Ablations and per-layer switches live here, once, for every
 technique and every layer kind.
@@ -16,7 +16,7 @@ Ablation modes (evaluation only, on the hard circuit ``c``):
 * ``complement_sampled``: ``|c|`` entries drawn from outside the circuit removed.
 
 Eval path (every mode): nothing is cached. With hard masks each forward multiplies the
-weight by :meth:`MaskTechnique.hard_mask`, the circuit as 0/1 in the weight's dtype,
+weight by [`MaskTechnique.hard_mask`][modeopt_masks.masking.MaskTechnique.hard_mask], the circuit as 0/1 in the weight's dtype,
 computed from the mask's current tensors (``continuous_sparsification`` and
 ``hard_concrete`` threshold their logits straight into that dtype; ``magnitude_pruning``
 converts its ``keep`` buffer). The only extra memory is one layer's mask and masked
@@ -27,8 +27,8 @@ bool condition is ~10x slower than a same-dtype product, the whole eval overhead
 removed entry whose weight is ``inf``/``NaN`` gives ``NaN``, as ``weight * mask`` does.)
 
 The masks' own memory stays resident (``continuous_sparsification``: a float32 logit per
-weight). :func:`modeopt_masks.compact.compact_masks` swaps every technique for a
-:class:`~modeopt_masks.compact.CompactMask`: the circuit packed 8 entries per byte,
+weight). [`modeopt_masks.compact.compact_masks`][modeopt_masks.compact.compact_masks] swaps every technique for a
+[`CompactMask`][modeopt_masks.compact.CompactMask]: the circuit packed 8 entries per byte,
 unpacked per forward (eval only; see that module for reversibility and saving).
 
 Examples:
@@ -61,6 +61,7 @@ ABLATIONS: tuple[str, ...] = (
     "randomly_sampled",
     "complement_sampled",
 )
+"""The valid ablation names (``set_ablation``, ``MaskedLayer.ablation``)."""
 #: the ablations that use random draws (redrawn by ``force_resample``; the others are
 #: functions of the masks).
 DRAWN_ABLATIONS: tuple[str, ...] = ("random_ablate", "randomly_sampled", "complement_sampled")
@@ -116,6 +117,9 @@ class MaskTechnique(nn.Module):
     eval; ``circuit()`` is the hard boolean subnetwork; ``l0()`` the expected
     number of kept entries, differentiable where the technique learns.
 
+    Args:
+        shape: The shape of the masked tensor.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> net = mm.convert(nn.Sequential(nn.Linear(3, 2)), "continuous_sparsification")
@@ -135,7 +139,7 @@ class MaskTechnique(nn.Module):
         self.shape = tuple(shape)
         self.temperature = 1.0
         self.rule: Any = None  # the merged rule that created this mask
-        #: head units (:mod:`modeopt_masks.heads`): ``(tensor axis, entries per unit, tensor
+        #: head units (`modeopt_masks.heads`): ``(tensor axis, entries per unit, tensor
         #: dims)`` the 1-D unit mask is spread over; ``None``: the mask broadcasts as it is
         self.spread: tuple[int, int, int] | None = None
 
@@ -153,7 +157,7 @@ class MaskTechnique(nn.Module):
         cls, kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...], rule: Any
     ) -> MaskTechnique:
         """The technique of mask ``shape`` for ``tensor`` (a weight or bias of a ``kind``
-        layer) under the merged ``rule``; what :func:`~modeopt_masks.modes.mask_mode.register_mask_mode`
+        layer) under the merged ``rule``; what [`register_mask_mode`][modeopt_masks.modes.mask_mode.register_mask_mode]
         calls for every converted tensor."""
         raise NotImplementedError
 
@@ -169,7 +173,7 @@ class MaskTechnique(nn.Module):
         """The circuit as 0/1 of ``dtype`` (what eval multiplies the tensor by), fresh per call.
 
         Subclasses whose circuit is a threshold override it to skip the bool step
-        (see :func:`positive`).
+        (see [`positive`][modeopt_masks.masking.positive]).
 
         Examples:
             >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -225,7 +229,7 @@ def positive(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @contextmanager
 def hard_masks(module: nn.Module) -> Iterator[None]:
-    """Every :class:`MaskTechnique` under ``module`` in eval (hard masks) inside the block.
+    """Every [`MaskTechnique`][modeopt_masks.masking.MaskTechnique] under ``module`` in eval (hard masks) inside the block.
 
     Only the techniques' own ``training`` flags change, and they are put back
     afterwards; the rest of the model keeps its train/eval state.
@@ -252,7 +256,7 @@ def hard_masks(module: nn.Module) -> Iterator[None]:
 
 
 class MaskedLayer:
-    """Mixin put in front of a layer's class by ``convert`` (see :mod:`modeopt_masks.dynamic`).
+    """Mixin put in front of a layer's class by ``convert`` (see [`modeopt_masks.dynamic`][modeopt_masks.dynamic]).
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm

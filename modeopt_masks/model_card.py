@@ -1,10 +1,10 @@
 """A model card (``README.md``) for an exported gradnas model.
 
-``mm.export`` of a gradnas model records what it did on the model (:data:`CARD_ATTR`):
+``mm.export`` of a gradnas model records what it did on the model ([`CARD_ATTR`][modeopt_masks.model_card.CARD_ATTR]):
 which layers were pruned, the units each layer kept, params before and after, and
-(when :func:`~modeopt_masks.prune` ran the search) the constraint and the score data.
-:func:`model_card` renders it as markdown; ``save_pretrained`` writes it as ``README.md``
-beside the weights once :func:`~modeopt_masks.enable_huggingface_checkpointing` is on.
+(when [`prune`][modeopt_masks.pruning.prune] ran the search) the constraint and the score data.
+[`model_card`][modeopt_masks.model_card.model_card] renders it as markdown; ``save_pretrained`` writes it as ``README.md``
+beside the weights once [`enable_huggingface_checkpointing`][modeopt_masks.hf_checkpointing.enable_huggingface_checkpointing] is on.
 
 Examples:
     >>> import torch.nn as nn, modeopt_masks as mm
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch.nn as nn
 
-#: root-module attribute where gradnas export records what it pruned
 CARD_ATTR = "_mm_export_card"
+"""Root-module attribute where gradnas export records what it pruned."""
 
 
 def record_export(model: nn.Module, record: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ and buffer, masks included; ``<hash>`` starts its SHA-256) and then
 metadata), the tensor file's name and SHA-256, and a SHA-256 of the manifest
 itself. ``restore(fresh_model, directory)`` replays the modes on a model of the
 same architecture and loads the tensors; anything that does not fit raises
-:class:`StateError` and leaves the model as it was.
+[`StateError`][modeopt_masks.persistence.StateError] and leaves the model as it was.
 
 Guarantees:
 
@@ -19,7 +19,7 @@ Guarantees:
 * ``restore`` reads each file once into memory, verifies those bytes and loads
   the same bytes: a file swapped in between is never loaded unverified. Any
   change to either file (a flipped byte, a truncation) raises ``StateError``.
-* ``restore`` is a transaction (:func:`~modeopt_masks.conversion.transaction`):
+* ``restore`` is a transaction ([`transaction`][modeopt_masks.conversion.transaction]):
   on any error, ``KeyboardInterrupt`` included, the model is as it was.
 
 Masks-only checkpoints: ``save(model, directory, base_weights=False)`` writes only
@@ -28,7 +28,7 @@ live in the manifest), like a peft adapter. The manifest always records a
 fingerprint of the base (the model with its modes undone): its class and every
 tensor's name, shape, dtype and a SHA-256 of a few of its entries.
 ``restore(fresh_base, directory)`` checks the fresh model against it, so another
-base model is a :class:`StateError` naming the saved class and the first differing
+base model is a [`StateError`][modeopt_masks.persistence.StateError] naming the saved class and the first differing
 shapes (with the model unchanged); for a masks-only checkpoint the sampled
 values must match as well (another checkpoint of the same architecture, or a base
 whose weights were trained or rewritten after converting, is refused).
@@ -117,7 +117,7 @@ def _dump(document: dict[str, Any]) -> bytes:
 
 def encode_state_document(document: dict[str, Any]) -> bytes:
     """The manifest bytes ``save`` writes for ``document``: canonical JSON, sealed with the
-    SHA-256 of the rest (any other byte sequence fails :func:`load_state_document`).
+    SHA-256 of the rest (any other byte sequence fails [`load_state_document`][modeopt_masks.persistence.load_state_document]).
 
     Examples:
         >>> from modeopt_masks.persistence import encode_state_document
@@ -225,7 +225,7 @@ def _fingerprint_of(state: dict[str, torch.Tensor]) -> list[list[Any]]:
 
 def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict without the tensors the modes added: those of the mask modules
-    (:class:`~modeopt_masks.masking.MaskTechnique`; gradnas adds no saved tensor).
+    ([`MaskTechnique`][modeopt_masks.masking.MaskTechnique]; gradnas adds no saved tensor).
 
     Read off the model as it is, without reverting anything: a save never changes the
     model, not even for a moment. A mode that added tensors elsewhere would show up at
@@ -451,6 +451,11 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *,
     ``from_pretrained`` checkpoint. Saving over an earlier checkpoint replaces it all at
     once (see the module docstring).
 
+    Args:
+        model: A converted (or plain) model.
+        directory: Where to write (created if needed).
+        base_weights: Also write the base model's tensors (``False``: masks-only).
+
     Examples:
         >>> import os, tempfile, torch.nn as nn, modeopt_masks as mm
         >>> d = tempfile.mkdtemp()
@@ -574,8 +579,18 @@ def _load_tensors(model: nn.Module, saved: dict[str, torch.Tensor],
 def restore(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     """Replay the saved modes on ``model`` (a fresh model of the same architecture), load tensors.
 
-    Raises :class:`StateError` (the model unchanged) if the files are corrupted
+    Raises [`StateError`][modeopt_masks.persistence.StateError] (the model unchanged) if the files are corrupted
     or the model does not fit.
+
+    Args:
+        model: A fresh model of the saved architecture.
+        directory: A directory written by [`save`][modeopt_masks.persistence.save].
+
+    Returns:
+        ``model``, converted and loaded.
+
+    Raises:
+        StateError: When the files are corrupted or the model does not fit.
 
     Examples:
         >>> import tempfile, torch.nn as nn, modeopt_masks as mm

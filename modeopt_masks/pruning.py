@@ -13,7 +13,7 @@ does not reload with ``from_pretrained`` (size mismatch); rebuild it with
 
 ``("gradnas", {"axes": ["heads", "mlp", "hidden", "depth"]})`` also searches the hidden
 size and the number of blocks of a Hugging Face transformer, jointly under the one target
-(see ``docs/llm_pruning.md`` and :mod:`modeopt_masks.searchers.joint`).
+(see ``docs/llm_pruning.md`` and [`modeopt_masks.searchers.joint`][modeopt_masks.searchers.joint]).
 
 ``config`` mixes the mode's rule config (type keys such as ``"hf.attention"``)
 and the searcher's options (``data_loader``, ``loss_func``, ...); each key goes
@@ -75,10 +75,24 @@ def prune(
 ) -> tuple[nn.Module, SearchResult]:
     """Search a subnetwork of ``model`` that meets ``constraints``; return ``(model, result)``.
 
-    ``constraints``: ``{"params": "70%" | number, "flops": ...}`` (FLOPs need
-    ``dummy_input``). ``searcher``: ``"gradient_binary"`` (default for gradnas,
-    needs ``data_loader``) or ``"binary"`` (needs ``score_func``). On error the
-    model is left as it was.
+    The ``"gradient_binary"`` searcher (default for gradnas) needs ``config["data_loader"]``,
+    ``"binary"`` needs ``config["score_func"]``. On error the model is left as it was.
+
+    Args:
+        model: The model to prune (converted in place).
+        mode: A structured mode name, or ``(mode, config)``; default ``"gradnas"``.
+        constraints: Targets, e.g. ``{"params": "70%"}`` or ``{"flops": 1e9}`` (a number or a
+            percentage of the original).
+        dummy_input: A model input; needed for FLOPs constraints.
+        config: Searcher options (``data_loader``, ``loss_func``, ``score_func``...).
+        searcher: ``"gradient_binary"``, ``"binary"`` or a searcher instance; default by mode.
+
+    Returns:
+        ``(model, result)``: the converted model set to the chosen subnetwork, and the
+        [`SearchResult`][modeopt_masks.searchers.base.SearchResult].
+
+    Raises:
+        ValueError: For an unknown constraint, an unreachable target or missing searcher options.
     """
     ((name, mode_given),) = normalise_modes(mode)
     desc = get_mode(name)

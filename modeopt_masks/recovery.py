@@ -16,10 +16,10 @@ text brings most of it back. Per token the loss is
 Teacher and student see the same batch at every step; the teacher runs in eval mode
 without gradients and is never changed. Three ways in:
 
-* :class:`Distiller`: the step-level object (``loss(batch)``, ``step(batch)``, ``kl(batches)``);
-* :func:`distill`: a plain loop with a progress bar, ``distill(student, teacher, batches,
+* [`Distiller`][modeopt_masks.recovery.Distiller]: the step-level object (``loss(batch)``, ``step(batch)``, ``kl(batches)``);
+* [`distill`][modeopt_masks.recovery.distill]: a plain loop with a progress bar, ``distill(student, teacher, batches,
   steps=100, lr=1e-4)``;
-* ``DistillationTrainer`` (:mod:`modeopt_masks.recovery_trainer`): the same loss inside a
+* ``DistillationTrainer`` ([`modeopt_masks.recovery_trainer`][modeopt_masks.recovery_trainer]): the same loss inside a
   ``transformers.Trainer``.
 
 Works on exported models and on masked (converted, not yet exported) ones. On a masked
@@ -145,6 +145,19 @@ class DistillationLoss(nn.Module):
     An ``nn.Module`` because the hidden-state projections (created when the widths first
     differ) are trained with the student. ``forward`` returns ``{"loss", "kl", "hidden",
     "lm"}`` (tensors; unused parts are zero).
+
+    Args:
+        temperature: Softmax temperature of the logit KL.
+        kl_weight: Weight of ``KL(teacher || student)`` on the logits.
+        hidden_weight: Weight of the hidden-state MSE (0: off).
+        hidden_layers: ``(student index, teacher index)`` pairs into ``output.hidden_states``.
+        lm_weight: Weight of the student's own language-model loss (needs ``labels``).
+        projection: Maps student hidden states to the teacher's width (``None``: made when
+            the widths differ).
+
+    Raises:
+        ValueError: For a temperature <= 0, a negative weight, all weights 0, or bad
+            ``hidden_layers``.
 
     Examples:
         >>> import torch
@@ -292,12 +305,31 @@ def _device(model: nn.Module) -> torch.device:
 class Distiller:
     """Distil ``student`` from ``teacher`` step by step: ``step(batch)`` trains on one batch.
 
-    ``optimizer``: a ``torch.optim.Optimizer`` class or factory ``f(params)`` (default
-    ``AdamW`` with ``lr`` and no weight decay, as ``transformers.Trainer``); ``max_grad_norm``
-    clips the gradient norm (``None``: no clipping; 1.0 as the Trainer's default);
-    ``collect_func(batch)`` gives the model input (default: the batch, dicts as keyword
-    arguments, ``labels`` dropped unless ``lm_weight`` > 0). Other options: see
-    :class:`DistillationLoss` and the module docstring.
+    The loss options are those of [`DistillationLoss`][modeopt_masks.recovery.DistillationLoss];
+    see also the module docstring.
+
+    Args:
+        student: The pruned model that trains.
+        teacher: The unpruned model (frozen, eval mode).
+        lr: Learning rate of the default optimiser.
+        temperature: Softmax temperature of the logit KL.
+        kl_weight: Weight of ``KL(teacher || student)`` on the logits.
+        hidden_weight: Weight of the hidden-state MSE (0: off).
+        hidden_layers: ``(student index, teacher index)`` pairs into ``output.hidden_states``.
+        lm_weight: Weight of the student's own language-model loss (needs ``labels``).
+        projection: Maps student hidden states to the teacher's width (``None``: made when
+            the widths differ).
+        optimizer: A ``torch.optim.Optimizer`` class or factory ``f(params)`` (``None``:
+            ``AdamW`` with ``lr`` and no weight decay, as ``transformers.Trainer``).
+        max_grad_norm: Clip the gradient norm to this (``None``: no clipping; 1.0 as the
+            Trainer's default).
+        train_masks: Train the student's masks too (default: frozen).
+        collect_func: ``collect_func(batch)`` gives the model input (default: the batch,
+            dicts as keyword arguments, ``labels`` dropped unless ``lm_weight`` > 0).
+
+    Raises:
+        ValueError: When the student is the teacher, the vocabularies differ, or an option
+            is out of range.
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -421,6 +453,15 @@ def kl_to_teacher(student: nn.Module, teacher: nn.Module, batches: Iterable[Any]
                   collect_func: Callable[[Any], Any] | None = None) -> float:
     """Mean per-token ``KL(teacher || student)`` (temperature 1, eval mode, no gradients).
 
+    Args:
+        student: The pruned model.
+        teacher: The unpruned model.
+        batches: Evaluation batches.
+        collect_func: ``collect_func(batch)`` gives the model input.
+
+    Returns:
+        The mean per-token KL divergence.
+
     Examples:
         >>> import torch, torch.nn as nn
         >>> from modeopt_masks.recovery import kl_to_teacher
@@ -451,7 +492,13 @@ def kl_to_teacher(student: nn.Module, teacher: nn.Module, batches: Iterable[Any]
 
 @dataclass
 class DistillResult:
-    """What :func:`distill` did: the loss parts per step, the steps taken, the wall time."""
+    """What [`distill`][modeopt_masks.recovery.distill] did: the loss parts per step, the steps taken, the wall time.
+
+    Args:
+        history: Per step, the loss parts (``loss``, ``kl``, ``hidden``, ``lm``).
+        steps: The steps taken.
+        seconds: The wall time.
+    """
 
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
@@ -488,12 +535,24 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Iterable[Any],
             steps: int | None = None, lr: float = 1e-4, *, progress: bool = True,
             **options: Any) -> DistillResult:
     """Distil ``student`` from ``teacher`` over ``batches`` for ``steps`` steps (``None``: one
-    pass; more steps than batches repeat them). Returns a :class:`DistillResult`.
+    pass; more steps than batches repeat them). Returns a [`DistillResult`][modeopt_masks.recovery.DistillResult].
 
-    ``options`` go to :class:`Distiller` (``temperature``, ``hidden_weight``,
+    ``options`` go to [`Distiller`][modeopt_masks.recovery.Distiller] (``temperature``, ``hidden_weight``,
     ``hidden_layers``, ``lm_weight``, ``kl_weight``, ``projection``, ``optimizer``,
     ``max_grad_norm``, ``train_masks``, ``collect_func``). The student is put back in its
     previous train/eval mode.
+
+    Args:
+        student: The pruned model that trains.
+        teacher: The unpruned model.
+        batches: Training batches (repeated when ``steps`` exceeds them).
+        steps: Optimiser steps (``None``: one pass over ``batches``).
+        lr: Learning rate.
+        progress: Show a progress bar.
+        **options: [`Distiller`][modeopt_masks.recovery.Distiller] options.
+
+    Returns:
+        The [`DistillResult`][modeopt_masks.recovery.DistillResult].
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm

@@ -1,13 +1,13 @@
 """``DistillationTrainer``: recovery by distillation inside a ``transformers.Trainer``.
 
-The same loss as :func:`modeopt_masks.distill` (:class:`~modeopt_masks.recovery.Distiller`):
+The same loss as [`modeopt_masks.distill`][modeopt_masks.recovery.distill] ([`Distiller`][modeopt_masks.recovery.Distiller]):
 logit KL from ``teacher`` at ``temperature``, optional hidden-state and LM terms. The
 Trainer brings its own loop, optimiser (AdamW; ``learning_rate``, ``weight_decay``),
 schedule, gradient clipping (``max_grad_norm``, over the model's parameters), logging and
 checkpoints. A hidden-state projection (widths differ) joins the optimiser as an extra
 parameter group. Mask-mode masks of a masked student stay hard and out of the optimiser
 unless ``train_masks=True``. ``trainer.distill_history`` holds the loss parts of every
-training step, as :class:`~modeopt_masks.recovery.DistillResult.history` does.
+training step, as `history` does.
 
 This module imports ``transformers.Trainer``; ``import modeopt_masks`` does not.
 
@@ -43,6 +43,19 @@ from .recovery import Distiller, mask_parameters
 class DistillationTrainer(Trainer):
     """A ``Trainer`` whose loss is the distillation loss of ``model`` (the student) from
     ``teacher``; the other arguments are the Trainer's.
+
+    Args:
+        *args: ``transformers.Trainer``'s positional arguments (``model`` is the student).
+        teacher: The unpruned model.
+        temperature: Softmax temperature of the logit KL.
+        kl_weight: Weight of ``KL(teacher || student)`` on the logits.
+        hidden_weight: Weight of the hidden-state MSE (0: off).
+        hidden_layers: ``(student index, teacher index)`` pairs into ``output.hidden_states``.
+        lm_weight: Weight of the student's own language-model loss (needs ``labels``).
+        projection: Maps student hidden states to the teacher's width (``None``: made when
+            the widths differ).
+        train_masks: Train the student's masks too (default: frozen).
+        **kwargs: ``transformers.Trainer``'s keyword arguments.
 
     Examples:
         >>> import modeopt_masks as mm

@@ -68,6 +68,12 @@ _REGISTRY: dict[str, ModeDescriptor] = {}
 def register_mode(descriptor: ModeDescriptor) -> ModeDescriptor:
     """Add a mode to the registry (one call per mode file).
 
+    Args:
+        descriptor: The mode's [`ModeDescriptor`][modeopt_masks.registry.ModeDescriptor].
+
+    Returns:
+        ``descriptor`` (so it can decorate or be assigned).
+
     Examples:
         >>> import modeopt_masks as mm
         >>> class Noop(mm.ModeDescriptor):
@@ -86,6 +92,15 @@ def register_mode(descriptor: ModeDescriptor) -> ModeDescriptor:
 
 def get_mode(name: str | ModeDescriptor) -> ModeDescriptor:
     """The descriptor registered under ``name``; an unknown name lists the registered modes.
+
+    Args:
+        name: A registered mode name (or a descriptor, returned as is).
+
+    Returns:
+        The [`ModeDescriptor`][modeopt_masks.registry.ModeDescriptor].
+
+    Raises:
+        ValueError: For an unknown name.
 
     Examples:
         >>> import modeopt_masks as mm

@@ -10,7 +10,7 @@ A mode config has one entry per module *type key* (``"nn.Linear"``,
 Every matching pattern applies in order. A later rule overrides only the fields
 it sets explicitly; ``None`` switches the module off and a later rule switches
 it back on. A user's entry for a type key replaces the mode's default entry for
-that key, except for the default exclusions (:data:`DEFAULT_EXCLUDED_PATTERNS`,
+that key, except for the default exclusions ([`DEFAULT_EXCLUDED_PATTERNS`][modeopt_masks.rules.DEFAULT_EXCLUDED_PATTERNS],
 output heads such as ``*lm_head*``): they survive a user rule for ``"*"`` (or any
 glob that does not name them), so ``{"nn.Linear": {"*": {...}}}`` leaves
 ``lm_head`` (and an embedding tied to it) alone. To convert such a module, name it
@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .layer_kinds import kind_of
 
-#: Output heads are left alone by every mode's default config.
 DEFAULT_EXCLUDED_PATTERNS: tuple[str, ...] = ("*lm_head*", "*classifier*", "*score*", "*pooler*")
+"""Output heads are left alone by every mode's default config."""
 
 
 def names_exclusion(pattern: str, exclusion: str) -> bool:
@@ -152,6 +152,10 @@ class ModeConfig(BaseModel):
 
     Subclasses set ``rule_class`` (the per-module rule) and ``layer_keys`` (the
     type keys the mode understands) and declare global options as fields.
+
+    Attributes:
+        rules: ``{type key: {glob: rule fields or None}}``; ``None`` switches a match off.
+        user_keys: The type keys the user gave (set by validation; not passed by hand).
 
     Examples:
         >>> import modeopt_masks as mm

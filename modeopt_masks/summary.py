@@ -1,11 +1,11 @@
-"""Short printable summaries of result objects: ``print(result)`` stays under :data:`MAX_CHARS`.
+"""Short printable summaries of result objects: ``print(result)`` stays under [`MAX_CHARS`][modeopt_masks.summary.MAX_CHARS].
 
-Every result type (:class:`~modeopt_masks.searchers.SearchResult`, the ``l0_stats``
-dict, :class:`~modeopt_masks.probing.ProbeOutput`, edge scores) renders its
+Every result type ([`SearchResult`][modeopt_masks.searchers.base.SearchResult], the ``l0_stats``
+dict, [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput], edge scores) renders its
 ``summary()`` with these helpers: a title line, a few facts, and a table of per-layer
 values in which layers that differ only by their index share one row
-(:func:`layer_rows`), so the length does not grow with the depth of the model.
-:func:`clip` is the last guard for anything longer.
+([`layer_rows`][modeopt_masks.summary.layer_rows]), so the length does not grow with the depth of the model.
+[`clip`][modeopt_masks.summary.clip] is the last guard for anything longer.
 
 Examples:
     >>> from modeopt_masks.summary import layer_rows
@@ -20,12 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: the longest summary any result prints
 MAX_CHARS = 2000
+"""The longest summary any result prints."""
 #: at most this many table rows (groups of layers); the rest are counted
 MAX_ROWS = 16
-#: the values of one row are cut to this many characters
 ROW_VALUES_WIDTH = 96
+"""The values of one row are cut to this many characters."""
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
 
@@ -51,11 +51,11 @@ def _cut(text: str, width: int) -> str:
 
 def layer_rows(values: Mapping[str, tuple[float, float]], percent: bool = False,
                max_rows: int = MAX_ROWS) -> list[str]:
-    """Table rows of per-layer ``(value, out of)`` pairs, one row per :func:`layer_template`.
+    """Table rows of per-layer ``(value, out of)`` pairs, one row per [`layer_template`][modeopt_masks.summary.layer_template].
 
     A row lists the values in layer order (``percent``: as percentages of ``out of``;
     ``all v`` when more than two layers have the same value),
-    cut to :data:`ROW_VALUES_WIDTH` characters with the range of the rest appended;
+    cut to [`ROW_VALUES_WIDTH`][modeopt_masks.summary.ROW_VALUES_WIDTH] characters with the range of the rest appended;
     past ``max_rows`` rows one line counts the layers left out.
 
     Examples:
@@ -159,7 +159,7 @@ def brief(value: Any) -> str:
 
 
 class Summarised:
-    """Mixin: ``repr()`` / ``print()`` show :meth:`summary` (short), not every field.
+    """Mixin: ``repr()`` / ``print()`` show `summary` (short), not every field.
 
     Examples:
         >>> from modeopt_masks.summary import Summarised
@@ -171,7 +171,7 @@ class Summarised:
     """
 
     def summary(self) -> str:
-        """The short description (at most :data:`MAX_CHARS` characters)."""
+        """The short description (at most [`MAX_CHARS`][modeopt_masks.summary.MAX_CHARS] characters)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -183,7 +183,7 @@ class Summarised:
 
 # -- the result types ---------------------------------------------------------------------
 def search_summary(result: Any) -> str:
-    """The summary of a :class:`~modeopt_masks.searchers.SearchResult`: searcher and time,
+    """The summary of a [`SearchResult`][modeopt_masks.searchers.base.SearchResult]: searcher and time,
     each constraint's target and what was reached, the kept units per layer.
 
     Examples:
@@ -216,7 +216,7 @@ def search_summary(result: Any) -> str:
 
 
 def l0_summary(stats: Mapping[str, Any]) -> str:
-    """The summary of :func:`~modeopt_masks.l0_stats`: the total and the density per layer.
+    """The summary of [`l0_stats`][modeopt_masks.mask_controls.l0_stats]: the total and the density per layer.
 
     Examples:
         >>> from modeopt_masks.summary import l0_summary

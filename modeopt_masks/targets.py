@@ -1,8 +1,8 @@
 """Target layers: "mask these modules (exact names or globs)" as a mask mode's type-key rules.
 
-:class:`MaskTargets` is the one front-end of the interfaces that mask named
-layers: :class:`~modeopt_masks.circuit.CircuitConfig` and the probes' configs
-(:mod:`modeopt_masks.probing`) inherit it, so ``mask_method``, ``mask_hparams``,
+[`MaskTargets`][modeopt_masks.targets.MaskTargets] is the one front-end of the interfaces that mask named
+layers: [`CircuitConfig`][modeopt_masks.circuit.CircuitConfig] and the probes' configs
+([`modeopt_masks.probing`][modeopt_masks.probing]) inherit it, so ``mask_method``, ``mask_hparams``,
 ``target_layers`` and ``freeze_base`` are validated once, the same way, when the
 config is built (the mask methods are the registered mask modes), the same globs
 mean the same modules and a bad target gets the same helpful error.
@@ -37,7 +37,7 @@ from .masking import check_ablation
 from .registry import available_modes, get_mode
 from .rules import StrictModel
 
-#: A mask mode's name (one of :func:`mask_methods`).
+#: A mask mode's name (one of `mask_methods`).
 MaskMethod = str
 
 
@@ -70,14 +70,14 @@ def _mode_fields(method: str) -> tuple[set[str], set[str]]:
 class MaskTargets(StrictModel):
     """Which layers get which mask: the fields every layer-masking interface shares.
 
-    * ``mask_method``: a registered mask mode (:func:`mask_methods`).
+    * ``mask_method``: a registered mask mode ([`mask_methods`][modeopt_masks.targets.mask_methods]).
     * ``mask_hparams``: the mode's rule fields (e.g. ``mask_init_value``, ``temperature``,
       ``mask_init_percentage``, ``prune_percentage``, ``mask_unit``, ``mask_bias``), the
       mode's options (``scope`` for magnitude pruning) and ``ablation`` (the initial
       ablation mode). Unknown keys and bad values are errors naming the valid ones.
     * ``target_layers``: module names, exact or globs (``fnmatch``; ``*`` crosses dots);
       ``[]`` masks nothing. With ``mask_unit="head"`` / ``"kv_group"`` they name attention
-      blocks (or their output projections; see :func:`head_targets`).
+      blocks (or their output projections; see [`head_targets`][modeopt_masks.targets.head_targets]).
     * ``freeze_base``: base weights frozen and the base kept in eval mode; only masks train.
 
     Examples:
@@ -145,7 +145,7 @@ class MaskTargets(StrictModel):
         """The ``mm.convert`` config dict: ``{type key: {target glob: rule}}`` plus options.
 
         ``targets`` maps each type key to the target patterns that match modules of
-        that type (see :func:`resolve_targets`); type keys without targets are off.
+        that type (see [`resolve_targets`][modeopt_masks.targets.resolve_targets]); type keys without targets are off.
         """
         _, options = _mode_fields(self.mask_method)
         spec: dict[str, Any] = {k: v for k, v in self.mask_hparams.items() if k in options}
@@ -255,7 +255,7 @@ def resolve_targets(model: nn.Module, targets: Iterable[str]) -> dict[str, list[
 def target_rules(targets: Mapping[str, list[str]], rule: Mapping[str, Any]) -> dict[str, Any]:
     """A mask mode's type-key entries: ``{type key: {target: rule}}``, ``None`` for no targets.
 
-    ``targets`` is what :func:`resolve_targets` returns; every type key of
+    ``targets`` is what [`resolve_targets`][modeopt_masks.targets.resolve_targets] returns; every type key of
     ``MASKABLE_KEYS`` gets an entry, so the mode's defaults switch nothing else on.
 
     Examples:

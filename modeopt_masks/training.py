@@ -1,9 +1,9 @@
 """Mask-training helpers: temperature schedules, a target-density controller, an HF callback.
 
-* :class:`ExponentialSchedule`: a temperature going exponentially from ``initial`` to
+* [`ExponentialSchedule`][modeopt_masks.training.ExponentialSchedule]: a temperature going exponentially from ``initial`` to
   ``final`` over ``total`` steps or epochs (Savarese et al. multiply the temperature
   by ``final ** (1 / epochs)`` once per epoch, from 1 to about 200).
-* :class:`DensityController`: ask for a fraction of mask entries kept instead of tuning
+* [`DensityController`][modeopt_masks.training.DensityController]: ask for a fraction of mask entries kept instead of tuning
   an L0 lambda. A Lagrangian term on the expected density ``d`` with target ``t``,
   ``lambda_1 (d - t) + lambda_2 (d - t)^2`` (CoFi pruning, Xia et al. 2022), whose
   multipliers rise by gradient *ascent* while the masks descend.
@@ -55,6 +55,11 @@ class ExponentialSchedule:
     ``schedule(t) = initial * (final / initial) ** min(t / total, 1)``: call it per
     step or per epoch, whichever ``t`` counts.
 
+    Args:
+        initial: Value at ``t = 0``.
+        final: Value from ``t = total`` on.
+        total: Number of steps (or epochs) of the interpolation.
+
     Examples:
         >>> from modeopt_masks.training import ExponentialSchedule
         >>> s = ExponentialSchedule(initial=1.0, final=200.0, total=4)
@@ -91,6 +96,12 @@ def expected_density(model: nn.Module) -> torch.Tensor:
     In training this is the expected L0 of the soft/stochastic masks; in eval the
     hard circuit's fraction.
 
+    Args:
+        model: A model with active learned masks.
+
+    Returns:
+        A scalar tensor in ``[0, 1]``.
+
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
         >>> from modeopt_masks.training import expected_density
@@ -115,9 +126,15 @@ def expected_density(model: nn.Module) -> torch.Tensor:
 def hard_density(model: nn.Module) -> torch.Tensor:
     """Active masks' hard kept fraction: the share of entries in the eval circuit (no gradient).
 
-    This is the density the model has after ``model.eval()`` (or :func:`~modeopt_masks.export`),
+    This is the density the model has after ``model.eval()`` (or [`export`][modeopt_masks.conversion.export]),
     whatever the masks' training-time distribution: for hard concrete the expected L0
     counts gates with ``log_alpha`` slightly below 0, which the eval circuit drops.
+
+    Args:
+        model: A model with active masks (or one defining ``hard_density()``).
+
+    Returns:
+        A scalar tensor in ``[0, 1]``, detached.
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -151,9 +168,9 @@ class DensityController(nn.Module):
     """Keep ``target_density`` of the mask entries: a PI controller on the hard density.
 
     ``controller(model)`` returns ``c * (d - t)`` for the expected density ``d``
-    (:func:`expected_density`, differentiable), the current target ``t`` and a
+    ([`expected_density`][modeopt_masks.training.expected_density], differentiable), the current target ``t`` and a
     control signal ``c = lambda_1 + gain * (h - t)`` computed from the *hard*
-    density ``h`` (:func:`hard_density`, the fraction the eval circuit keeps); add it
+    density ``h`` ([`hard_density`][modeopt_masks.training.hard_density], the fraction the eval circuit keeps); add it
     to the task loss in place of ``l0_lambda * L0``. In training (module in train mode,
     grad enabled) each call then updates the integral ``lambda_1 += lr * (h - t)``;
     no separate optimiser or ``step()`` call is needed (works unchanged in the HF
@@ -183,6 +200,17 @@ class DensityController(nn.Module):
     multipliers by gradient ascent (``lr``; ``lambda_2`` starts at ``lambda_2_init``; no
     reset, no ``gain``), e.g. ``DensityController(t, steer="expected", lr=1.0,
     lambda_2_init=10.0, warmup_steps=0)`` for head masks.
+
+    Args:
+        target_density: The fraction of mask entries to keep, in ``[0, 1]``.
+        lr: Rate of the integral term (relative growth per step and unit of gap with
+            ``steer="hard"``; the multipliers' ascent step with ``"expected"``).
+        gain: Proportional gain on the hard gap (``steer="hard"`` only).
+        warmup_steps: Steps over which the target moves from the first density to
+            ``target_density`` (default 100; 0: at once).
+        steer: ``"hard"`` (default) steers the eval circuit's density; ``"expected"``
+            CoFi's Lagrangian on the expected density (for a few coarse units).
+        lambda_2_init: Initial quadratic multiplier (``steer="expected"`` only).
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -256,7 +284,7 @@ class DensityController(nn.Module):
         return start + (self.target_density - start) * frac
 
     def _target_tensor(self) -> torch.Tensor:
-        """:meth:`target` as a float64 tensor on the buffers' device (no host sync)."""
+        """`target` as a float64 tensor on the buffers' device (no host sync)."""
         init, final = self.initial_density, torch.full_like(self.initial_density, self.target_density)
         if self.warmup_steps == 0:
             return final
@@ -339,6 +367,12 @@ class MaskTrainingCallback(_TrainerCallbackBase):
     in training) and ``mask_temperature`` are added to the logs and to the trainer's
     ``state.log_history``; with ``density_controller`` also its target and
     ``lambda_1``. ``history`` keeps ``(global_step, temperature)`` of every change.
+
+    Args:
+        schedule: Maps the step or epoch count to a temperature (``None``: leave it).
+        unit: Whether ``schedule`` counts ``"step"``s or ``"epoch"``s.
+        log_l0: Add the mask statistics to the trainer's logs.
+        density_controller: A controller whose target and ``lambda_1`` are logged too.
 
     Examples:
         >>> from modeopt_masks.training import ExponentialSchedule, MaskTrainingCallback

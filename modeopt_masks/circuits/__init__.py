@@ -1,11 +1,11 @@
 """Circuits at the level of edges between components, and ground-truth models to check them.
 
-* :class:`EdgeMaskedModel`: hard-concrete masks on the edges of a native HF model (GPT-2,
-  Llama family with GQA) or a :class:`TinyTransformer`.
-* :func:`edge_attribution_patching`: the one-shot EAP baseline in the same edge space.
-* :func:`acdc`: greedy edge pruning (ACDC), for programs whose gates get no gradient.
-* :func:`compiled_edges`, :func:`tiny_from_tracr`: Tracr programs and their true edges.
-* :func:`draw_edges`: the circuit as a graph image.
+* [`EdgeMaskedModel`][modeopt_masks.circuits.edges.EdgeMaskedModel]: hard-concrete masks on the edges of a native HF model (GPT-2,
+  Llama family with GQA) or a [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer].
+* [`edge_attribution_patching`][modeopt_masks.circuits.eap.edge_attribution_patching]: the one-shot EAP baseline in the same edge space.
+* [`acdc`][modeopt_masks.circuits.acdc.acdc]: greedy edge pruning (ACDC), for programs whose gates get no gradient.
+* [`compiled_edges`][modeopt_masks.circuits.tracr.compiled_edges], [`tiny_from_tracr`][modeopt_masks.circuits.tracr.tiny_from_tracr]: Tracr programs and their true edges.
+* [`draw_edges`][modeopt_masks.circuits.graph.draw_edges]: the circuit as a graph image.
 
 Examples:
     >>> from modeopt_masks import circuits

@@ -44,6 +44,14 @@ def acdc(
     ``distance`` runs the masked model (in eval, hard gates) and returns how far its
     behaviour is from the full model's (e.g. the largest output difference or a KL).
     The gates are left set to the returned circuit.
+
+    Args:
+        edges: The edge-masked model.
+        distance: How far the masked model's behaviour is from the full model's.
+        threshold: The largest distance allowed.
+
+    Returns:
+        The kept edges ``(writer, reader)``.
     """
     edges.eval()
     kept = set(edges.all_edges())

@@ -1,7 +1,7 @@
 """Edge attribution patching (EAP, Syed et al. 2023): one-shot edge scores in the edge-mask space.
 
 The score of edge ``w -> r`` is the first-order change of ``metric`` when the edge is
-switched off: with the gates of :class:`~modeopt_masks.circuits.EdgeMaskedModel`,
+switched off: with the gates of [`EdgeMaskedModel`][modeopt_masks.circuits.edges.EdgeMaskedModel],
 ``input_r = sum_w m a_w + (1 - m) c_w``, so ``dL/dm[r, w] = grad_r . (a_w - c_w)`` at
 ``m = 1``; EAP's ``(c_w - a_w) . grad_r`` is its negative. One forward and one
 backward give every edge's score. ``c`` is the corrupted run's activation (or zero
@@ -33,7 +33,7 @@ from .edges import EdgeMaskedModel
 
 
 class EdgeScores(dict):
-    """``{(writer, reader): score}`` as :func:`edge_attribution_patching` returns it; ``print()``
+    """``{(writer, reader): score}`` as [`edge_attribution_patching`][modeopt_masks.circuits.eap.edge_attribution_patching] returns it; ``print()``
     shows the count and the top edges instead of every edge.
 
     Examples:
@@ -64,6 +64,17 @@ def edge_attribution_patching(
     ``metric`` maps the model output to a scalar (e.g. a loss or a logit difference).
     Without corrupted inputs the ablation is zero (attribution of removing the writer).
     The model's parameters get no gradients; the edges' corruption state is restored.
+
+    Args:
+        edges: The edge-masked model.
+        metric: Maps the model output to a scalar.
+        clean_args: Positional inputs of the clean run.
+        clean_kwargs: Keyword inputs of the clean run.
+        corrupt_args: Positional inputs of the corrupted run (``None``: zero ablation).
+        corrupt_kwargs: Keyword inputs of the corrupted run.
+
+    Returns:
+        ``{(writer, reader): score}``.
     """
     clean_kwargs = dict(clean_kwargs or {})
     previous = edges._corrupt
@@ -91,6 +102,13 @@ def edge_attribution_patching(
 
 def top_edges(scores: Mapping[tuple[str, str], float], k: int) -> list[tuple[str, str]]:
     """The ``k`` edges with the largest ``|score|``.
+
+    Args:
+        scores: ``{edge: score}``.
+        k: How many edges.
+
+    Returns:
+        The edges, largest ``|score|`` first.
 
     Examples:
         >>> from modeopt_masks.circuits import top_edges

@@ -5,7 +5,7 @@ every head's query, key and value input (per KV group under grouped-query
 attention), every MLP input and the final read-out. Each reader receives its own
 sum of the writers before it, weighted by a hard-concrete gate per edge:
 ``input_r = sum_w m[r, w] * a_w + (1 - m[r, w]) * c_w`` where ``c_w`` is the
-writer's corrupted activation (:meth:`EdgeMaskedModel.record_corruption`) or
+writer's corrupted activation ([`EdgeMaskedModel.record_corruption`][modeopt_masks.circuits.edges.EdgeMaskedModel.record_corruption]) or
 zero. With every gate at one this is the residual stream, so the model computes
 what it computed before (up to float summation order).
 
@@ -55,6 +55,17 @@ class EdgeLayout:
     ``qkv``: one fused projection (GPT-2 ``attn.c_attn``) or three separate ones.
     ``final_norm``: a module name relative to the module that holds the layer list.
     ``mlp`` / ``mlp_norm``: ``None`` when the layers have no MLP.
+
+    Args:
+        family: The family name (``"gpt2"``, ``"llama"``).
+        layers: Dotted-name suffixes of the layer list.
+        attn: The attention module, relative to a layer.
+        qkv: One fused projection or the three separate ones.
+        o_proj: The attention output projection.
+        attn_norm: The norm before attention.
+        mlp_norm: The norm before the MLP (``None``: no MLP).
+        mlp: The MLP module (``None``: no MLP).
+        final_norm: The final norm, relative to the module holding the layer list.
     """
 
     family: str
@@ -77,7 +88,8 @@ LAYOUTS: dict[str, EdgeLayout] = {
         "input_layernorm", "post_attention_layernorm", "mlp", "norm",
     ),
 }
-#: HF ``config.model_type`` -> edge layout family (``tiny``: :class:`TinyTransformer`).
+"""The edge layout of each supported model family (``gpt2``, ``llama``)."""
+#: HF ``config.model_type`` -> edge layout family (``tiny``: `TinyTransformer`).
 MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
     "tiny": "llama",
@@ -138,8 +150,17 @@ class EdgeMaskedModel(nn.Module):
     circuit ``log_alpha > 0``. ``use_masks = False`` runs the unmodified model.
     Masks train with ``edges.mask_parameters()``; the base model is not touched.
     ``expected_density()`` makes it usable with
-    :class:`~modeopt_masks.training.DensityController` (``controller(edges)``),
+    [`DensityController`][modeopt_masks.training.DensityController] (``controller(edges)``),
     so a target number of edges is ``target_density = n / edges.num_edges``.
+
+    Args:
+        model: A GPT-2, Llama-family or [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] model.
+        init_percentage: Initial probability that a gate is open.
+        temperature: Hard-concrete temperature.
+        model_type: The family (``None``: read from the model).
+
+    Raises:
+        ValueError: For an unsupported model type.
 
     Examples:
         >>> import torch, transformers
@@ -252,11 +273,11 @@ class EdgeMaskedModel(nn.Module):
                         la[r, c] = value if (writer, reader) in wanted else -value
 
     def heads_per_group(self) -> dict[str, int]:
-        """Query heads per KV group by attention layer name (``{"a0": 2}``), for :func:`draw_edges`."""
+        """Query heads per KV group by attention layer name (``{"a0": 2}``), for [`draw_edges`][modeopt_masks.circuits.graph.draw_edges]."""
         return {f"a{i.index}": i.n_heads // i.n_kv for i in self._layers}
 
     def draw(self, path: str | None = None, title: str | None = None) -> Any:
-        """:func:`~modeopt_masks.circuits.draw_edges` of the hard circuit."""
+        """[`draw_edges`][modeopt_masks.circuits.graph.draw_edges] of the hard circuit."""
         from .graph import draw_edges
 
         return draw_edges(self.edge_list(), self.heads_per_group(), path, title)

@@ -55,7 +55,16 @@ def draw_edges(
     """A matplotlib figure of the ``(writer, reader)`` edges; saved to ``path`` when given.
 
     ``heads_per_group``: query heads per KV group by layer name (``{"a0": 2}``) for GQA
-    readers named ``a0.g1.k``; :meth:`EdgeMaskedModel.heads_per_group` gives it.
+    readers named ``a0.g1.k``; [`EdgeMaskedModel.heads_per_group`][modeopt_masks.circuits.edges.EdgeMaskedModel.heads_per_group] gives it.
+
+    Args:
+        edges: ``(writer, reader)`` pairs.
+        heads_per_group: Query heads per KV group by layer name, for GQA readers.
+        path: Save the figure there.
+        title: The figure's title.
+
+    Returns:
+        The matplotlib figure.
     """
     import matplotlib.pyplot as plt
 

@@ -1,10 +1,10 @@
 """Helpers to check discovered circuits against known ones: training loops, scores, baselines.
 
-* :func:`fit_edges`: train edge masks on a loss (L0 penalty or a density controller).
-* :func:`precision_recall`: of a recovered edge set against the true one.
-* :func:`random_edge_sets`: same-size random subnetworks (the usual baseline).
-* :func:`induction_batch`, :func:`train_induction_model`, :func:`previous_token_head`,
-  :func:`induction_head`: the 2-layer attention-only induction model.
+* [`fit_edges`][modeopt_masks.circuits.ground_truth.fit_edges]: train edge masks on a loss (L0 penalty or a density controller).
+* [`precision_recall`][modeopt_masks.circuits.ground_truth.precision_recall]: of a recovered edge set against the true one.
+* [`random_edge_sets`][modeopt_masks.circuits.ground_truth.random_edge_sets]: same-size random subnetworks (the usual baseline).
+* [`induction_batch`][modeopt_masks.circuits.ground_truth.induction_batch], [`train_induction_model`][modeopt_masks.circuits.ground_truth.train_induction_model], [`previous_token_head`][modeopt_masks.circuits.ground_truth.previous_token_head],
+  [`induction_head`][modeopt_masks.circuits.ground_truth.induction_head]: the 2-layer attention-only induction model.
 
 Examples:
     >>> from modeopt_masks.circuits.ground_truth import precision_recall

@@ -1,9 +1,9 @@
 """Planted circuits: a known subnetwork of a larger model, recovered by head or edge masks.
 
 The teacher is the model restricted to a planted circuit (a random set of attention heads,
-or of edges of the :class:`EdgeMaskedModel` graph); masks trained to match the teacher's
+or of edges of the [`EdgeMaskedModel`][modeopt_masks.circuits.edges.EdgeMaskedModel] graph); masks trained to match the teacher's
 logits under a density controller set to the planted size should find exactly it.
-:func:`recover_planted` reports precision/recall, the faithfulness of the recovered circuit
+[`recover_planted`][modeopt_masks.circuits.planted.recover_planted] reports precision/recall, the faithfulness of the recovered circuit
 (top-1 agreement with the teacher) and the same for same-size random circuits.
 
 Examples:
@@ -59,7 +59,7 @@ def _agreement(logits: torch.Tensor, teacher: torch.Tensor) -> float:
 def recover_planted(level: str, n_layer: int = 4, planted: int = 4, steps: int = 300,
                     n_random: int = 10, seed: int = 0) -> dict[str, Any]:
     """Plant ``planted`` heads (``level="head"``) or a connected edge circuit through
-    ``planted`` heads (``"edge"``, see :func:`planted_edges`), and recover it.
+    ``planted`` heads (``"edge"``, see [`planted_edges`][modeopt_masks.circuits.planted.planted_edges]), and recover it.
 
     Returns ``precision``, ``recall``, ``faithfulness`` (top-1 agreement of the recovered
     circuit alone with the teacher), ``full_model`` (the same for the whole model),

@@ -4,7 +4,7 @@ Attention-only when ``d_mlp == 0``; no layer norms when ``norm=False`` (Tracr's
 compiled models have none); the norms are then ``nn.Identity`` so that the same
 hook points exist in every configuration. Heads, q/k/v/o projections and the
 layer list follow the Llama naming (``layers.N.self_attn.q_proj`` ...), which
-is what :class:`~modeopt_masks.circuits.EdgeMaskedModel` reads.
+is what [`EdgeMaskedModel`][modeopt_masks.circuits.edges.EdgeMaskedModel] reads.
 
 Examples:
     >>> import torch
@@ -25,11 +25,25 @@ from ..rules import StrictModel
 
 
 class TinyTransformerConfig(StrictModel):
-    """Sizes of a :class:`TinyTransformer` (``d_mlp=0``: attention only).
+    """Sizes of a [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] (``d_mlp=0``: attention only).
 
     ``attn_scale`` multiplies the attention logits after the usual ``1/sqrt(d_head)``
     (``None`` for the usual scale); Tracr's compiled heads need ``1.0`` without it
     (see ``scaled``). ``n_out`` is the unembedding width (defaults to ``vocab_size``).
+
+    Attributes:
+        vocab_size: Number of input tokens.
+        d_model: Residual width.
+        n_layers: Number of blocks.
+        n_heads: Attention heads per block.
+        d_head: Width of one head.
+        d_mlp: MLP width (0: attention only).
+        max_len: Longest input (position embeddings).
+        norm: Use layer norms.
+        causal: Causal attention.
+        scaled: Scale attention logits by ``1/sqrt(d_head)``.
+        n_out: Unembedding width (``None``: ``vocab_size``).
+        unembed_bias: Give the unembedding a bias.
 
     Examples:
         >>> from modeopt_masks.circuits import TinyTransformerConfig
@@ -107,7 +121,11 @@ class TinyBlock(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    """Token + learned position embeddings, ``n_layers`` blocks, final norm, unembedding."""
+    """Token + learned position embeddings, ``n_layers`` blocks, final norm, unembedding.
+
+    Args:
+        cfg: Its sizes and options.
+    """
 
     def __init__(self, cfg: TinyTransformerConfig) -> None:
         super().__init__()

@@ -1,10 +1,10 @@
-"""Tracr's compiled transformers as :class:`TinyTransformer` models, with their ground-truth edges.
+"""Tracr's compiled transformers as [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] models, with their ground-truth edges.
 
 Tracr (``tracr-pypi``) compiles a RASP program into a transformer whose residual
 stream is a direct sum of labelled one-hot subspaces; every block reads and
-writes only its own subspaces. :func:`tiny_from_tracr` copies the compiled haiku
+writes only its own subspaces. [`tiny_from_tracr`][modeopt_masks.circuits.tracr.tiny_from_tracr] copies the compiled haiku
 weights (no layer norm, ReLU MLPs, ``softmax(QK^T / sqrt(key_size))``, non-causal)
-into a :class:`TinyTransformer`; :func:`compiled_edges` reads the program's edges
+into a [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer]; [`compiled_edges`][modeopt_masks.circuits.tracr.compiled_edges] reads the program's edges
 off the weights: writer ``w`` feeds reader ``r`` exactly when the residual
 dimensions ``w`` writes meet the dimensions ``r`` reads. Nothing here imports jax:
 ``benchmarks/ground_truth_tracr_compile.py`` caches compiled programs as ``.npz``.
@@ -51,11 +51,20 @@ def tiny_from_tracr(
     unembed: Any,
     causal: bool = False,
 ) -> TinyTransformer:
-    """A :class:`TinyTransformer` computing what the compiled Tracr model ``params`` computes.
+    """A [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] computing what the compiled Tracr model ``params`` computes.
 
     ``params``: the assembled model's ``params`` (haiku module name -> ``{"w", "b"}``);
     ``unembed``: ``[n_out, d_model]``, the projection of the residual onto the output space.
     The output is that projection (argmax it for categorical programs).
+
+    Args:
+        params: The assembled model's ``params``.
+        num_heads: Attention heads per layer.
+        unembed: ``[n_out, d_model]`` output projection.
+        causal: Causal attention.
+
+    Returns:
+        The TinyTransformer.
     """
     tok = _t(params["token_embed"]["embeddings"])
     pos = _t(params["pos_embed"]["embeddings"])
@@ -101,11 +110,17 @@ def _dims(rows: torch.Tensor) -> set[int]:
 
 
 def compiled_edges(edges: EdgeMaskedModel) -> list[tuple[str, str]]:
-    """The edges of a norm-free :class:`TinyTransformer` read off its weights (Tracr ground truth).
+    """The edges of a norm-free [`TinyTransformer`][modeopt_masks.circuits.tiny_transformer.TinyTransformer] read off its weights (Tracr ground truth).
 
     ``(w, r)`` is an edge when the dimensions ``w`` writes (nonzero output weights or
     bias) meet the dimensions ``r`` reads (nonzero input weights). Heads and MLPs that
     write nothing are not in the graph, nor are the edges into them.
+
+    Args:
+        edges: An edge-masked norm-free TinyTransformer.
+
+    Returns:
+        The ``(writer, reader)`` edges.
     """
     net = edges.wrapped_model
     if not isinstance(net, TinyTransformer) or net.config.norm:
@@ -144,7 +159,7 @@ def functional_edges(edges: EdgeMaskedModel, truth: list[tuple[str, str]],
     """The edges of ``truth`` that compute something: removing one alone (the rest of
     ``truth`` on) moves some output after BOS by more than ``tol`` on some input.
 
-    Weight overlap (:func:`compiled_edges`) also counts reads that no input can make
+    Weight overlap ([`compiled_edges`][modeopt_masks.circuits.tracr.compiled_edges]) also counts reads that no input can make
     matter (e.g. a query read of a head whose scores do not depend on it); this is the
     ground truth that an output-matching method can be asked to recover. The gates are
     left at ``truth``.
@@ -181,7 +196,14 @@ class TracrFixture:
 
 
 def load_tracr_fixture(path: str) -> TracrFixture:
-    """Read a ``tracr_<name>.npz`` fixture into a :class:`TracrFixture`."""
+    """Read a ``tracr_<name>.npz`` fixture into a [`TracrFixture`][modeopt_masks.circuits.tracr.TracrFixture].
+
+    Args:
+        path: The ``.npz`` file.
+
+    Returns:
+        The fixture's parameters, unembedding and true edges.
+    """
     data = np.load(path)
     meta = json.loads(str(data["meta"]))
     params: dict[str, dict[str, np.ndarray]] = {}

@@ -1,6 +1,6 @@
 """Compatibility packages: other libraries' APIs on this library's modes.
 
-* :mod:`modeopt_masks.compat.neurosurgeon`: NeuroSurgeon's module paths and names
+* [`modeopt_masks.compat.neurosurgeon`][modeopt_masks.compat.neurosurgeon]: NeuroSurgeon's module paths and names
   (change ``from NeuroSurgeon.`` to ``from modeopt_masks.compat.neurosurgeon.``).
 
 Examples:

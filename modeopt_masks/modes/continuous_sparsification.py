@@ -14,7 +14,7 @@ network in eval.
 Eval path: each eval forward multiplies the weight by ``logits > 0`` thresholded straight
 into the weight's dtype (nothing cached, so every write to the logits or the weight shows);
 the float32 logits stay resident (one per masked entry) unless ``mm.compact_masks`` packs
-the circuit into 1 bit per entry (eval only; see :mod:`modeopt_masks.compact`).
+the circuit into 1 bit per entry (eval only; see [`modeopt_masks.compact`][modeopt_masks.compact]).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm

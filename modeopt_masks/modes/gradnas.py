@@ -4,9 +4,9 @@
 attention and MLP blocks through the family plugin table, plain
 ``Linear -> act -> Linear`` and ``Conv -> BN -> act -> Conv`` pairs inside
 ``nn.Sequential`` or, in custom modules without HF blocks, through
-``torch.fx`` tracing; see :mod:`modeopt_masks.structured.plain` for the
+``torch.fx`` tracing; see [`modeopt_masks.structured.plain`][modeopt_masks.structured.plain] for the
 limits) and puts a unit mask of ones on the input of each
-dimension's consumer. :func:`modeopt_masks.prune` scores and searches;
+dimension's consumer. [`modeopt_masks.prune`][modeopt_masks.pruning.prune] scores and searches;
 ``mm.export`` slices the weights so the model is physically smaller.
 
 Type keys: ``"hf.attention"`` (heads), ``"hf.mlp"`` (hidden channels),
@@ -22,7 +22,7 @@ heads; ``ratios``/``divisor`` then apply to the heads of one group).
 Saving an exported Hugging Face model: the export slices weights, updates
 each block's own head-count attributes and writes the new shapes into
 ``model.config`` wherever the family's config can express them
-(:mod:`modeopt_masks.hf_export`). With the global option ``uniform=True`` the
+([`modeopt_masks.hf_export`][modeopt_masks.hf_export]). With the global option ``uniform=True`` the
 search keeps the same number of units in every layer of a kind (and, for
 attention, only head counts the config accepts), so ``save_pretrained`` output
 reloads with stock ``AutoModel*.from_pretrained``, without this library. Per-layer
@@ -102,6 +102,15 @@ SCORES: dict[str, tuple[str, ...]] = {"hf.hidden": ("gradient", "activation"),
 class GradNASRule(Rule):
     """Choices of one searchable dimension: ``ratios`` x ``divisor``.
 
+    Attributes:
+        ratios: Allowed fractions of the units, in ``(0, 1]`` (``None``: every multiple of
+            ``divisor``).
+        divisor: Unit counts are multiples of this.
+        gqa: Grouped-query attention: prune whole KV ``"groups"`` or query heads ``"even"``ly.
+        min_ratio: Keep at least this fraction of the units.
+        score: ``"gradient"``, ``"activation"`` (``hf.hidden`` only) or ``"influence"``
+            (``hf.depth`` only).
+
     Examples:
         >>> from modeopt_masks.modes.gradnas import GradNASRule
         >>> GradNASRule(ratios=[0.5, 1.0], divisor=4).choices(12)
@@ -150,6 +159,14 @@ class GradNASRule(Rule):
 
 class GradNASConfig(ModeConfig):
     """Which heads / channels ``gradnas`` searches; output heads are off by default.
+
+    Attributes:
+        rules: ``{type key: {glob: GradNASRule fields or None}}``; ``None`` switches a match off.
+        user_keys: The type keys the user gave (set by validation; not passed by hand).
+        uniform: Keep the same number of units in every layer of a kind, so the exported
+            model has one shape per kind.
+        axes: The axes searched: any of ``"heads"``, ``"mlp"``, ``"hidden"``, ``"depth"``,
+            ``"channels"`` (``None``: heads, MLP and plain channels as the rules give).
 
     Examples:
         >>> import modeopt_masks as mm

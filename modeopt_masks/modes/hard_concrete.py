@@ -9,7 +9,7 @@ circuit ``log_alpha > 0`` (the deterministic gate ``> 0.5``). The expected L0 is
 
 Eval path: as ``continuous_sparsification``: each eval forward multiplies the weight by
 ``log_alpha > 0`` in the weight's dtype, nothing cached; ``mm.compact_masks`` packs the
-circuit into 1 bit per entry and frees ``log_alpha`` (eval only; :mod:`modeopt_masks.compact`).
+circuit into 1 bit per entry and frees ``log_alpha`` (eval only; [`modeopt_masks.compact`][modeopt_masks.compact]).
 
 Examples:
     >>> import torch.nn as nn, modeopt_masks as mm

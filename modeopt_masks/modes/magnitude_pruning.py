@@ -10,12 +10,12 @@ largest of every M consecutive input weights instead (``prune_percentage`` is
 then unused). NaN/inf weights raise a ``ValueError`` naming the layer (they
 cannot be ranked) and leave the model unchanged. The global scope finds its
 threshold by a streaming radix select
-(:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
+([`modeopt_masks.selection.global_keep`][modeopt_masks.selection.global_keep]): no concatenated copy of the
 scores, its extra memory is bounded by one chunk.
 
 Eval path: each forward multiplies the weight by ``keep`` converted to the weight's dtype
 (nothing cached); the bool ``keep`` buffer (1 byte per entry) stays resident unless
-``mm.compact_masks`` packs it into 1 bit per entry (:mod:`modeopt_masks.compact`).
+``mm.compact_masks`` packs it into 1 bit per entry ([`modeopt_masks.compact`][modeopt_masks.compact]).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm

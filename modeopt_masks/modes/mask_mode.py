@@ -1,8 +1,8 @@
 """What the unstructured mask modes share: rule fields, config, convert/export.
 
-A mask mode is one file: a :class:`MaskRule` subclass (its per-layer fields), a
-:class:`~modeopt_masks.masking.MaskTechnique` subclass with a ``from_rule``
-classmethod, and one :func:`register_mask_mode` call that builds the mode's config
+A mask mode is one file: a [`MaskRule`][modeopt_masks.modes.mask_mode.MaskRule] subclass (its per-layer fields), a
+[`MaskTechnique`][modeopt_masks.masking.MaskTechnique] subclass with a ``from_rule``
+classmethod, and one [`register_mask_mode`][modeopt_masks.modes.mask_mode.register_mask_mode] call that builds the mode's config
 class and descriptor.
 
 Examples:
@@ -39,7 +39,7 @@ class MaskRule(Rule):
     ``mask_unit="neuron"`` gives one mask entry per output unit (a row of a
     Linear, a column of a ``Conv1D``, an output channel of a conv);
     ``mask_unit="head"`` / ``"kv_group"`` one per attention head / KV group, on an
-    attention block's output projection (its input columns, see :mod:`modeopt_masks.heads`);
+    attention block's output projection (its input columns, see [`modeopt_masks.heads`][modeopt_masks.heads]);
     ``mask_bias`` masks the bias too (not with head units: the bias belongs to no head).
     """
 
@@ -98,7 +98,7 @@ AfterConvert = Callable[[dict[str, MaskedLayer], Any], None]
 
 
 class MaskModeDescriptor(ModeDescriptor):
-    """Converts every matching layer to a :class:`MaskedLayer` with the mode's technique.
+    """Converts every matching layer to a [`MaskedLayer`][modeopt_masks.masking.MaskedLayer] with the mode's technique.
 
     Refused at convert (the model left unchanged): a layer whose ``weight`` is not its
     own parameter because a hook recomputes it (``torch.nn.utils.prune``, old-style
@@ -107,7 +107,7 @@ class MaskModeDescriptor(ModeDescriptor):
     untied first, so the other use keeps its unmasked weight, exported equals masked,
     and an HF config's ``tie_word_embeddings`` is set to ``False``.
 
-    Built by :func:`register_mask_mode`; not subclassed by hand.
+    Built by [`register_mask_mode`][modeopt_masks.modes.mask_mode.register_mask_mode]; not subclassed by hand.
     """
 
     config_class: ClassVar[type[MaskModeConfig]] = MaskModeConfig  # type: ignore[misc]

@@ -7,7 +7,7 @@ from calibration data given in the config, with the calibration options of
 gradnas: ``data_loader`` (an iterable of batches), ``collect_func(batch)`` (the
 model input; default the batch, dicts as keyword arguments),
 ``max_iter_data_loader`` and ``progress`` (a tqdm bar), plus ``sequential``,
-``pruned_inputs`` and ``blocks`` (see :mod:`modeopt_masks.calibration`). The data
+``pruned_inputs`` and ``blocks`` (see [`modeopt_masks.calibration`][modeopt_masks.calibration]). The data
 options are used once and dropped: neither the mode history nor ``save`` keeps
 them, and ``restore`` needs no data (the saved masks are loaded).
 
@@ -15,7 +15,7 @@ Rule fields: ``sparsity`` (fraction of each layer's weights removed) or
 ``pattern="N:M"`` (keep N of every M consecutive input weights; the fraction is
 then ``(M - N) / M``). Weights or calibration inputs with NaN/inf raise a
 ``ValueError`` and leave the model as it was (the weights a mode rewrites are
-kept on disk meanwhile: :class:`SpilledWeights`).
+kept on disk meanwhile: [`SpilledWeights`][modeopt_masks.modes.oneshot.SpilledWeights]).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class OneShotDescriptor(MaskModeDescriptor):
                      config: Any, state: dict[str, Any]) -> None:
         """Set the ``keep`` masks (and weights) of ``layers`` from their statistics.
 
-        ``state`` is a dict kept over one ``convert`` (for :meth:`finish`)."""
+        ``state`` is a dict kept over one ``convert`` (for `finish`)."""
         raise NotImplementedError
 
     def finish(self, layers: dict[str, MaskedLayer], config: Any, state: dict[str, Any]) -> None:

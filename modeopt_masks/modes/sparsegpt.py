@@ -15,7 +15,7 @@ mask removes them): the masked model is SparseGPT's model, ``export`` bakes it,
 and ``use_masks=False`` / ``unconvert`` give the updated dense weights, not the
 original ones (keep a copy if you need those). ``update_weights=False`` keeps
 the weights and only chooses the mask. Convolutions with ``groups > 1`` are
-pruned group by group. See :mod:`modeopt_masks.modes.oneshot` for the
+pruned group by group. See [`modeopt_masks.modes.oneshot`][modeopt_masks.modes.oneshot] for the
 calibration options.
 
 Examples:

@@ -8,7 +8,7 @@ is removed per output row (``scope="row"``, the paper's choice), per layer
 for all; the inputs are then those of the unpruned model, so it needs
 ``pruned_inputs=False``); an ``"N:M"`` ``pattern`` keeps the N best of every M
 consecutive input weights. Weights are not changed. See
-:mod:`modeopt_masks.modes.oneshot` for the calibration options.
+[`modeopt_masks.modes.oneshot`][modeopt_masks.modes.oneshot] for the calibration options.
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm

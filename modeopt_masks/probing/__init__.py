@@ -1,9 +1,9 @@
 """Circuit and probing tools over residual-stream vectors (see DESIGN.md part 9).
 
-* :class:`ResidualUpdateModel` caches attention/MLP updates and residual streams;
-* :class:`SubnetworkProbe` trains a mask and a probe on one cached vector;
-* :class:`CircuitProbe` trains a mask so that a cached vector clusters by label;
-* :mod:`~modeopt_masks.probing.evaluation` scores vectors and ablated circuits.
+* [`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel] caches attention/MLP updates and residual streams;
+* [`SubnetworkProbe`][modeopt_masks.probing.subnetwork_probe.SubnetworkProbe] trains a mask and a probe on one cached vector;
+* [`CircuitProbe`][modeopt_masks.probing.circuit_probe.CircuitProbe] trains a mask so that a cached vector clusters by label;
+* [`evaluation`][modeopt_masks.probing.evaluation] scores vectors and ablated circuits.
 """
 
 from .circuit_probe import CircuitProbe, CircuitProbeConfig

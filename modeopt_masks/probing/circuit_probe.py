@@ -2,12 +2,12 @@
 
 Masks on ``target_layers`` are trained so that the cached ``probe_vector``
 clusters by label: the loss is the soft-nearest-neighbour loss on cosine
-distance (same label = neighbours, see :mod:`~modeopt_masks.probing.snn_loss`)
+distance (same label = neighbours, see [`snn_loss`][modeopt_masks.probing.snn_loss])
 plus ``l0_lambda * L0``. ``objective="linear"`` trains a linear probe on the
 vector instead (cross-entropy). Evaluate the found circuit with
-:func:`~modeopt_masks.probing.evaluation.nearest_centroid_accuracy` on
+[`nearest_centroid_accuracy`][modeopt_masks.probing.evaluation.nearest_centroid_accuracy] on
 collected vectors, and ablate it with ``mm.set_ablation(probe.model, ...)``
-(compare with :func:`~modeopt_masks.probing.evaluation.compare_ablations`).
+(compare with [`compare_ablations`][modeopt_masks.probing.evaluation.compare_ablations]).
 
 Examples:
     >>> import torch, transformers
@@ -38,11 +38,27 @@ from .snn_loss import soft_nearest_neighbour_loss
 
 
 class CircuitProbeConfig(MaskedProbeConfig):
-    """:class:`MaskedProbeConfig` plus the objective.
+    """[`MaskedProbeConfig`][modeopt_masks.probing.masked_probe.MaskedProbeConfig] plus the objective.
 
     ``objective``: ``"snn"`` (soft nearest neighbours, ``snn_temperature``) or
     ``"linear"`` (a linear probe with ``n_classes`` outputs). ``target_layers``
     must name at least one module: circuit probing trains masks.
+
+    Attributes:
+        mask_method: The mask mode of the masked layers.
+        mask_hparams: Rule fields, mode options and ``ablation``.
+        target_layers: Module names or globs to mask.
+        freeze_base: Train only masks and probe; the base stays in eval.
+        probe_vector: The cached vector probed, e.g. ``"mlp_update_3"``.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        labeling: ``"sequence"`` (one label per input) or ``"token"`` (per position).
+        model_type: The family or HF ``model_type`` (``None``: read from the model).
+        hidden_size: Size of the probed vector (``None``: from the model's config).
+        use_cache: Not a setting (the HF ``Trainer`` writes it).
+        objective: ``"snn"`` (soft nearest neighbours) or ``"linear"`` (a linear probe).
+        snn_temperature: Temperature of the SNN loss.
+        n_classes: Outputs of the linear probe (``objective="linear"``).
 
     Examples:
         >>> from modeopt_masks.probing import CircuitProbeConfig
@@ -66,9 +82,14 @@ class CircuitProbeConfig(MaskedProbeConfig):
 class CircuitProbe(MaskedProbe):
     """Mask training against the SNN (or linear-probe) loss on one cached vector.
 
-    ``forward`` returns :class:`ProbeOutput`: ``loss`` (with ``l0_lambda * L0``
+    ``forward`` returns [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput]: ``loss`` (with ``l0_lambda * L0``
     in training), ``hidden_states`` (the selected vectors ``[n, hidden]``),
     ``labels`` and, for the linear objective, ``logits``.
+
+    Args:
+        config: A [`CircuitProbeConfig`][modeopt_masks.probing.circuit_probe.CircuitProbeConfig]
+            or its fields as a dict.
+        model: The base model (masked in place).
 
     Examples:
         >>> import transformers

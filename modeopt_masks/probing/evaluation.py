@@ -30,7 +30,14 @@ def collect_vectors(
     ``labels``) and return the selected vectors ``[n, hidden]`` and labels ``[n]``.
 
     ``probe`` is any module whose output has ``hidden_states`` and ``labels``
-    (a :class:`~modeopt_masks.probing.ProbeOutput`, or a dict).
+    (a [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput], or a dict).
+
+    Args:
+        probe: A module whose output has ``hidden_states`` and ``labels``.
+        batches: Dicts of forward kwargs, each with ``labels``.
+
+    Returns:
+        ``(vectors [n, hidden], labels [n])``.
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -70,6 +77,15 @@ def nearest_centroid_accuracy(
     """Accuracy of assigning each test vector the label of the most cosine-similar class
     centroid of the training vectors (train = test when no test set is given).
 
+    Args:
+        train_x: Training vectors ``[n, d]``.
+        train_y: Their labels ``[n]``.
+        test_x: Test vectors (``None``: the training vectors).
+        test_y: Their labels.
+
+    Returns:
+        The accuracy in ``[0, 1]``.
+
     Examples:
         >>> import torch
         >>> from modeopt_masks.probing import nearest_centroid_accuracy
@@ -96,6 +112,16 @@ def knn_accuracy(
 ) -> float:
     """Majority vote of the ``k`` most cosine-similar training vectors; without a test set,
     leave-one-out on the training set.
+
+    Args:
+        train_x: Training vectors ``[n, d]``.
+        train_y: Their labels ``[n]``.
+        test_x: Test vectors (``None``: leave-one-out on the training set).
+        test_y: Their labels.
+        k: Number of neighbours.
+
+    Returns:
+        The accuracy in ``[0, 1]``.
 
     Examples:
         >>> import torch
@@ -129,6 +155,16 @@ def compare_ablations(
     ``none`` and ``zero_ablate`` are deterministic (one value); the sampled and
     random ablations are redrawn ``n_samples`` times (seeded). The model is left
     in ablation ``none`` and its previous train/eval state.
+
+    Args:
+        model: A model with masked layers.
+        metric: Evaluates the model, e.g. an accuracy on held-out data.
+        ablations: The ablations to try (see [`ABLATIONS`][modeopt_masks.masking.ABLATIONS]).
+        n_samples: Draws per sampled ablation.
+        seed: Seed of the draws.
+
+    Returns:
+        ``{ablation: [metric values]}``.
 
     Examples:
         >>> import torch, torch.nn as nn, modeopt_masks as mm

@@ -1,8 +1,8 @@
 """Turn "mask these layers (names or globs) with this method" into a ``convert`` mode spec.
 
-The probes mask through :func:`modeopt_masks.convert` only, with the spec
-:meth:`modeopt_masks.targets.MaskTargets.mode_spec` builds (shared with
-:class:`~modeopt_masks.circuit.CircuitModel`); this function is that, for
+The probes mask through [`modeopt_masks.convert`][modeopt_masks.conversion.convert] only, with the spec
+[`modeopt_masks.targets.MaskTargets.mode_spec`][modeopt_masks.targets.MaskTargets.mode_spec] builds (shared with
+[`CircuitModel`][modeopt_masks.circuit.CircuitModel]); this function is that, for
 callers holding the fields rather than a config: for every layer type key, the
 user's globs that match modules of that type switch masking on, everything
 else stays off.
@@ -34,7 +34,17 @@ def mask_mode_spec(
     """``(method, config)`` for ``convert`` masking exactly the modules ``target_layers`` match.
 
     A pattern that matches no maskable module raises, naming the closest maskable ones
-    (see :func:`modeopt_masks.targets.resolve_targets`).
+    (see [`modeopt_masks.targets.resolve_targets`][modeopt_masks.targets.resolve_targets]).
+
+    Args:
+        model: The model to mask.
+        method: The mask mode.
+        target_layers: Module names or globs.
+        hparams: Rule fields and mode options.
+        freeze_base: Whether only masks train.
+
+    Returns:
+        ``(method, config)`` for [`convert`][modeopt_masks.conversion.convert].
     """
     targets = MaskTargets(mask_method=method, mask_hparams=hparams, target_layers=target_layers,
                           freeze_base=freeze_base)

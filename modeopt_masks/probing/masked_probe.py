@@ -1,10 +1,10 @@
 """What subnetwork probing and circuit probing share: masks on chosen layers + one cached vector.
 
-:class:`MaskedProbeConfig` says which layers get a mask (through
-:func:`modeopt_masks.convert`; no second masking implementation), which cached
+[`MaskedProbeConfig`][modeopt_masks.probing.masked_probe.MaskedProbeConfig] says which layers get a mask (through
+[`modeopt_masks.convert`][modeopt_masks.conversion.convert]; no second masking implementation), which cached
 vector is probed (``probe_vector``, e.g. ``"mlp_update_3"``; see
-:class:`~modeopt_masks.probing.ResidualUpdateModel`) and how labels map to
-positions (``labeling``). :class:`MaskedProbe` wraps the model and picks, on
+[`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel]) and how labels map to
+positions (``labeling``). [`MaskedProbe`][modeopt_masks.probing.masked_probe.MaskedProbe] wraps the model and picks, on
 each forward, one vector per label.
 
 Label layouts:
@@ -47,11 +47,24 @@ class MaskedProbeConfig(MaskTargets):
     ``target_layers`` (``[]``: no mask), ``mask_method``, ``mask_hparams`` (rule
     fields, mode options such as ``scope``, and ``ablation``) and ``freeze_base``
     (only masks and probe train; the base stays in eval): the mask-target
-    front-end shared with :class:`~modeopt_masks.circuit.CircuitConfig`
-    (:class:`~modeopt_masks.targets.MaskTargets`), validated when the config is
+    front-end shared with [`CircuitConfig`][modeopt_masks.circuit.CircuitConfig]
+    ([`MaskTargets`][modeopt_masks.targets.MaskTargets]), validated when the config is
     built. ``add_l0`` / ``l0_lambda``: add ``l0_lambda * mm.l0_loss`` to the loss in
     training. ``hidden_size``: the probed vector's size, read from the model's
     config when ``None``.
+
+    Attributes:
+        mask_method: The mask mode of the masked layers.
+        mask_hparams: Rule fields, mode options and ``ablation``.
+        target_layers: Module names or globs to mask.
+        freeze_base: Train only masks and probe; the base stays in eval.
+        probe_vector: The cached vector probed, e.g. ``"mlp_update_3"``.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        labeling: ``"sequence"`` (one label per input) or ``"token"`` (per position).
+        model_type: The family or HF ``model_type`` (``None``: read from the model).
+        hidden_size: Size of the probed vector (``None``: from the model's config).
+        use_cache: Not a setting (the HF ``Trainer`` writes it).
 
     Examples:
         >>> from modeopt_masks.probing import SubnetworkProbeConfig
@@ -98,7 +111,7 @@ class MaskedProbeConfig(MaskTargets):
         return v
 
     def resid_config(self) -> ResidualUpdateModelConfig:
-        """The :class:`ResidualUpdateModelConfig` that caches exactly ``probe_vector``."""
+        """The [`ResidualUpdateModelConfig`][modeopt_masks.probing.residual_update_model.ResidualUpdateModelConfig] that caches exactly ``probe_vector``."""
         match = _VECTOR.match(self.probe_vector)
         assert match is not None
         block, kind, layer = match.groups()
@@ -124,9 +137,9 @@ def hidden_size_of(model: nn.Module) -> int:
 
 
 class MaskedProbe(nn.Module):
-    """Base of :class:`SubnetworkProbe` and :class:`CircuitProbe` (not used directly).
+    """Base of [`SubnetworkProbe`][modeopt_masks.probing.subnetwork_probe.SubnetworkProbe] and [`CircuitProbe`][modeopt_masks.probing.circuit_probe.CircuitProbe] (not used directly).
 
-    ``wrapped_model`` is the :class:`ResidualUpdateModel` around the (masked)
+    ``wrapped_model`` is the [`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel] around the (masked)
     model; ``model`` is the model itself. A new probe is in training mode; call
     ``.eval()`` for hard masks (ablations, evaluation).
 
@@ -134,6 +147,10 @@ class MaskedProbe(nn.Module):
     build the probe with the same config on a fresh base model and ``load_state_dict``.
     ``mm.save(probe.model, dir)`` / ``mm.restore(fresh_base, dir)`` keeps the masked model
     alone (no probe head). Copies (``copy.deepcopy``, ``pickle``) cache and train on their own.
+
+    Args:
+        config: The probe's config.
+        model: The base model (masked in place).
     """
 
     #: the class of ``wrapped_model`` (a subclass may use its own ``ResidualUpdateModel``)
@@ -186,7 +203,7 @@ class MaskedProbe(nn.Module):
         """``total_l0``, ``max_l0``, ``layer2l0``, ``layer2maxl0`` of the hard circuit.
 
         Counts are hard (eval masks) whatever the train state, as in
-        :meth:`CircuitModel.compute_l0_statistics <modeopt_masks.circuit.CircuitModel.compute_l0_statistics>`.
+        [`CircuitModel.compute_l0_statistics`][modeopt_masks.circuit.CircuitModel.compute_l0_statistics].
         """
         if not masked_modules(self.model):
             raise ValueError("this probe has no masked layers (target_layers is empty)")

@@ -27,6 +27,12 @@ class ProbeOutput(OrderedDict):
     out of the dict, integer indexing follows the present fields, and missing
     attributes read as ``None``. The HF ``Trainer`` reads ``out["loss"]``.
 
+    Args:
+        loss: The training loss.
+        logits: The probe's outputs.
+        hidden_states: The probed vectors.
+        labels: The labels of those vectors.
+
     Examples:
         >>> import torch
         >>> from modeopt_masks.probing import ProbeOutput

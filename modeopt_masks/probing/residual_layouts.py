@@ -1,14 +1,14 @@
 """Where the residual-stream updates live in each supported transformer family.
 
 The tables here are views of the family records in
-:mod:`modeopt_masks.structured.families` (the one source gradnas reads too); a new family
+[`modeopt_masks.structured.families`][modeopt_masks.structured.families] (the one source gradnas reads too); a new family
 is one ``register_family`` call there. A decoder of an unknown ``model_type`` whose layers
 have a structural family's hook points (Llama-like: ``self_attn`` and ``mlp``) is recognised
-by its modules (:func:`structural_layout`).
+by its modules ([`structural_layout`][modeopt_masks.probing.residual_layouts.structural_layout]).
 
-A :class:`ResidualLayout` names, relative to one transformer layer, the module
+A [`ResidualLayout`][modeopt_masks.structured.families.ResidualLayout] names, relative to one transformer layer, the module
 whose output *is* each quantity cached by
-:class:`~modeopt_masks.probing.ResidualUpdateModel`. A :class:`HookPoint`
+[`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel]. A [`HookPoint`][modeopt_masks.structured.families.HookPoint]
 ``(path, call)`` means "the output of submodule ``path`` on its ``call``-th
 call within one forward of the layer" (ViT calls its one dropout module for
 both residual branches); a tuple output is read at index 0.
@@ -36,10 +36,10 @@ Definitions (``x`` is the layer's input, i.e. ``hidden_states[i]``):
 
 Only self-attention is covered (cross-attention of encoder-decoder BERTs is not).
 
-:data:`LAYOUTS` holds the transformers 5 layout of each family;
-:data:`LEGACY_LAYOUTS` holds alternatives for older transformers versions where
+[`LAYOUTS`][modeopt_masks.probing.residual_layouts.LAYOUTS] holds the transformers 5 layout of each family;
+[`LEGACY_LAYOUTS`][modeopt_masks.probing.residual_layouts.LEGACY_LAYOUTS] holds alternatives for older transformers versions where
 the module names differ (ViT in 4.x: ``encoder.layer.N`` with BERT-like
-``attention.output`` / ``output`` blocks). :func:`layout_candidates` lists them
+``attention.output`` / ``output`` blocks). [`layout_candidates`][modeopt_masks.probing.residual_layouts.layout_candidates] lists them
 in order; the first whose layer list and hook points exist in the model is used.
 
 Examples:
@@ -57,22 +57,31 @@ from ..structured.families import FAMILIES, HookPoint, ResidualLayout
 __all__ = ["LAYOUTS", "LEGACY_LAYOUTS", "MODEL_TYPE_TO_FAMILY", "HookPoint", "ResidualLayout",
            "layout_candidates", "layout_for", "structural_layout"]
 
-#: One entry per family (its transformers 5 layout), from :data:`..structured.families.FAMILIES`.
 LAYOUTS: dict[str, ResidualLayout] = {n: f.residual[0] for n, f in FAMILIES.items() if f.residual}
+"""One entry per family (its transformers 5 layout), from `..structured.families.FAMILIES`."""
 
-#: Alternatives for older transformers versions, tried after ``LAYOUTS[family]``.
 LEGACY_LAYOUTS: dict[str, tuple[ResidualLayout, ...]] = {
     n: f.residual[1:] for n, f in FAMILIES.items() if len(f.residual) > 1
 }
+"""Alternatives for older transformers versions, tried after ``LAYOUTS[family]``."""
 
-#: Hugging Face ``config.model_type`` (and short aliases) -> family.
 MODEL_TYPE_TO_FAMILY: dict[str, str] = {
     t: n for n, f in FAMILIES.items() if f.residual for t in f.model_types
 }
+"""Hugging Face ``config.model_type`` (and short aliases) -> family."""
 
 
 def layout_for(model_type: str) -> ResidualLayout:
     """The layout of a family or HF ``model_type``; an error naming the supported ones.
+
+    Args:
+        model_type: A family or HF ``model_type``.
+
+    Returns:
+        Its [`ResidualLayout`][modeopt_masks.structured.families.ResidualLayout].
+
+    Raises:
+        ValueError: For an unsupported model type.
 
     Examples:
         >>> from modeopt_masks.probing.residual_layouts import layout_for
@@ -95,6 +104,12 @@ def layout_for(model_type: str) -> ResidualLayout:
 
 def layout_candidates(model_type: str) -> list[ResidualLayout]:
     """The transformers 5 layout of ``model_type``, then its older-version alternatives.
+
+    Args:
+        model_type: A family or HF ``model_type``.
+
+    Returns:
+        The candidate layouts, newest first.
 
     Examples:
         >>> from modeopt_masks.probing.residual_layouts import layout_candidates

@@ -5,7 +5,7 @@ On every forward the chosen vectors are put in ``vector_cache`` under
 (``[batch, seq, hidden]``, still attached to the autograd graph so masks and
 probes can train through them). What "update" and "stream" mean for post-LN
 (BERT-family) and pre-LN (GPT-2, GPT-NeoX, Llama-style, ViT) models is defined
-in :mod:`modeopt_masks.probing.residual_layouts`.
+in [`modeopt_masks.probing.residual_layouts`][modeopt_masks.probing.residual_layouts].
 
 Examples:
     >>> import torch, transformers
@@ -35,13 +35,17 @@ from .residual_layouts import HookPoint, ResidualLayout, layout_candidates, stru
 
 
 class ResidualUpdateModelConfig(StrictModel):
-    """Which vectors :class:`ResidualUpdateModel` caches.
+    """Which vectors [`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel] caches.
 
-    ``model_type``: a family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``,
-    ``llama``, ``vit``) or an HF ``config.model_type`` such as ``roberta``;
-    ``None`` reads it from the model. ``target_layers``: layer indices.
-    ``attn`` / ``mlp``: which sub-blocks; ``updates`` / ``stream``: cache the
-    updates and/or the residual stream after each sub-block.
+    Attributes:
+        model_type: A family (``bert``, ``mpnet``, ``gpt2``, ``gpt_neox``, ``llama``,
+            ``vit``) or an HF ``config.model_type`` such as ``roberta`` (``None``: read
+            from the model).
+        target_layers: Layer indices whose vectors are cached.
+        mlp: Cache the MLP sub-block's vectors.
+        attn: Cache the attention sub-block's vectors.
+        updates: Cache the updates the sub-blocks add.
+        stream: Cache the residual stream after each sub-block.
 
     Examples:
         >>> from modeopt_masks.probing import ResidualUpdateModelConfig
@@ -112,9 +116,16 @@ def find_layers(model: nn.Module, layout: ResidualLayout) -> tuple[str, nn.Modul
 
 
 def select_layout(model: nn.Module, model_type: str) -> ResidualLayout:
-    """The first of :func:`layout_candidates` whose layers and hook points exist in ``model``.
+    """The first of [`layout_candidates`][modeopt_masks.probing.residual_layouts.layout_candidates] whose layers and hook points exist in ``model``.
 
     When none fits, the transformers 5 layout is returned (the errors then name what is missing).
+
+    Args:
+        model: The model.
+        model_type: A family or HF ``model_type``.
+
+    Returns:
+        The fitting [`ResidualLayout`][modeopt_masks.structured.families.ResidualLayout].
 
     Examples:
         >>> import transformers
@@ -171,6 +182,11 @@ class ResidualUpdateModel(nn.Module):
     wrapped model; the hooks also fire when the model is called directly.
     ``remove_hooks()`` removes them (nothing is cached afterwards),
     ``add_hooks()`` puts them back, ``with rum.disabled():`` pauses them.
+
+    Args:
+        config: A [`ResidualUpdateModelConfig`][modeopt_masks.probing.residual_update_model.ResidualUpdateModelConfig]
+            or its fields as a dict.
+        model: The model to hook (not modified otherwise).
 
     Examples:
         >>> import torch, transformers

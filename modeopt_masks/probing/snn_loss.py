@@ -26,6 +26,14 @@ def soft_nearest_neighbour_loss(
 ) -> torch.Tensor:
     """SNN loss of ``vectors`` ``[n, d]`` under ``labels`` ``[n]`` (same label = neighbours).
 
+    Args:
+        vectors: ``[n, d]`` vectors.
+        labels: ``[n]`` labels.
+        temperature: Softmax temperature of the similarities.
+
+    Returns:
+        The scalar loss (lower: vectors cluster by label).
+
     Examples:
         >>> import torch
         >>> from modeopt_masks.probing import soft_nearest_neighbour_loss

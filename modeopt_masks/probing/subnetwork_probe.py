@@ -2,7 +2,7 @@
 
 A linear probe (or, with ``intermediate_size``, a one-hidden-layer MLP) reads
 one cached vector (``probe_vector``). The masks come from
-:func:`modeopt_masks.convert`; with no ``target_layers`` it is plain probing of
+[`modeopt_masks.convert`][modeopt_masks.conversion.convert]; with no ``target_layers`` it is plain probing of
 a frozen model.
 
 Examples:
@@ -30,7 +30,22 @@ from .masked_probe import IGNORE_INDEX, MaskedProbe, MaskedProbeConfig
 
 
 class SubnetworkProbeConfig(MaskedProbeConfig):
-    """:class:`MaskedProbeConfig` plus ``n_classes`` and ``intermediate_size`` (``None``: linear).
+    """[`MaskedProbeConfig`][modeopt_masks.probing.masked_probe.MaskedProbeConfig] plus ``n_classes`` and ``intermediate_size`` (``None``: linear).
+
+    Attributes:
+        mask_method: The mask mode of the masked layers.
+        mask_hparams: Rule fields, mode options and ``ablation``.
+        target_layers: Module names or globs to mask.
+        freeze_base: Train only masks and probe; the base stays in eval.
+        probe_vector: The cached vector probed, e.g. ``"mlp_update_3"``.
+        add_l0: Add ``l0_lambda * L0`` to the loss in training.
+        l0_lambda: Weight of the L0 penalty.
+        labeling: ``"sequence"`` (one label per input) or ``"token"`` (per position).
+        model_type: The family or HF ``model_type`` (``None``: read from the model).
+        hidden_size: Size of the probed vector (``None``: from the model's config).
+        use_cache: Not a setting (the HF ``Trainer`` writes it).
+        n_classes: Number of classes of the probe.
+        intermediate_size: Hidden width of an MLP probe (``None``: a linear probe).
 
     Examples:
         >>> from modeopt_masks.probing import SubnetworkProbeConfig
@@ -48,12 +63,17 @@ class SubnetworkProbeConfig(MaskedProbeConfig):
 
 
 class SubnetworkProbe(MaskedProbe):
-    """Masks + probe; ``forward`` returns :class:`ProbeOutput` (``loss``, ``logits``).
+    """Masks + probe; ``forward`` returns [`ProbeOutput`][modeopt_masks.probing.probe_output.ProbeOutput] (``loss``, ``logits``).
 
     ``logits`` are ``[batch, n_classes]`` for sequence labelling and
     ``[batch, seq, n_classes]`` (every position) for token labelling; the loss is
     the cross-entropy over the labelled positions, plus ``l0_lambda * L0`` in
     training. Train ``[p for p in probe.parameters() if p.requires_grad]``.
+
+    Args:
+        config: A [`SubnetworkProbeConfig`][modeopt_masks.probing.subnetwork_probe.SubnetworkProbeConfig]
+            or its fields as a dict.
+        model: The base model (masked in place).
 
     Examples:
         >>> import torch, transformers

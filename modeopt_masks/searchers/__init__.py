@@ -26,7 +26,17 @@ SEARCHERS: dict[str, type[BaseSearcher]] = {
 
 
 def get_searcher(name: str | BaseSearcher) -> BaseSearcher:
-    """A searcher instance by name (``"gradient_binary"``, ``"binary"``) or as given."""
+    """A searcher instance by name (``"gradient_binary"``, ``"binary"``) or as given.
+
+    Args:
+        name: ``"gradient_binary"``, ``"binary"``, or a searcher instance (returned as is).
+
+    Returns:
+        A [`BaseSearcher`][modeopt_masks.searchers.base.BaseSearcher].
+
+    Raises:
+        ValueError: For an unknown name (the message lists the known ones).
+    """
     if isinstance(name, BaseSearcher):
         return name
     try:

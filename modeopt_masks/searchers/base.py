@@ -46,11 +46,20 @@ Factor = str | tuple[str, int]
 class SearchResult(Summarised):
     """What a search chose and why.
 
-    ``selection``: kept units per hparam; ``kept``: their indices; ``choices``:
-    allowed counts; ``scores``: importance per unit in original order;
-    ``constraints``: per kind ``{"target", "achieved", "original", "ratio"}``;
-    ``history``: one entry per search step (threshold and costs); ``seconds``: how long
-    the search took. ``print(result)`` / ``result.summary()`` give a short summary.
+    ``print(result)`` / ``result.summary()`` give a short summary.
+
+    Args:
+        selection: Kept units per hparam name.
+        kept: Indices of the kept units per hparam.
+        choices: Allowed unit counts per hparam.
+        scores: Importance per unit, in original order.
+        sensitivities: Per-hparam sensitivity values (binary searcher).
+        constraints: Per kind, ``{"target", "achieved", "original", "ratio"}``.
+        threshold: The importance threshold the search settled on.
+        history: One entry per search step (threshold and costs).
+        searcher: Name of the searcher that produced the result.
+        candidates: The candidate subnetworks tried (joint search).
+        seconds: How long the search took.
 
     Examples:
         >>> from modeopt_masks.searchers import SearchResult
@@ -69,7 +78,7 @@ class SearchResult(Summarised):
     history: list[dict[str, float]] = field(default_factory=list)
     searcher: str = ""
     #: joint search (hidden size / depth with other axes): every candidate of per-axis counts
-    #: it scored, with its held-out calibration loss and costs (see :mod:`.joint`)
+    #: it scored, with its held-out calibration loss and costs (see `.joint`)
     candidates: list[dict[str, Any]] = field(default_factory=list)
     seconds: float | None = None
 
@@ -120,7 +129,14 @@ def parse_constraints(
 
 
 def count_params(model: nn.Module) -> int:
-    """Parameters of ``model`` (shared tensors once)."""
+    """Parameters of ``model`` (shared tensors once).
+
+    Args:
+        model: Any module.
+
+    Returns:
+        The number of parameter entries, counting shared tensors once.
+    """
     return sum(p.numel() for p in model.parameters())
 
 
@@ -215,7 +231,7 @@ class CostModel:
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
         """Params / FLOPs when hparam ``n`` keeps ``counts[n]`` units (a depth hparam keeps
-        its first ``counts[n]`` blocks in :attr:`orders`)."""
+        its first ``counts[n]`` blocks in `orders`)."""
         kept = {n: set(self.orders[n][: counts[n]]) for n in self.blocks}
         out = {}
         for kind, terms in self.terms.items():
@@ -246,7 +262,15 @@ def _parent_in(name: str, names: Mapping[str, Any]) -> str | None:
 
 
 def measure_flops(model: nn.Module, dummy_input: Any) -> tuple[int, dict[str, int]]:
-    """Total FLOPs of one forward on ``dummy_input`` and FLOPs per module name."""
+    """Total FLOPs of one forward on ``dummy_input`` and FLOPs per module name.
+
+    Args:
+        model: The model to run.
+        dummy_input: Its input (a tensor, a tuple of positional args or a dict of kwargs).
+
+    Returns:
+        ``(total, per_module)``: FLOPs of the forward and FLOPs per module name.
+    """
     param = next(model.parameters(), None)
     inputs = to_device(dummy_input, param.device) if param is not None else dummy_input
     was_training = model.training
@@ -315,7 +339,7 @@ class BaseSearcher:
         config: Mapping[str, Any] | None = None,
         hparams: dict[str, StructuredHParam] | None = None,
     ) -> SearchResult:
-        """Validate ``config``, then :meth:`run` (``hparams``: default, those of ``model``)."""
+        """Validate ``config``, then `run` (``hparams``: default, those of ``model``)."""
         start = time.perf_counter()
         result = self.run(model, constraints, dummy_input, self.sanitize_config(config), hparams)
         result.seconds = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """``GradientBinarySearcher``: sensitivities from accumulated gradient scores (GradNAS).
 
-Scores come from :func:`~modeopt_masks.structured.collect_scores` (sum of
+Scores come from [`collect_scores`][modeopt_masks.structured.scores.collect_scores] (sum of
 ``(dL/dmask)^2``, or Michel et al.'s mean ``|dL/dmask|`` with
 ``score_type="michel"``). They are normalised per kind over the whole model (``normalize="global"``,
 the default: all head scores sum to 1, all channel scores sum to 1) or per
@@ -58,7 +58,7 @@ class GradientBinarySearcher(BaseSearcher):
     ``"layer"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
     ``progress``, ``all_reduce`` (under ``torch.distributed``, sum the scores over all
     ranks so that every rank chooses the same subnetwork; default on). With the hidden-size
-    or depth axis next to other axes the search is joint (:mod:`.joint`): ``axis_ratios``
+    or depth axis next to other axes the search is joint ([`modeopt_masks.searchers.joint`][modeopt_masks.searchers.joint]): ``axis_ratios``
     (``{"hidden": [...], "depth": [...]}``, candidate ratios) and ``eval_loader`` (held-out
     calibration batches that rank the candidates; default: the last quarter of
     ``data_loader``).

@@ -1,12 +1,12 @@
-"""The model-family records: one :class:`Family` per family, read by gradnas and probing.
+"""The model-family records: one [`Family`][modeopt_masks.structured.families.Family] per family, read by gradnas and probing.
 
 A family record holds everything the library knows about one model family:
 its Hugging Face ``model_type`` values, where its attention and MLP projections
 are (and how fused ones are laid out), which attributes hold head counts, and
-where :class:`~modeopt_masks.probing.ResidualUpdateModel` reads the residual
+where [`ResidualUpdateModel`][modeopt_masks.probing.residual_update_model.ResidualUpdateModel] reads the residual
 updates. Paths are relative to the matched block; a leading ``../`` goes to its
-parent. :data:`SUPPORTED_FAMILIES` and the probing tables are derived from
-:data:`FAMILIES`; a new family is one :func:`register_family` call.
+parent. [`SUPPORTED_FAMILIES`][modeopt_masks.structured.families.SUPPORTED_FAMILIES] and the probing tables are derived from
+[`FAMILIES`][modeopt_masks.structured.families.FAMILIES]; a new family is one [`register_family`][modeopt_masks.structured.families.register_family] call.
 
 Blocks are matched by class name first (a class may have several layouts, one
 per transformers generation: ViT's ``q_proj``/``o_proj`` in 5.x,
@@ -92,7 +92,12 @@ class MLPLayout:
 
 @dataclass(frozen=True)
 class HookPoint:
-    """The output of submodule ``path`` (``""`` = the layer) on its ``call``-th call per layer."""
+    """The output of submodule ``path`` (``""`` = the layer) on its ``call``-th call per layer.
+
+    Args:
+        path: The submodule, relative to the layer (``""``: the layer).
+        call: Which call per layer (0: the first).
+    """
 
     path: str
     call: int = 0
@@ -100,12 +105,22 @@ class HookPoint:
 
 @dataclass(frozen=True)
 class ResidualLayout:
-    """Where one family's residual-stream updates live (see :mod:`..probing.residual_layouts`).
+    """Where one family's residual-stream updates live (see [`modeopt_masks.probing.residual_layouts`][modeopt_masks.probing.residual_layouts]).
 
     ``layers``: candidate dotted-name suffixes of the ``nn.ModuleList`` of layers.
     ``attn_stream``: a hook point for post-LN families, ``None`` for pre-LN ones
     (where it is computed as layer input + ``attn_update``). ``scale``: a layer attribute
     the updates are multiplied by before they are added (Granite's ``residual_multiplier``).
+
+    Args:
+        family: The family name.
+        layers: Candidate dotted-name suffixes of the layer list.
+        attn_update: Where the attention update is read.
+        mlp_update: Where the MLP update is read.
+        attn_stream: The stream after attention (post-LN families; ``None`` for pre-LN).
+        mlp_stream: The stream after the MLP.
+        post_ln: Whether the family normalises after the residual addition.
+        scale: A layer attribute the updates are multiplied by.
     """
 
     family: str
@@ -167,7 +182,7 @@ class Family:
     ``model.config`` attribute holds each exported quantity (``"heads"``, ``"kv_heads"``,
     ``"head_dim"``, ``"channels"``, ``"hidden"``, ``"layers"``), so export can write the pruned
     shapes into the config; ``stream``: where the residual stream and the blocks are
-    (:class:`StreamLayout`; empty: no hidden-size / depth axes for this family);
+    ([`StreamLayout`][modeopt_masks.structured.families.StreamLayout]; empty: no hidden-size / depth axes for this family);
     a quantity missing here cannot be expressed by the family's config (BERT derives its head
     size from ``hidden_size / num_attention_heads``, so fewer heads are not expressible).
 
@@ -207,6 +222,7 @@ MLP_ONLY_CONFIG_FIELDS = (("channels", "intermediate_size"), *STREAM_CONFIG_FIEL
 
 
 FAMILIES: dict[str, Family] = {}
+"""Every registered family by name (``register_family`` adds to it)."""
 _VERSION = [0]  # bumped by register_family (the class-name index is rebuilt then)
 
 
@@ -411,7 +427,7 @@ MLP_LAYOUTS: tuple[MLPLayout, ...] = tuple(lay for fam in FAMILIES.values() for 
 
 
 def supported_families() -> str:
-    """The families gradnas searches, for messages (derived from :data:`FAMILIES`).
+    """The families gradnas searches, for messages (derived from [`FAMILIES`][modeopt_masks.structured.families.FAMILIES]).
 
     Examples:
         >>> from modeopt_masks.structured.families import supported_families
@@ -425,6 +441,7 @@ def supported_families() -> str:
 
 
 SUPPORTED_FAMILIES = supported_families()
+"""The names of the families registered when the library loads."""
 
 
 _L = TypeVar("_L", AttentionLayout, MLPLayout)
@@ -477,7 +494,7 @@ def is_hf_module(module: nn.Module) -> bool:
 
 
 def _index(layouts: Callable[[Family], tuple[_L, ...]]) -> tuple[dict[str, list[_L]], list[_L]]:
-    """``({class name: layouts}, structural layouts in order)`` over :data:`FAMILIES`."""
+    """``({class name: layouts}, structural layouts in order)`` over [`FAMILIES`][modeopt_masks.structured.families.FAMILIES]."""
     by_class: dict[str, list[_L]] = {}
     structural: list[_L] = []
     for fam in FAMILIES.values():
@@ -615,7 +632,7 @@ def _check_not_refused(module: nn.Module, name: str, key: str) -> None:
 
 def attention_structure(root: nn.Module, name: str, module: nn.Module,
                         gqa: str = "groups") -> Structure:
-    """The heads :class:`Structure` of attention block ``name`` (a known family).
+    """The heads [`Structure`][modeopt_masks.structured.structure.Structure] of attention block ``name`` (a known family).
 
     ``gqa`` (grouped-query attention only): ``"groups"`` prunes whole KV groups,
     ``"even"`` prunes query heads evenly within every KV group.
@@ -707,7 +724,7 @@ def attention_structure(root: nn.Module, name: str, module: nn.Module,
 
 
 def mlp_structure(root: nn.Module, name: str, module: nn.Module) -> Structure:
-    """The hidden-channels :class:`Structure` of MLP block ``name`` (a known family)."""
+    """The hidden-channels [`Structure`][modeopt_masks.structured.structure.Structure] of MLP block ``name`` (a known family)."""
     layout = mlp_layout(module)
     if layout is None:
         raise ValueError(

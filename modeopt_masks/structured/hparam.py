@@ -1,13 +1,13 @@
 """Searchable structured hparams and the unit mask that realises them.
 
-The mask of a :class:`~.structure.Structure` sits on the *input* of the module
+The mask of a [`Structure`][modeopt_masks.structured.structure.Structure] sits on the *input* of the module
 that consumes the dimension (the attention output projection, the MLP down
 projection, the next conv): that module's class is swapped for
-``UnitMasked + original`` (see :mod:`modeopt_masks.dynamic`), whose forward
+``UnitMasked + original`` (see [`modeopt_masks.dynamic`][modeopt_masks.dynamic]), whose forward
 reshapes the input to ``[..., units, unit_size]`` and multiplies by the mask.
 No ``head_mask`` argument is needed, so this works on transformers 5.
 
-:class:`StructuredHParam` is the user-facing view: ``choices`` (unit counts),
+[`StructuredHParam`][modeopt_masks.structured.hparam.StructuredHParam] is the user-facing view: ``choices`` (unit counts),
 ``importance`` (scores in original unit order), ``active`` (units kept) and
 ``kept`` (which units).
 
@@ -93,6 +93,9 @@ class UnitMasked:
 
 class StructuredHParam:
     """One searchable dimension of a converted model (a view on its masked consumer module).
+
+    Args:
+        module: The masked consumer module whose input units this hparam selects.
 
     Examples:
         >>> import torch.nn as nn, modeopt_masks as mm
@@ -205,14 +208,21 @@ class StructuredHParam:
 
 
 def is_mask_holder(module: nn.Module) -> bool:
-    """Whether ``module`` holds the unit mask of a gradnas hparam (a :class:`UnitMasked`
-    consumer, or the holder of a stream axis' shared mask, see :mod:`.stream`)."""
+    """Whether ``module`` holds the unit mask of a gradnas hparam (a [`UnitMasked`][modeopt_masks.structured.hparam.UnitMasked]
+    consumer, or the holder of a stream axis' shared mask, see [`modeopt_masks.structured.stream`][modeopt_masks.structured.stream])."""
     return is_dynamic(module) and issubclass(type(module).__dict__["_mm_mixin"], UnitMasked) and (
         "_mm_struct" in module.__dict__)
 
 
 def gradnas_hparams(model: nn.Module) -> dict[str, StructuredHParam]:
-    """``{name: StructuredHParam}`` of a gradnas-converted model, in module order."""
+    """``{name: StructuredHParam}`` of a gradnas-converted model, in module order.
+
+    Args:
+        model: A gradnas-converted model.
+
+    Returns:
+        ``{name: StructuredHParam}`` in module order (empty for an unconverted model).
+    """
     out: dict[str, StructuredHParam] = {}
     for m in model.modules():
         if is_mask_holder(m):

@@ -16,10 +16,10 @@ Such pairs are found in two ways:
   A residual add, a reshape, a concatenation or a second use between the two
   layers ends the chain (those channels are not searched). Recognised
   channel-wise functions: ``F.relu``, ``F.gelu``, ``F.silu``, ``torch.tanh`` and
-  the like (:data:`CHANNELWISE_FUNCTIONS`), and the matching tensor methods.
+  the like ([`CHANNELWISE_FUNCTIONS`][modeopt_masks.structured.plain.CHANNELWISE_FUNCTIONS]), and the matching tensor methods.
   Models that ``symbolic_trace`` cannot trace (data-dependent control flow,
   for instance) keep only their ``nn.Sequential`` pairs;
-  :func:`plain_structures_report` says why tracing failed, and ``gradnas``
+  [`plain_structures_report`][modeopt_masks.structured.plain.plain_structures_report] says why tracing failed, and ``gradnas``
   puts that reason in its error when nothing is searchable.
 
 Examples:
@@ -135,11 +135,11 @@ def sequential_structures(root: nn.Module, skip: tuple[str, ...] = ()) -> dict[s
     return out
 
 
-#: functions (and same-named tensor methods) that act channel by channel, for traced graphs
 CHANNELWISE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     F.relu, F.relu6, F.gelu, F.silu, F.elu, F.leaky_relu, F.mish, F.hardswish, F.hardsigmoid,
     F.softplus, F.dropout, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
 )
+"""Functions (and same-named tensor methods) that act channel by channel, for traced graphs."""
 _CHANNELWISE_METHODS = frozenset({"relu", "relu_", "sigmoid", "tanh", "sigmoid_", "tanh_"})
 
 

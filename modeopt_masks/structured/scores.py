@@ -12,7 +12,7 @@ touched and no weight gradients are computed. Scores (original unit order):
 
 A hidden-size or depth hparam whose rule sets ``score="activation"`` /
 ``"influence"`` gets that statistic instead, collected in the same pass (see
-:mod:`.stream`).
+[`modeopt_masks.structured.stream`][modeopt_masks.structured.stream]).
 
 Under ``torch.distributed`` (an initialised process group of more than one
 rank) the per-rank sums and batch counts are all-reduced, so every rank gets
@@ -123,6 +123,23 @@ def collect_scores(
     A loss whose mask gradients are all zero raises a ``ValueError`` (nothing to rank).
     A loss that is ~0 on every batch (the full model at its minimum, as with a
     self-distillation loss) has no gradient signal: a warning says so.
+
+    Args:
+        model: A gradnas-converted model.
+        data_loader: Batches to score on.
+        loss_func: ``loss_func(output, batch)``; default ``output.loss``.
+        collect_func: ``collect_func(batch)`` gives the model input; default the batch.
+        max_iter_data_loader: Stop after this many batches (``None``: all).
+        score_type: ``"gradnas"`` (squared mask gradients) or ``"michel"`` (absolute ones).
+        progress: Show a progress bar.
+        all_reduce: Sum the scores over the ranks of ``group`` when distributed.
+        group: The process group (default: the world).
+
+    Returns:
+        ``{hparam name: importance per unit}``.
+
+    Raises:
+        ValueError: For an unknown ``score_type``, non-finite scores or all-zero gradients.
     """
     if score_type not in SCORE_TYPES:
         raise ValueError(f"score_type must be one of {SCORE_TYPES}, got {score_type!r}")

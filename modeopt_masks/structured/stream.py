@@ -1,6 +1,6 @@
 """The hidden-size and depth axes: residual-stream channels and whole blocks.
 
-Both axes use a family's :class:`~.families.StreamLayout` (where the blocks,
+Both axes use a family's [`StreamLayout`][modeopt_masks.structured.families.StreamLayout] (where the blocks,
 embeddings, norms and output heads are) and its attention / MLP layouts (which
 projections read and write the stream).
 
@@ -62,7 +62,7 @@ from .structure import Slice, Structure
 
 @dataclass
 class Stream:
-    """A model's residual stream, found through its family's :class:`StreamLayout`."""
+    """A model's residual stream, found through its family's [`StreamLayout`][modeopt_masks.structured.families.StreamLayout]."""
 
     family: str
     layout: StreamLayout
@@ -81,7 +81,7 @@ def _fits(modules: dict[str, nn.Module], backbone: str, layout: StreamLayout) ->
 
 
 def find_stream(model: nn.Module) -> Stream | None:
-    """The residual stream of ``model`` (``None``: no family with a :class:`StreamLayout` fits).
+    """The residual stream of ``model`` (``None``: no family with a [`StreamLayout`][modeopt_masks.structured.families.StreamLayout] fits).
 
     The family is the one of ``model.config.model_type`` when it has a fitting layout, else
     the first structural family (Llama-like decoders) whose layout fits.
@@ -211,7 +211,7 @@ def _embedding_slices(modules: dict[str, nn.Module], name: str, width: int
 
 
 def hidden_structure(model: nn.Module, stream: Stream | None = None) -> Structure:
-    """The residual-stream channels :class:`Structure` of ``model`` (key ``"hf.hidden"``)."""
+    """The residual-stream channels [`Structure`][modeopt_masks.structured.structure.Structure] of ``model`` (key ``"hf.hidden"``)."""
     stream = stream or find_stream(model)
     if stream is None:
         raise ValueError(no_stream_message(model, "hidden size"))
@@ -273,7 +273,7 @@ def hidden_structure(model: nn.Module, stream: Stream | None = None) -> Structur
 
 
 def depth_structure(model: nn.Module, stream: Stream | None = None) -> Structure:
-    """The blocks :class:`Structure` of ``model`` (key ``"hf.depth"``; one unit per block)."""
+    """The blocks [`Structure`][modeopt_masks.structured.structure.Structure] of ``model`` (key ``"hf.depth"``; one unit per block)."""
     stream = stream or find_stream(model)
     if stream is None:
         raise ValueError(no_stream_message(model, "depth"))
@@ -378,7 +378,7 @@ def _gate(holder: Any, index: int, x: torch.Tensor, h: torch.Tensor) -> torch.Te
 
 def install_stream_sites(modules: dict[str, nn.Module], structure: Structure,
                          choices: list[int]) -> list[nn.Module]:
-    """Make ``structure``'s holder and sites :class:`StreamMasked`; return the modules swapped."""
+    """Make ``structure``'s holder and sites [`StreamMasked`][modeopt_masks.structured.stream.StreamMasked]; return the modules swapped."""
     swapped: list[nn.Module] = []
 
     def ensure(module: nn.Module, name: str) -> None:
@@ -408,7 +408,7 @@ def install_stream_sites(modules: dict[str, nn.Module], structure: Structure,
 
 
 def release_stream_sites(holder: nn.Module) -> None:
-    """Undo :func:`install_stream_sites` for ``holder``'s hparam (its sites lose their roles;
+    """Undo [`install_stream_sites`][modeopt_masks.structured.stream.install_stream_sites] for ``holder``'s hparam (its sites lose their roles;
     modules left with none get their class back)."""
     sites = holder.__dict__.pop("_mm_site_modules", [])
     holder.__dict__.pop("_mm_stats", None)

@@ -1,10 +1,10 @@
 """What a searchable dimension is made of: where its mask sits and which tensors it slices.
 
-A :class:`Structure` describes one prunable dimension of a model (an attention
+A [`Structure`][modeopt_masks.structured.structure.Structure] describes one prunable dimension of a model (an attention
 block's heads, an MLP block's hidden channels, a plain layer's output channels)
 in names and integers only, so it survives ``deepcopy``/pickle and can be
-re-derived on a fresh model. Family plugins (:mod:`.families`) and the plain
-structure finder (:mod:`.plain`) build them; :func:`slice_structure` applies an
+re-derived on a fresh model. Family plugins ([`modeopt_masks.structured.families`][modeopt_masks.structured.families]) and the plain
+structure finder ([`modeopt_masks.structured.plain`][modeopt_masks.structured.plain]) build them; [`slice_structure`][modeopt_masks.structured.structure.slice_structure] applies an
 export.
 
 Examples:
@@ -107,7 +107,7 @@ class Structure:
     groups: int = 1
     #: ``(module, role)`` of every module that reads the shared mask (hidden / depth axes):
     #: ``"write"`` (output masked), ``"norm"`` (statistics over the kept channels), ``"block"``
-    #: (output masked / gated); see :mod:`.stream`
+    #: (output masked / gated); see `.stream`
     sites: list[tuple[str, str]] = field(default_factory=list)
     #: depth axis: the block names, unit ``i`` is ``blocks[i]`` (export drops the others)
     blocks: list[str] = field(default_factory=list)
@@ -162,7 +162,7 @@ class SlicePlan:
 
 @torch.no_grad()
 def plan_slices(model: nn.Module, selection: list[tuple[Structure, list[int]]]) -> SlicePlan:
-    """The :class:`SlicePlan` keeping, for each structure, its units ``kept`` (sorted).
+    """The [`SlicePlan`][modeopt_masks.structured.structure.SlicePlan] keeping, for each structure, its units ``kept`` (sorted).
 
     Computes new tensors only; ``model`` is not changed (a failure here leaves it as it was).
     """

@@ -2,7 +2,7 @@
 
 A NeuroSurgeon user changes one import prefix: ``NeuroSurgeon.`` becomes
 ``modeopt_masks.compat.neurosurgeon.``. Every class here converts layers with
-:func:`modeopt_masks.convert` (no second masking implementation), so the
+[`modeopt_masks.convert`][modeopt_masks.conversion.convert] (no second masking implementation), so the
 library's own tools (``mm.export``, ``mm.save``, ``mm.l0_stats``...) work on the
 result. NeuroSurgeon's conventions that differ from the library's (L0 counted in
 gated weights, ``prune_percentage=0.2``, layers that start in training mode,

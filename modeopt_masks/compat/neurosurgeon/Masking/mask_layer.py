@@ -1,8 +1,8 @@
 """NeuroSurgeon's ``MaskLayer``: its layer interface over the library's masked layers.
 
 A NeuroSurgeon mask layer here *is* a layer converted by a mask mode
-(:class:`modeopt_masks.MaskedLayer`), with :class:`MaskLayer` put in front of
-its class: the masks are the mode's :class:`~modeopt_masks.MaskTechnique`
+([`modeopt_masks.MaskedLayer`][modeopt_masks.masking.MaskedLayer]), with `MaskLayer` put in front of
+its class: the masks are the mode's [`MaskTechnique`][modeopt_masks.masking.MaskTechnique]
 objects, the forward is the library's. What this class adds is NeuroSurgeon's
 vocabulary:
 
@@ -11,7 +11,7 @@ vocabulary:
   assigning a new ``nn.Parameter`` replaces it (and drops cached masks);
 * ``weight_mask`` / ``bias_mask``: read as the mask the last forward multiplied
   the weight with (the technique object behaves as that tensor in comparisons,
-  indexing and ``torch`` functions: :class:`MaskView`);
+  indexing and ``torch`` functions: `MaskView`);
 * ``_compute_mask(param_type)``, ``calculate_l0()`` / ``calculate_max_l0()``
   (counted in *gated weights*, NeuroSurgeon's convention: a neuron mask of a
   10->20 Linear counts 200, where ``mm.l0_stats`` counts 20 units);
@@ -332,7 +332,7 @@ class MaskView:
 
     Comparisons, indexing, ``~``, arithmetic, ``.bool()``, ``.sum()`` and ``torch``
     functions see the mask the layer's last forward used (full weight shape); the
-    object is still the :class:`~modeopt_masks.MaskTechnique` the library uses.
+    object is still the [`MaskTechnique`][modeopt_masks.masking.MaskTechnique] the library uses.
 
     Examples:
         >>> import torch

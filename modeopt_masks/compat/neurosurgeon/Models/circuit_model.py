@@ -1,4 +1,4 @@
-"""NeuroSurgeon's ``CircuitModel`` on the library's :class:`modeopt_masks.CircuitModel`.
+"""NeuroSurgeon's ``CircuitModel`` on the library's [`modeopt_masks.CircuitModel`][modeopt_masks.circuit.CircuitModel].
 
 Differences from the library's class, all NeuroSurgeon's: the masked layers are
 NeuroSurgeon layers (``weight_mask_params``, ``calculate_l0()``...), L0 is
@@ -39,7 +39,7 @@ from .model_configs import CircuitConfig
 class CircuitModel(CoreCircuitModel):
     """Wrap ``model`` and mask ``config.target_layers`` (NeuroSurgeon's interface).
 
-    ``config`` is NeuroSurgeon's :class:`CircuitConfig` (or the library's); it is
+    ``config`` is NeuroSurgeon's `CircuitConfig` (or the library's); it is
     validated here. A new ``CircuitModel`` is in training mode.
 
     Examples:

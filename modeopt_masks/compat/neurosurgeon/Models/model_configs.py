@@ -1,7 +1,7 @@
 """NeuroSurgeon's ``CircuitConfig``: a transformers ``PretrainedConfig`` (mutable, like NeuroSurgeon's).
 
-It is translated into the library's :class:`modeopt_masks.CircuitConfig` (and
-validated) when a :class:`~modeopt_masks.compat.neurosurgeon.Models.circuit_model.CircuitModel`
+It is translated into the library's [`modeopt_masks.CircuitConfig`][modeopt_masks.circuit.CircuitConfig] (and
+validated) when a `CircuitModel`
 is built, so it may be filled in step by step, as NeuroSurgeon's tests do.
 Missing ``mask_hparams`` take NeuroSurgeon's defaults (``ablation="none"``,
 ``mask_unit="weight"``, ``mask_bias=False``, ``mask_init_value=0.0``,

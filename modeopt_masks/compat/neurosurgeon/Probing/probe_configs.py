@@ -1,10 +1,10 @@
 """NeuroSurgeon's probing configs (``PretrainedConfig`` s, positional arguments in its order).
 
 Each translates to the library's config with ``to_core()`` (validated there):
-:class:`ResidualUpdateModelConfig` to
-:class:`modeopt_masks.probing.ResidualUpdateModelConfig`, the probe configs to
-:class:`modeopt_masks.probing.SubnetworkProbeConfig` /
-:class:`~modeopt_masks.probing.CircuitProbeConfig` (``circuit_config`` gives the
+`ResidualUpdateModelConfig` to
+[`modeopt_masks.probing.ResidualUpdateModelConfig`][modeopt_masks.probing.residual_update_model.ResidualUpdateModelConfig], the probe configs to
+[`modeopt_masks.probing.SubnetworkProbeConfig`][modeopt_masks.probing.subnetwork_probe.SubnetworkProbeConfig] /
+[`CircuitProbeConfig`][modeopt_masks.probing.circuit_probe.CircuitProbeConfig] (``circuit_config`` gives the
 mask targets, ``resid_config`` the model type).
 
 Examples:
@@ -95,7 +95,7 @@ class ResidualUpdateModelConfig(PretrainedConfig):
         self.stream = stream
 
     def to_core(self, model: nn.Module | None = None) -> CoreResidualUpdateModelConfig:
-        """The library's config (``model_type`` resolved, see :func:`resolve_model_type`)."""
+        """The library's config (``model_type`` resolved, see `resolve_model_type`)."""
         return CoreResidualUpdateModelConfig(
             model_type=resolve_model_type(self.model_type, model), target_layers=self.target_layers, mlp=self.mlp,
             attn=self.attn, updates=self.updates, stream=self.stream,
