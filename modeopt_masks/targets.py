@@ -31,6 +31,7 @@ from typing import Any
 import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
 
+from .heads import HEAD_UNITS, head_layouts
 from .layer_kinds import MASKABLE_KEYS, kind_of
 from .masking import check_ablation
 from .registry import available_modes, get_mode
@@ -75,7 +76,8 @@ class MaskTargets(StrictModel):
       mode's options (``scope`` for magnitude pruning) and ``ablation`` (the initial
       ablation mode). Unknown keys and bad values are errors naming the valid ones.
     * ``target_layers``: module names, exact or globs (``fnmatch``; ``*`` crosses dots);
-      ``[]`` masks nothing.
+      ``[]`` masks nothing. With ``mask_unit="head"`` / ``"kv_group"`` they name attention
+      blocks (or their output projections; see :func:`head_targets`).
     * ``freeze_base``: base weights frozen and the base kept in eval mode; only masks train.
 
     Examples:
@@ -162,8 +164,40 @@ class MaskTargets(StrictModel):
             >>> MaskTargets(target_layers=["2"]).mode_spec(net)[1]["nn.Linear"]
             {'2': {}}
         """
-        spec = self.mode_config(resolve_targets(model, self.target_layers))
+        targets = self.target_layers
+        if self.rule_fields().get("mask_unit") in HEAD_UNITS:
+            targets = head_targets(model, targets)
+        spec = self.mode_config(resolve_targets(model, targets))
         return self.mask_method, _bias_masks_where_biases_are(spec, model)
+
+
+def head_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
+    """The attention output projections that head-unit ``targets`` mean.
+
+    A target (name or glob) may name attention blocks or their output projections; each
+    must match at least one, else a ``ValueError`` lists the model's attention blocks.
+
+    Examples:
+        >>> import transformers as tf
+        >>> from modeopt_masks.targets import head_targets
+        >>> m = tf.GPT2Model(tf.GPT2Config(n_embd=16, n_head=2, n_layer=2, vocab_size=8,
+        ...                                 bos_token_id=0, eos_token_id=0))
+        >>> head_targets(m, ["h.*.attn"])
+        ['h.0.attn.c_proj', 'h.1.attn.c_proj']
+    """
+    layouts = head_layouts(model)
+    out: list[str] = []
+    for target in targets:
+        hits = [p for p, lay in layouts.items()
+                if fnmatchcase(lay.block, target) or fnmatchcase(p, target)]
+        if not hits:
+            raise ValueError(
+                f"target {target!r} matches no attention block or output projection, which "
+                f"mask_unit {list(HEAD_UNITS)} needs; attention blocks of this model: "
+                f"{[lay.block for lay in layouts.values()][:20]}"
+            )
+        out += [p for p in hits if p not in out]
+    return out
 
 
 def _bias_masks_where_biases_are(spec: dict[str, Any], model: nn.Module) -> dict[str, Any]:

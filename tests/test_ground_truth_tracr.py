@@ -9,7 +9,7 @@ import torch
 
 from modeopt_masks.circuits import EdgeMaskedModel, acdc, compiled_edges, load_tracr_fixture
 from modeopt_masks.circuits.ground_truth import precision_recall, random_edge_sets
-from modeopt_masks.circuits.tracr import fixture_accuracy, fixture_batches
+from modeopt_masks.circuits.tracr import fixture_accuracy, fixture_batches, functional_edges
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -59,4 +59,28 @@ def test_acdc_recovers_frac_prevs_exactly():
 
     found = acdc(edges, distance, threshold=1e-4)
     assert precision_recall(found, compiled_edges(edges)) == (1.0, 1.0)
+    assert fixture_accuracy(fx, edges) == 1.0
+
+
+def test_reverse_functional_edges_solve_the_task_and_acdc_recovers_them_exactly():
+    """Of reverse's compiled edges (weight overlap), a few reads change no output on any input;
+    the rest are the functional ground truth: alone they solve the task, and ACDC finds them."""
+    fx = load_tracr_fixture(str(FIXTURES / "tracr_reverse.npz"))
+    batches = fixture_batches(fx)
+    edges = EdgeMaskedModel(fx.model)
+    truth = compiled_edges(edges)
+    functional = functional_edges(edges, truth, batches)
+    inert = set(truth) - set(functional)
+    assert inert and all(reader.endswith((".q", ".k")) for _, reader in inert)
+    edges.set_edges(functional)
+    assert fixture_accuracy(fx, edges) == 1.0
+    with torch.no_grad():
+        refs = [fx.model(b) for b in batches]
+
+    def distance(e):
+        return max(float((e(b) - r)[:, 1:].abs().max()) for b, r in zip(batches, refs, strict=True))
+
+    edges.set_edges(edges.all_edges())
+    found = acdc(edges, distance, threshold=1e-4)
+    assert precision_recall(found, functional) == (1.0, 1.0)
     assert fixture_accuracy(fx, edges) == 1.0

@@ -130,8 +130,10 @@ def test_wanda_layer_and_global_scope_follow_the_score():
         mm.convert(copy.deepcopy(net), ("wanda", {"scope": "global", "data_loader": data}))
 
 
-def _sparsegpt_reference(w, h, sparsity, block=128, damp=0.01):
-    """IST-DASLab's fasterprune (unstructured), with an exact count per block."""
+def _sparsegpt_reference(w, h, sparsity, block=128, damp=0.01, prune_nm=None):
+    """IST-DASLab's fasterprune, with an exact count per block (unstructured) or, with
+    ``prune_nm=(n, m)``, the m - n smallest of each m columns chosen when the sweep reaches
+    them (on the weights as updated so far)."""
     w, h = w.clone().float(), h.clone().float()
     cols = w.shape[1]
     h[torch.arange(cols), torch.arange(cols)] += damp * torch.mean(torch.diag(h))
@@ -147,7 +149,14 @@ def _sparsegpt_reference(w, h, sparsity, block=128, damp=0.01):
         mask1 = torch.zeros_like(tmp, dtype=torch.bool).reshape(-1)
         mask1[torch.sort(tmp.reshape(-1), stable=True).indices[:k]] = True
         mask1 = mask1.reshape(tmp.shape)
+        if prune_nm is not None:
+            mask1[:] = False
         for i in range(i2 - i1):
+            if prune_nm is not None and i % prune_nm[1] == 0:
+                n, m = prune_nm
+                part = w1[:, i:i + m] ** 2 / torch.diag(hinv1)[i:i + m][None] ** 2
+                order = torch.sort(part, dim=1, stable=True).indices[:, :m - n]
+                mask1[:, i:i + m] = torch.zeros_like(part, dtype=torch.bool).scatter(1, order, True)
             col, d = w1[:, i], hinv1[i, i]
             q = col.clone()
             q[mask1[:, i]] = 0
@@ -187,6 +196,19 @@ def test_sparsegpt_equals_the_reference_and_reconstructs_better_than_masking():
     err = (x @ (new * keep).t() - x @ w.t()).square().sum()
     masked_only = (x @ (w * keep).t() - x @ w.t()).square().sum()
     assert err < 0.7 * masked_only
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+def test_sparsegpt_n_of_m_equals_the_reference(pattern):
+    n, m = map(int, pattern.split(":"))
+    torch.manual_seed(1)
+    w = torch.randn(10, 48)
+    x = torch.randn(300, 48) @ torch.randn(48, 48) * 0.3
+    keep, new = sparsegpt_prune(w, x.t() @ x, 0.5, (n, m), block_size=16)
+    ref_keep, ref_new = _sparsegpt_reference(w, x.t() @ x, 0.5, block=16, prune_nm=(n, m))
+    assert torch.equal(keep, ref_keep)
+    assert torch.allclose(new, ref_new, atol=1e-4, rtol=1e-4)
+    assert bool((keep.reshape(10, -1, m).sum(-1) == n).all())
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])

@@ -83,7 +83,7 @@ def test_defaults_leave_output_heads_off_and_user_can_turn_them_on():
         ({"nn.Linear": {"*": {"mask_init_percentag": 0.5}}}, "mask_init_percentage"),
         ({"nn.Linaer": {}}, "valid type keys"),
         ({"nn.Linear": {"mask_init_percentage": 0}}, "greater than 0"),
-        ({"nn.Linear": {"mask_unit": "row"}}, "'weight' or 'neuron'"),
+        ({"nn.Linear": {"mask_unit": "row"}}, "'weight', 'neuron', 'head' or 'kv_group'"),
         ({"freeze_bsae": True}, "valid options"),
     ],
 )

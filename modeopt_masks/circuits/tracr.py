@@ -139,6 +139,31 @@ def compiled_edges(edges: EdgeMaskedModel) -> list[tuple[str, str]]:
     ]
 
 
+def functional_edges(edges: EdgeMaskedModel, truth: list[tuple[str, str]],
+                     batches: list[torch.Tensor], tol: float = 1e-4) -> list[tuple[str, str]]:
+    """The edges of ``truth`` that compute something: removing one alone (the rest of
+    ``truth`` on) moves some output after BOS by more than ``tol`` on some input.
+
+    Weight overlap (:func:`compiled_edges`) also counts reads that no input can make
+    matter (e.g. a query read of a head whose scores do not depend on it); this is the
+    ground truth that an output-matching method can be asked to recover. The gates are
+    left at ``truth``.
+    """
+    edges.eval()
+    edges.set_edges(truth)
+    with torch.no_grad():
+        refs = [edges(b) for b in batches]
+        keep = []
+        for edge in truth:
+            edges.set_edges([e for e in truth if e != edge])
+            moved = max(float((edges(b) - r)[:, 1:].abs().max())
+                        for b, r in zip(batches, refs, strict=True))
+            if moved > tol:
+                keep.append(edge)
+    edges.set_edges(truth)
+    return keep
+
+
 @dataclass
 class TracrFixture:
     """A compiled program cached by ``benchmarks/ground_truth_tracr_compile.py``.

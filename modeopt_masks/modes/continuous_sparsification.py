@@ -11,6 +11,11 @@ threshold, so the *eval* mask ``logits > 0`` is all zeros until training moves
 the logits. Use a small positive value (e.g. ``0.1``) to start from the full
 network in eval.
 
+Eval path: each eval forward multiplies the weight by ``logits > 0`` thresholded straight
+into the weight's dtype (nothing cached, so every write to the logits or the weight shows);
+the float32 logits stay resident (one per masked entry) unless ``mm.compact_masks`` packs
+the circuit into 1 bit per entry (eval only; see :mod:`modeopt_masks.compact`).
+
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(4, 2)),
@@ -30,7 +35,7 @@ import torch
 from pydantic import Field, field_validator
 
 from ..layer_kinds import LayerKind
-from ..masking import MaskTechnique, compute_dtype
+from ..masking import MaskTechnique, compute_dtype, positive
 from .mask_mode import MaskRule, register_mask_mode
 
 
@@ -67,10 +72,13 @@ class ContinuousSparsificationMask(MaskTechnique):
     def mask(self) -> torch.Tensor:
         if self.training:
             return torch.sigmoid(self.temperature * compute_dtype(self.logits))
-        return self.circuit().float()
+        return self.hard_mask(torch.float32)
 
     def circuit(self) -> torch.Tensor:
         return self.logits > 0
+
+    def hard_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        return positive(self.logits, dtype)
 
     def l0(self) -> torch.Tensor:
         if self.training:

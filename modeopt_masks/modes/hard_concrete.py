@@ -7,6 +7,10 @@ circuit ``log_alpha > 0`` (the deterministic gate ``> 0.5``). The expected L0 is
 ``sum(sigmoid(log_alpha - beta log(-gamma / zeta)))``. ``mask_init_percentage``
 ``p`` initialises ``log_alpha ~ N(log(p / (1 - p)), 0.01)``.
 
+Eval path: as ``continuous_sparsification``: each eval forward multiplies the weight by
+``log_alpha > 0`` in the weight's dtype, nothing cached; ``mm.compact_masks`` packs the
+circuit into 1 bit per entry and frees ``log_alpha`` (eval only; :mod:`modeopt_masks.compact`).
+
 Examples:
     >>> import torch.nn as nn, modeopt_masks as mm
     >>> net = mm.convert(nn.Sequential(nn.Linear(100, 100)),
@@ -24,7 +28,7 @@ import torch
 from pydantic import Field
 
 from ..layer_kinds import LayerKind
-from ..masking import MaskTechnique, compute_dtype
+from ..masking import MaskTechnique, compute_dtype, positive
 from .mask_mode import MaskRule, register_mask_mode
 
 GAMMA, ZETA = -0.1, 1.1
@@ -57,7 +61,7 @@ class HardConcreteMask(MaskTechnique):
 
     def mask(self) -> torch.Tensor:
         if not self.training:
-            return self.circuit().float()
+            return self.hard_mask(torch.float32)
         log_alpha = compute_dtype(self.log_alpha)
         u = torch.rand_like(log_alpha).clamp(_EPS, 1 - _EPS)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.temperature)
@@ -65,6 +69,9 @@ class HardConcreteMask(MaskTechnique):
 
     def circuit(self) -> torch.Tensor:
         return self.log_alpha > 0
+
+    def hard_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        return positive(self.log_alpha, dtype)
 
     def l0(self) -> torch.Tensor:
         if not self.training:

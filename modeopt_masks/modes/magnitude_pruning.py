@@ -4,13 +4,18 @@
 removed (exactly ``round(p * n)`` of them), per layer (``scope="layer"``) or
 over all converted layers together (``scope="global"``, one percentage for all).
 With ``mask_unit="neuron"`` whole output units are ranked by their L2 norm and
-a bias mask follows its units. ``pattern="N:M"`` (e.g. ``"2:4"``) keeps the N
+a bias mask follows its units; with ``mask_unit="head"`` / ``"kv_group"`` whole heads
+by the L2 norm of their output-projection columns. ``pattern="N:M"`` (e.g. ``"2:4"``) keeps the N
 largest of every M consecutive input weights instead (``prune_percentage`` is
 then unused). NaN/inf weights raise a ``ValueError`` naming the layer (they
 cannot be ranked) and leave the model unchanged. The global scope finds its
 threshold by a streaming radix select
 (:func:`modeopt_masks.selection.global_keep`): no concatenated copy of the
 scores, its extra memory is bounded by one chunk.
+
+Eval path: each forward multiplies the weight by ``keep`` converted to the weight's dtype
+(nothing cached); the bool ``keep`` buffer (1 byte per entry) stays resident unless
+``mm.compact_masks`` packs it into 1 bit per entry (:mod:`modeopt_masks.compact`).
 
 Examples:
     >>> import torch, torch.nn as nn, modeopt_masks as mm
@@ -30,6 +35,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..calibration import from_matrix, weight_matrix
+from ..heads import head_scores
 from ..layer_kinds import LayerKind
 from ..masking import MaskedLayer, MaskTechnique
 from ..selection import CHUNK, check_finite, global_keep, keep_largest, keep_n_of_m
@@ -90,7 +96,9 @@ def _keep(tech: MaskTechnique) -> torch.Tensor:
 
 def _scores(kind: LayerKind, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """``|w|`` per entry, or (neuron unit: a mask ``shape`` smaller than the tensor) the
-    norm of each output unit."""
+    norm of each output unit, or (head units: a 1-D mask of a matrix) of each head's columns."""
+    if len(shape) < tensor.dim():
+        return head_scores(kind, tensor, shape[0])
     if shape != tuple(tensor.shape):
         return kind.unit_scores(tensor)
     return tensor.detach().float().abs()

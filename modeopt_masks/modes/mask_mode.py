@@ -22,9 +22,10 @@ from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn as nn
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from ..dynamic import is_dynamic, swap_class, unswap_class
+from ..heads import HEAD_UNITS, head_layout_of, scan_heads
 from ..layer_kinds import MASKABLE_KEYS, LayerKind, kind_of
 from ..masking import MaskedLayer, MaskTechnique, hard_masks
 from ..registry import Metadata, ModeDescriptor, register_mode
@@ -37,11 +38,20 @@ class MaskRule(Rule):
 
     ``mask_unit="neuron"`` gives one mask entry per output unit (a row of a
     Linear, a column of a ``Conv1D``, an output channel of a conv);
-    ``mask_bias`` masks the bias too.
+    ``mask_unit="head"`` / ``"kv_group"`` one per attention head / KV group, on an
+    attention block's output projection (its input columns, see :mod:`modeopt_masks.heads`);
+    ``mask_bias`` masks the bias too (not with head units: the bias belongs to no head).
     """
 
-    mask_unit: Literal["weight", "neuron"] = "weight"
+    mask_unit: Literal["weight", "neuron", "head", "kv_group"] = "weight"
     mask_bias: bool = False
+
+    @model_validator(mode="after")
+    def _head_units_have_no_bias(self) -> MaskRule:
+        if self.mask_unit in HEAD_UNITS and self.mask_bias:
+            raise ValueError(f"mask_unit={self.mask_unit!r} masks the output projection's input "
+                             "columns per head; its bias belongs to no head: use mask_bias=False")
+        return self
 
 
 class PatternRule(MaskRule):
@@ -127,7 +137,10 @@ class MaskModeDescriptor(ModeDescriptor):
             if is_dynamic(module):
                 raise ValueError(f"{name!r} is already converted; export or unconvert first")
             _check_plain_tensors(name, module)
-        techniques = {name: self._techniques(m, cast(MaskRule, rule)) for name, m, _k, rule in plan}
+        heads = scan_heads(model) if any(
+            getattr(rule, "mask_unit", None) in HEAD_UNITS for *_, rule in plan) else {}
+        techniques = {name: self._techniques(model, name, m, cast(MaskRule, rule), heads)
+                      for name, m, _k, rule in plan}
         layers: dict[str, MaskedLayer] = {}
         for name, module, _key, _rule in plan:
             swap_class(module, MaskedLayer)
@@ -145,14 +158,23 @@ class MaskModeDescriptor(ModeDescriptor):
         return model, metadata
 
     def _techniques(
-        self, module: nn.Module, rule: MaskRule
+        self, model: nn.Module, name: str, module: nn.Module, rule: MaskRule,
+        heads: dict[str, Any],
     ) -> tuple[MaskTechnique, MaskTechnique | None]:
         kind = kind_of(module)
         assert kind is not None
         weight = cast(torch.Tensor, module.weight)
-        neuron = rule.mask_unit == "neuron"
-        w_shape = kind.unit_shape(weight) if neuron else tuple(weight.shape)
+        spread = None
+        if rule.mask_unit in HEAD_UNITS:  # one entry per head / KV group of the input columns
+            n_units, width = head_layout_of(model, name, heads).units(rule.mask_unit)
+            w_shape: tuple[int, ...] = (n_units,)
+            spread = (kind.in_dim, width, weight.dim())
+        elif rule.mask_unit == "neuron":
+            w_shape = kind.unit_shape(weight)
+        else:
+            w_shape = tuple(weight.shape)
         weight_mask = self.make_technique(kind, weight, w_shape, rule)
+        weight_mask.spread = spread
         bias = cast(torch.Tensor | None, getattr(module, "bias", None))
         bias_mask = None
         if rule.mask_bias and bias is not None:
@@ -171,6 +193,14 @@ class MaskModeDescriptor(ModeDescriptor):
     # -- state ---------------------------------------------------------------------------
     def update_metadata(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
         layers = dict(model.named_modules())
+        compacted = [name for name in metadata["layers"]
+                     if any(t.eval_only for _, t in layers[name]._mask_modules())]
+        if compacted:  # called by mm.save before it writes anything
+            raise ValueError(
+                f"{self.name}: the masks of {compacted[:10]} were compacted for evaluation "
+                "(mm.compact_masks); a checkpoint would restore learned masks that are not "
+                "there: save before compacting, or mm.expand_masks(model) first "
+                "(after compact_masks(..., keep_logits=True))")
         metadata["temperatures"] = {
             name: layers[name].weight_mask.temperature
             for name in metadata["layers"]

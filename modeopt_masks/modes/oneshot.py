@@ -14,11 +14,14 @@ them, and ``restore`` needs no data (the saved masks are loaded).
 Rule fields: ``sparsity`` (fraction of each layer's weights removed) or
 ``pattern="N:M"`` (keep N of every M consecutive input weights; the fraction is
 then ``(M - N) / M``). Weights or calibration inputs with NaN/inf raise a
-``ValueError`` and leave the model as it was.
+``ValueError`` and leave the model as it was (the weights a mode rewrites are
+kept on disk meanwhile: :class:`SpilledWeights`).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
@@ -120,14 +123,14 @@ class OneShotDescriptor(MaskModeDescriptor):
         self.check_plan(plan, config)
         model, metadata = super().convert(model, config)
         layers = {name: dict(model.named_modules())[name] for name in metadata["layers"]}
-        backups: list[tuple[torch.Tensor, torch.Tensor]] = []
+        originals = SpilledWeights()
         state: dict[str, Any] = {}
 
         def prune(stats: dict[str, Statistic]) -> None:
             group = {n: layers[n] for n in stats}
             if self.writes_weights:
-                backups.extend((layer.weight, layer.weight.detach().to("cpu", copy=True))
-                               for layer in group.values())
+                for layer in group.values():
+                    originals.add(cast(torch.Tensor, layer.weight))
             self.prune_layers(group, stats, config, state)
 
         try:
@@ -138,11 +141,11 @@ class OneShotDescriptor(MaskModeDescriptor):
                       pruned_inputs=config.pruned_inputs, blocks=config.blocks, desc=self.name)
             self.finish(layers, config, state)
         except BaseException:
-            with torch.no_grad():
-                for weight, saved in backups:
-                    weight.copy_(saved)
+            originals.restore()
             self.revert(model, config, metadata)
             raise
+        finally:
+            originals.close()
         # used once: the history, pickles and save keep only the rules. (Set without
         # validate_assignment, which would re-run the config's key split on every field.)
         for field in ("data_loader", "collect_func"):
@@ -163,6 +166,43 @@ class OneShotDescriptor(MaskModeDescriptor):
     def export(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
         assert isinstance(config, OneShotConfig)
         return semi_structured_export(self, model, config, metadata)
+
+
+class SpilledWeights:
+    """The original values of tensors about to be rewritten, kept in a temporary directory
+    (not in memory: a model's worth of copies would double its footprint) so that a failed
+    ``convert`` can put them back.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.ones(3); saved = SpilledWeights(); saved.add(w); _ = w.zero_()
+        >>> saved.restore(); saved.close(); w.tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._saved: list[tuple[torch.Tensor, str]] = []
+
+    def add(self, tensor: torch.Tensor) -> None:
+        """Write ``tensor``'s current values to disk."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="modeopt_masks_")
+        path = os.path.join(self._dir.name, f"{len(self._saved)}.pt")
+        torch.save(tensor.detach(), path)
+        self._saved.append((tensor, path))
+
+    def restore(self) -> None:
+        """Copy the saved values back into their tensors."""
+        with torch.no_grad():
+            for tensor, path in self._saved:
+                tensor.copy_(torch.load(path, map_location=tensor.device, weights_only=True))
+
+    def close(self) -> None:
+        """Delete the files."""
+        if self._dir is not None:
+            self._dir.cleanup()
+        self._dir, self._saved = None, []
 
 
 def _input_width(module: nn.Module, key: str) -> int:

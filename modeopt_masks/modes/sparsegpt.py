@@ -74,49 +74,52 @@ def sparsegpt_prune(
         >>> keep.tolist(), new.tolist()  # w_1 absorbs w_0: 3 + 1 * H01 / H11
         ([[False, True]], [[0.0, 3.5]])
     """
-    w = weight.detach().float().clone()
+    # the sweep runs over rows of the transposed matrix: each column of the weight is then
+    # one contiguous row, and each step is one rank-1 update (addr_) of the rows not yet visited
+    wt = weight.detach().t().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     h = hessian.detach().float().clone()
-    cols = w.shape[1]
+    cols = wt.shape[0]
     if n_of_m is not None and block_size % n_of_m[1]:
         raise ValueError(f"block_size {block_size} must be a multiple of M={n_of_m[1]}")
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
-    w[:, dead] = 0
+    wt[dead] = 0
     diag = torch.arange(cols, device=h.device)
     h[diag, diag] += dampening_frac * torch.mean(torch.diag(h))
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    try:  # in place: H becomes its Cholesky factor, then H^-1, then U with H^-1 = U^T U
+        h = torch.linalg.cholesky(h, out=h)
+        h = torch.cholesky_inverse(h, out=h)
+        hinv = torch.linalg.cholesky(h, upper=True, out=h)
     except RuntimeError as e:  # torch.linalg.LinAlgError
         raise ValueError(
             f"sparsegpt: the calibration Hessian is not positive definite ({e}); raise "
             "dampening_frac or give more calibration data"
         ) from e
-    keep = torch.ones(w.shape, dtype=torch.bool, device=w.device)
+    drop = torch.zeros(wt.shape, dtype=torch.bool, device=wt.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
+        w1, hinv1 = wt[i1:i2], hinv[i1:i2, i1:i2]
         d = torch.diag(hinv1)
+        drop1 = drop[i1:i2]
         if n_of_m is None:
-            drop1 = ~keep_largest(w1.square() / d.square(), sparsity)
+            # ranked in the weight's [outputs, block] order: ties fall as in the reference
+            drop1.copy_(~keep_largest((w1.square() / d.square()[:, None]).t(), sparsity).t())
+            scale = drop1 / d[:, None]  # err_i = w_i / U_ii where dropped, 0 where kept
         else:
-            drop1 = torch.zeros(w1.shape, dtype=torch.bool, device=w.device)
+            scale = torch.empty(w1.shape, device=wt.device)
+        err1 = torch.empty_like(w1)
         for i in range(i2 - i1):
             if n_of_m is not None and i % n_of_m[1] == 0:
                 m = n_of_m[1]
-                drop1[:, i:i + m] = ~keep_n_of_m(w1[:, i:i + m].square() / d[i:i + m].square(),
-                                                 *n_of_m, check=False)
-            col = w1[:, i]
-            q = torch.where(drop1[:, i], torch.zeros_like(col), col)
-            err = (col - q) / d[i]
-            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
-            w1[:, i] = q
-            err1[:, i] = err
-        w[:, i1:i2] = w1
-        keep[:, i1:i2] = ~drop1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return keep, w
+                part = w1[i:i + m]
+                drop1[i:i + m] = ~keep_n_of_m((part.square() / d[i:i + m, None].square()).t(),
+                                              *n_of_m, check=False).t()
+                torch.div(drop1[i:i + m], d[i:i + m, None], out=scale[i:i + m])
+            torch.mul(w1[i], scale[i], out=err1[i])
+            w1[i:].addr_(hinv1[i, i:], err1[i], alpha=-1)  # w_i itself becomes q_i (0 or kept)
+        w1.masked_fill_(drop1, 0)  # exactly 0, not a rounding residue
+        wt[i2:].addmm_(hinv[i1:i2, i2:].t(), err1, alpha=-1)
+    return ~drop.t(), wt.t()
 
 
 class SparseGPTMode(OneShotDescriptor):

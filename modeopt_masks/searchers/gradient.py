@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from ..structured.hparam import StructuredHParam
-from ..structured.scores import collect_scores
+from ..structured.scores import SCORE_TYPES, collect_scores
 from .base import BaseSearcher, SearchResult
 from .joint import joint_select, needs_joint
 
@@ -54,7 +54,7 @@ class GradientBinarySearcher(BaseSearcher):
 
     Config: ``data_loader`` (required unless every hparam already has scores and
     ``rescore=False``), ``loss_func``, ``collect_func``, ``max_iter_data_loader``,
-    ``score_type`` (``"gradnas"`` | ``"michel"``), ``normalize`` (``"global"`` |
+    ``score_type`` (``"gradnas"`` | ``"michel"`` | ``"activation"``), ``normalize`` (``"global"`` |
     ``"layer"``), ``iterations`` (pruning steps, each rescored), ``rescore``,
     ``progress``, ``all_reduce`` (under ``torch.distributed``, sum the scores over all
     ranks so that every rank chooses the same subnetwork; default on). With the hidden-size
@@ -89,8 +89,8 @@ class GradientBinarySearcher(BaseSearcher):
         cfg = super().sanitize_config(config)
         if cfg["normalize"] not in ("layer", "global"):
             raise ValueError(f"normalize must be 'layer' or 'global', got {cfg['normalize']!r}")
-        if cfg["score_type"] not in ("gradnas", "michel"):
-            raise ValueError(f"score_type must be 'gradnas' or 'michel', got {cfg['score_type']!r}")
+        if cfg["score_type"] not in SCORE_TYPES:
+            raise ValueError(f"score_type must be one of {SCORE_TYPES}, got {cfg['score_type']!r}")
         it = cfg["iterations"]
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise ValueError(f"iterations must be a positive integer, got {it!r}")

@@ -5,7 +5,10 @@ For each batch the loss is differentiated with respect to every unit mask only
 touched and no weight gradients are computed. Scores (original unit order):
 
 * ``"gradnas"`` (default): ``sum over batches of (dL/dmask)^2``;
-* ``"michel"`` (Michel et al. 2019): ``mean over batches of |dL/dmask|``.
+* ``"michel"`` (Michel et al. 2019): ``mean over batches of |dL/dmask|``;
+* ``"activation"`` (Minitron's activation importance): the mean over tokens and batches
+  of the L2 norm of each unit's slice of the consumer's input (a head's output, an MLP
+  channel's activation). Forward passes only, no loss: ``loss_func`` is not used.
 
 A hidden-size or depth hparam whose rule sets ``score="activation"`` /
 ``"influence"`` gets that statistic instead, collected in the same pass (see
@@ -42,7 +45,9 @@ from tqdm.auto import tqdm
 
 from .hparam import gradnas_hparams
 
-ScoreType = Literal["gradnas", "michel"]
+ScoreType = Literal["gradnas", "michel", "activation"]
+#: the valid ``score_type`` values
+SCORE_TYPES: tuple[str, ...] = ("gradnas", "michel", "activation")
 
 #: below this largest |loss| over the scoring batches, collect_scores warns that scores are noise
 TINY_LOSS = 1e-6
@@ -119,11 +124,14 @@ def collect_scores(
     A loss that is ~0 on every batch (the full model at its minimum, as with a
     self-distillation loss) has no gradient signal: a warning says so.
     """
-    if score_type not in ("gradnas", "michel"):
-        raise ValueError(f"score_type must be 'gradnas' or 'michel', got {score_type!r}")
+    if score_type not in SCORE_TYPES:
+        raise ValueError(f"score_type must be one of {SCORE_TYPES}, got {score_type!r}")
     hps = gradnas_hparams(model)
     if not hps:
         raise ValueError("collect_scores needs a gradnas-converted model (mm.convert(model, 'gradnas'))")
+    if score_type == "activation":
+        return _activation_scores(model, hps, data_loader, collect_func, max_iter_data_loader,
+                                  progress, all_reduce, group)
     loss_func = loss_func or default_loss
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -205,6 +213,58 @@ def collect_scores(
             score = stats[name]
         hp.importance = score
         out[name] = score.cpu()
+    return out
+
+
+def unit_norms(x: torch.Tensor, n_units: int, unit_size: int, dim: int) -> torch.Tensor:
+    """Mean over tokens of the L2 norm of each unit's slice of ``x`` (``[n_units]``, float64)."""
+    x = x.detach().double()
+    if dim == 1 and x.dim() > 2:  # conv channels: [batch, channels, *spatial]
+        return x.transpose(0, 1).reshape(n_units, unit_size, -1).norm(dim=1).mean(-1)
+    return x.reshape(-1, n_units, unit_size).norm(dim=-1).mean(0)
+
+
+def _activation_scores(model: nn.Module, hps: dict[str, Any], data_loader: Iterable[Any],
+                       collect_func: Callable[[Any], Any] | None, max_iter: int | None,
+                       progress: bool, all_reduce: bool, group: Any) -> dict[str, torch.Tensor]:
+    """``score_type="activation"``: forward passes only, a pre-hook on every masked consumer."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    sums = [torch.zeros(hp.n_units, dtype=torch.float64, device=device) for hp in hps.values()]
+
+    def hook_for(acc: torch.Tensor, hp: Any) -> Callable[..., None]:
+        s = hp.structure
+
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            acc.add_(unit_norms(args[0], s.n_units, s.unit_size, s.mask_dim).to(acc.device))
+        return hook
+
+    handles = [hp.module.register_forward_pre_hook(hook_for(acc, hp))
+               for acc, hp in zip(sums, hps.values(), strict=True)]
+    was_training, steps = model.training, 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(data_loader, desc="activation scores", disable=not progress):
+                if max_iter is not None and steps >= max_iter:
+                    break
+                batch = to_device(batch, device)
+                run_model(model, collect_func(batch) if collect_func is not None else batch)
+                steps += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if all_reduce:
+        steps = _all_reduce(sums, steps, group)
+    if steps == 0:
+        raise ValueError("collect_scores: the data loader gave no batch")
+    out = {}
+    for (name, hp), acc in zip(hps.items(), sums, strict=True):
+        if not bool(torch.isfinite(acc).all()):
+            raise ValueError(f"collect_scores: the activation scores of {name} are not finite")
+        hp.importance = acc / steps
+        out[name] = hp.importance.cpu()
     return out
 
 

