@@ -258,7 +258,7 @@ def bad_setups(rank: int, world: int, mesh: Any) -> dict[str, str]:
     except RuntimeError as e:
         out["mismatched_values"] = str(e)
     # rank 1 masks one layer fewer
-    layers = {"*": {}} if rank == 0 else {"*": {}, "classifier": None}
+    layers = {"*": {}, "classifier": {}} if rank == 0 else {"*": {}}  # default: no classifier
     structure = mm.convert(tiny_bert(), ("continuous_sparsification", {"nn.Linear": layers}))
     try:
         shard_masked_model(structure, mesh)

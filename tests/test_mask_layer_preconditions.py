@@ -80,7 +80,7 @@ def test_export_of_a_masked_tied_head_unties_it_and_equals_the_masked_model(mode
     net = TiedLM()
     embedding = net.embed.weight.detach().clone()
     ids = torch.randint(0, 12, (2, 5))
-    net = mm.convert(net, (mode, {"nn.Linear": {"*": {}}})).eval()  # lm_head included
+    net = mm.convert(net, (mode, {"nn.Linear": {"*": {}, "*lm_head*": {}}})).eval()  # lm_head named
     assert "lm_head" in mm.masked_modules(net)
     with torch.no_grad():
         for tech in (net.lm_head.weight_mask,):  # a mixed circuit for every technique
@@ -106,7 +106,7 @@ def test_export_unties_a_tied_hf_model_and_clears_its_tie_flag():
     assert model.lm_head.weight is model.model.embed_tokens.weight
     embedding = model.model.embed_tokens.weight.detach().clone()
     ids = torch.randint(0, 64, (1, 6))
-    model = mm.convert(model, ("magnitude_pruning", {"nn.Linear": {"*": {}}}))
+    model = mm.convert(model, ("magnitude_pruning", {"nn.Linear": {"*": {}, "*lm_head*": {}}}))
     with torch.no_grad():
         masked = model(input_ids=ids).logits
         model = mm.export(model)

@@ -104,7 +104,11 @@ def find_stream(model: nn.Module) -> Stream | None:
                 first = modules[blocks[0]]
                 if not all(_has_child(first, n) for n in layout.norms):
                     continue
-                width = _norm_width(modules[blocks[0] + "." + layout.norms[0]])
+                norm = modules[blocks[0] + "." + layout.norms[0]]
+                weight = getattr(norm, "weight", None)
+                if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+                    continue  # weightless norms (OLMo, NanoChat): no hidden/depth axes here
+                width = _norm_width(norm)
                 return Stream(fam.name, layout, backbone, name, blocks, width)
     return None
 
