@@ -617,7 +617,8 @@ def plot_ablation(circuit: dict[str, Any]) -> Any:
             ax.plot([i] * len(runs), runs, "k.", ms=6)
         ax.text(i, h + 0.02, f"{h:.2f}", ha="center", va="bottom", fontsize=10)
     ax.axhline(0.1, color="grey", lw=1, ls=":")
-    ax.text(len(bars) - 0.5, 0.11, "chance", ha="right", va="bottom", fontsize=8, color="grey")
+    ax.text(1.005, 0.1, "chance", transform=ax.get_yaxis_transform(), ha="left", va="center",
+            fontsize=8, color="grey")  # outside the axes, clear of the bars
     ax.set_xticks(x, [label.replace(" (", "\n(") for label, _, _ in bars], fontsize=9)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("test accuracy")
@@ -673,7 +674,7 @@ def plot_head_importance(head_scores: dict[str, list[float]], title: str, unit: 
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=10)
     bar = fig.colorbar(image, ax=ax)
-    bar.set_label(f"% of the summed score of all {unit}s (one scale)")
+    bar.set_label(f"% of all {unit}s' summed score")
     fig.tight_layout()
     return fig
 
@@ -724,15 +725,16 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
     heads = report["gradnas"].get("head_scores")
     if heads:
         figures["head_importance.png"] = plot_head_importance(
-            heads, "Digits ViT head importance (gradnas: summed squared gradient of each "
-                   "head's mask)")
+            heads, "Digits ViT head importance (gradnas score: squared gradient of the "
+                   "head's mask)\none colour scale for all layers")
     llm = report.get("llm")
     if llm:
         name = llm.get("model_name", "LLM")
         figures["llm_perplexity.png"] = plot_perplexity(llm, name)
         if llm.get("head_scores"):
             figures["llm_head_importance.png"] = plot_head_importance(
-                llm["head_scores"], f"{name} attention importance per KV group (gradnas)",
+                llm["head_scores"], f"{name} attention importance per KV group (gradnas score)\none colour "
+                "scale for all layers",
                 unit="KV group")
     for file, fig in figures.items():
         fig.savefig(out / file, dpi=DPI)
