@@ -652,22 +652,29 @@ def _layer_label(name: str) -> str:
     return f"L{match.group(1)}" if match else name
 
 
-def plot_head_importance(head_scores: dict[str, list[float]], title: str, unit: str = "head"
-                         ) -> Any:
-    """Heatmap of :func:`head_grid`: one global colour scale, so layers compare directly."""
+def plot_head_importance(head_scores: dict[str, list[float]], title: str, unit: str = "head",
+                         log_scale: bool = False) -> Any:
+    """Heatmap of :func:`head_grid`: one global colour scale, so layers compare directly
+    (``log_scale``: logarithmic, for a model where a few heads dwarf the rest)."""
+    from matplotlib.colors import LogNorm, Normalize
+
     plt = _pyplot()
     names, grid = head_grid(head_scores)
     rows, cols = grid.shape
+    top = float(grid.nan_to_num(0).max())
+    positive = grid[grid > 0]
+    norm = (LogNorm(vmin=float(positive.min()), vmax=top) if log_scale and len(positive)
+            else Normalize(vmin=0, vmax=top))
     fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * cols + 3), max(3.5, 0.28 * rows + 2)))
-    image = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", vmin=0,
-                      vmax=float(grid.nan_to_num(0).max()), interpolation="nearest")
+    image = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", norm=norm,
+                      interpolation="nearest")
     if rows * cols <= 120:  # values in the cells where they fit
         for i in range(rows):
             for j in range(cols):
                 v = float(grid[i, j])
                 if v == v:
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
-                            color="white" if v < 0.6 * float(image.norm.vmax) else "black")
+                            color="white" if norm(v) < 0.6 else "black")
     ax.set_xticks(range(cols), [str(j) for j in range(cols)])
     ax.set_yticks(range(rows), [_layer_label(n) for n in names], fontsize=8 if rows > 12 else 10)
     ax.set_xlabel(unit)
@@ -734,8 +741,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
         if llm.get("head_scores"):
             figures["llm_head_importance.png"] = plot_head_importance(
                 llm["head_scores"], f"{name} attention importance per KV group (gradnas score)\none colour "
-                "scale for all layers",
-                unit="KV group")
+                "(log) scale for all layers", unit="KV group", log_scale=True)
     for file, fig in figures.items():
         fig.savefig(out / file, dpi=DPI)
         plt.close(fig)

@@ -117,6 +117,11 @@ def test_head_importance_uses_one_scale_for_all_layers():
     assert len(fig.axes) == 2  # one colour bar
     w, h = fig.get_size_inches() * 120
     assert w >= 800 and h >= 400  # readable, not 600 x 200
+    log_image = plot_head_importance(scores, "t", log_scale=True).axes[0].get_images()[0]
+    positive = grid[grid > 0]
+    assert math.isclose(log_image.norm.vmin, float(positive.min()), rel_tol=1e-6)
+    assert math.isclose(log_image.norm.vmax, float(grid.max()), rel_tol=1e-6)
+    assert type(log_image.norm).__name__ == "LogNorm"
 
 
 def test_write_plots_writes_every_chart(tmp_path):
