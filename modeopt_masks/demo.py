@@ -654,7 +654,7 @@ def _layer_label(name: str) -> str:
 
 def plot_head_importance(head_scores: dict[str, list[float]], title: str, unit: str = "head",
                          log_scale: bool = False) -> Any:
-    """Heatmap of :func:`head_grid`: one global colour scale, so layers compare directly
+    """Heatmap of `head_grid`: one global colour scale, so layers compare directly
     (``log_scale``: logarithmic, for a model where a few heads dwarf the rest)."""
     from matplotlib.colors import LogNorm, Normalize
 

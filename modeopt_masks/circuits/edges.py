@@ -291,7 +291,7 @@ class EdgeMaskedModel(nn.Module):
         return torch.stack([m.l0() for m in self.gate_masks().values()]).sum() / self.num_edges
 
     def hard_density(self) -> torch.Tensor:
-        """Fraction of edges in the hard circuit (what :meth:`edge_list` returns), no gradient."""
+        """Fraction of edges in the hard circuit (what `edge_list` returns), no gradient."""
         kept = torch.stack([m.circuit().sum() for m in self.gate_masks().values()]).sum()
         return kept.detach().float() / self.num_edges
 
