@@ -9,6 +9,9 @@ safetensors weight files, so a ``Trainer`` checkpoint (it calls ``save_pretraine
 ``from_pretrained`` of such a folder loads the base weights, replays the modes and loads
 every saved tensor, checked by name and shape: a folder whose tensors do not fit raises
 [`StateError`][modeopt_masks.persistence.StateError] naming the saved class and both shapes.
+A per-layer gradnas export converted again (e.g. ``"hard_concrete"``) also writes its
+structure record ([`modeopt_masks.hf_remote`][modeopt_masks.hf_remote]): ``from_pretrained``, with the stock class or
+``trust_remote_code=True``, builds the per-layer shapes before replaying the modes.
 
 Without this library the folder loads as the unconverted base model, never silently:
 beside the mask tensors the weights hold [`MARKER_TENSOR`][modeopt_masks.hf_checkpointing.MARKER_TENSOR] (the SHA-256 of the state
@@ -32,6 +35,7 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -42,6 +46,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from .conversion import ModeState, _set_history, mode_history, transaction
+from .hf_remote_modeling import STRUCTURE_KEY, PrunedStructure
 from .model_card import model_card
 from .persistence import (
     FORMAT,
@@ -173,6 +178,9 @@ def _from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any,
     state = folder / HF_STATE_FILE
     if not (folder.is_dir() and state.is_file()):
         return _ORIGINAL["from_pretrained"](cls, pretrained_model_name_or_path, *args, **kwargs)
+    per_layer = _has_structure(folder)
+    if per_layer:  # a converted per-layer export: build its shapes, then restore the modes
+        cls = _pruned_class(cls)
     # the masks and the marker are expected here: keep them out of the load report (the class
     # attribute is read when the model is built)
     own = cls.__dict__.get("_keys_to_ignore_on_load_unexpected", None)
@@ -190,7 +198,36 @@ def _from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any,
             del cls._keys_to_ignore_on_load_unexpected  # type: ignore[attr-defined]
         else:
             cls._keys_to_ignore_on_load_unexpected = own  # type: ignore[attr-defined]
-    return restore_modes(model, folder)
+    model = restore_modes(model, folder)
+    if per_layer:
+        from .hf_remote import attach
+
+        attach(model)  # its save_pretrained writes the record again
+    return model
+
+
+def _has_structure(folder: Path) -> bool:
+    """Whether ``folder``'s ``config.json`` holds a non-empty per-layer structure record."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    record = config.get(STRUCTURE_KEY) if isinstance(config, dict) else None
+    return isinstance(record, dict) and bool(record.get("modules"))
+
+
+_PRUNED: dict[type, type] = {}
+
+
+def _pruned_class(cls: type) -> type:
+    """``cls`` with [`PrunedStructure`][modeopt_masks.hf_remote_modeling.PrunedStructure] before it (what ``trust_remote_code`` would
+    load); ``cls`` itself when it already is such a class (the folder's remote code)."""
+    if any(c.__name__ == PrunedStructure.__name__ for c in cls.__mro__):
+        return cls
+    if cls not in _PRUNED:
+        _PRUNED[cls] = type(f"Pruned{cls.__name__}", (PrunedStructure, cls),
+                            {"__module__": PrunedStructure.__module__})
+    return _PRUNED[cls]
 
 
 def restore_modes(model: nn.Module, folder: str | os.PathLike[str]) -> nn.Module:

@@ -72,8 +72,39 @@ def structure_record(model: nn.Module) -> dict[str, Any]:
     if mode_history(model):
         raise ValueError("structure_record: the model still has modes "
                          f"({[s.mode for s in mode_history(model)]}); mm.export it first")
+    return _record(model)
+
+
+def base_structure_record(model: nn.Module) -> dict[str, Any]:
+    """[`structure_record`][modeopt_masks.hf_remote.structure_record] of ``model``'s base: the
+    mask modules a mode added (and their tensors) are left out, so a per-layer export that
+    was converted again (e.g. ``"hard_concrete"``) records the shapes its folder must be
+    built with before the modes are restored. Raises ``ValueError`` like it.
+
+    Examples:
+        >>> import transformers as tf, modeopt_masks as mm
+        >>> from modeopt_masks.hf_remote import base_structure_record
+        >>> m = tf.LlamaModel(tf.LlamaConfig(vocab_size=8, hidden_size=16, num_hidden_layers=1,
+        ...                                  num_attention_heads=2, intermediate_size=8))
+        >>> base_structure_record(mm.convert(m, "hard_concrete"))["modules"]
+        {}
+    """
+    from .masking import MaskTechnique
+
+    masks = [name for name, m in model.named_modules() if isinstance(m, MaskTechnique)]
+    return _record(model, skip=tuple(masks))
+
+
+def _record(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The record, leaving out the modules named in ``skip`` and everything below them."""
+    from .masking import MaskTechnique
+
     reference = _stock_model(model)
-    ours, theirs = dict(model.named_modules()), dict(reference.named_modules())
+    ours = {n: m for n, m in model.named_modules()
+            if not any(n == s or n.startswith(s + ".") for s in skip)}
+    theirs = dict(reference.named_modules())
+    masks = {id(t) for m in model.modules() if isinstance(m, MaskTechnique)
+             for t in (*m.parameters(), *m.buffers())} if skip else set()
     missing = [n for n in theirs if n not in ours]
     extra = [n for n in ours if n not in theirs]
     if missing or extra:
@@ -84,12 +115,14 @@ def structure_record(model: nn.Module) -> dict[str, Any]:
     modules: dict[str, dict[str, Any]] = {}
     for name, module in ours.items():
         ref = theirs[name]
-        if type(module).__name__ != type(ref).__name__:
+        # a mask mode's host class is a subclass of the stock one (e.g. MaskedLayerLinear)
+        if type(module).__name__ != type(ref).__name__ and not (skip and isinstance(module,
+                                                                                    type(ref))):
             raise ValueError(f"{name} is a {type(module).__name__}, the config builds a "
                              f"{type(ref).__name__} there; only shapes and attributes can be "
                              "recorded")
         entry = {key: value for key, value in (
-            ("shapes", _shape_changes(name, module, ref)),
+            ("shapes", _shape_changes(name, module, ref, masks)),
             ("attrs", _attr_changes(module, ref)),
             ("config", _config_changes(module, ref, model))) if value}
         if entry:
@@ -111,12 +144,17 @@ def _stock_model(model: nn.Module) -> nn.Module:
         return cls(config)
 
 
-def _shape_changes(name: str, module: nn.Module, ref: nn.Module) -> dict[str, list[int]]:
+def _shape_changes(name: str, module: nn.Module, ref: nn.Module,
+                   masks: set[int] | frozenset[int] = frozenset()) -> dict[str, list[int]]:
+    """Per tensor of ``module``, its shape where ``ref``'s differs; tensors whose ``id`` is
+    in ``masks`` (a mode's, aliased on the host module) are left out."""
     out: dict[str, list[int]] = {}
     for kind, ours, theirs in (("parameter", module._parameters, ref._parameters),
                                ("buffer", module._buffers, ref._buffers)):
         for key in {**ours, **theirs}:
             a, b = ours.get(key), theirs.get(key)
+            if a is not None and b is None and id(a) in masks:
+                continue
             if (a is None) != (b is None):
                 raise ValueError(f"{name}.{key}: {kind} present in only one of the exported "
                                  "model and the model its config builds")
@@ -223,8 +261,11 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
     """``model.save_pretrained(save_directory, ...)``, plus, when the config cannot describe
     the model (or ``force_remote_code``), the structure record in ``config.json``, the
     modeling file and ``auto_map``; ``model.config`` is left as it was. A model converted
-    again after its export (modes in its history) is saved as it would be without this
-    function (see [`modeopt_masks.hf_checkpointing`][modeopt_masks.hf_checkpointing]).
+    again after its export (modes in its history) is saved by the class's ``save_pretrained``
+    (see [`modeopt_masks.hf_checkpointing`][modeopt_masks.hf_checkpointing]) with the record of its base
+    ([`base_structure_record`][modeopt_masks.hf_remote.base_structure_record]), so loading builds the per-layer shapes before
+    restoring the modes; a conversion the record cannot describe raises ``ValueError``
+    before anything is written, pointing to ``mm.save`` / ``mm.restore``.
 
     Examples:
         >>> import tempfile, os, transformers as tf
@@ -239,8 +280,21 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
 
     save = _class_save_pretrained(model)
     if mode_history(model):  # converted again after export: the library-aware checkpoint route
-        return save(model, save_directory, *args, **kwargs)
-    record = structure_record(model)
+        if not _base_shapes_differ(model):  # the config builds the base: a plain checkpoint
+            return save(model, save_directory, *args, **kwargs)
+        try:  # the folder must still say how to build the per-layer shapes
+            record = base_structure_record(model)
+        except ValueError as e:
+            modes = [s.mode for s in mode_history(model)]
+            raise ValueError(
+                f"save_pretrained: this per-layer export was converted again ({modes}) in a "
+                f"way its folder cannot describe ({e}); save it with mm.save(model, path) and "
+                "restore it with mm.restore(export, path) onto the export reloaded (e.g. "
+                "saved before converting, loaded with trust_remote_code=True)") from e
+        if not record["modules"]:
+            return save(model, save_directory, *args, **kwargs)
+    else:
+        record = structure_record(model)
     folder = Path(save_directory)
     stale = folder / MODELING_FILE
     remote = bool(record["modules"]) or force_remote_code
@@ -270,6 +324,15 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *a
         tmp.write_text(modeling_source([class_name]))
         tmp.replace(stale)
     return result
+
+
+def _base_shapes_differ(model: nn.Module) -> bool:
+    """Whether the base tensors of converted ``model`` (its modes' left out) are not what
+    its config builds."""
+    from .persistence import _base_state
+
+    stock = {k: v.shape for k, v in _stock_model(model).state_dict().items()}
+    return any(stock.get(k) != v.shape for k, v in _base_state(model).items())
 
 
 def _class_save_pretrained(model: nn.Module) -> Any:

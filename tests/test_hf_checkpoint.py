@@ -225,3 +225,64 @@ def test_exported_save_writes_a_model_card(tmp_path):
     for name, active in kept.items():
         assert f"| {name} | {active} of " in card
     assert not (tmp_path / HF_STATE_FILE).exists()  # exported: no modes left to restore
+
+
+def test_converted_per_layer_export_round_trips(tmp_path):
+    """A per-layer gradnas export converted again: the folder carries the structure record,
+    so both the library's load and trust_remote_code build the per-layer shapes first."""
+    model = mm.convert(_llama(32), ("gradnas", {"hf.attention": None}))
+    for i, hp in enumerate(gradnas_hparams(model).values()):
+        hp.keep(list(range(hp.n_units // (2 + i))))  # every layer keeps its own width
+    model = mm.convert(mm.export(model), "hard_concrete")
+    _perturb(model, "hard_concrete")
+    model.eval()
+    widths = {n: tuple(p.shape) for n, p in model.named_parameters()
+              if n.endswith("gate_proj.weight")}
+    assert len(set(widths.values())) == 2, widths
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["modeopt_structure"]["modules"] and "auto_map" in config
+    assert "modeopt_structure" not in model.config.to_dict()  # the model is left as it was
+    with torch.no_grad():
+        want = model(X).logits
+    for load in (lambda: transformers.LlamaForCausalLM.from_pretrained(tmp_path),
+                 lambda: transformers.AutoModelForCausalLM.from_pretrained(
+                     tmp_path, trust_remote_code=True)):
+        again = load().eval()
+        assert [s.mode for s in mm.mode_history(again)] == ["hard_concrete"]
+        saved, loaded = model.state_dict(), again.state_dict()
+        assert saved.keys() == loaded.keys()
+        assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+        with torch.no_grad():
+            assert torch.equal(again(X).logits, want)
+    # the reloaded model saves the record again
+    again.save_pretrained(tmp_path / "again")
+    third = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "again").eval()
+    with torch.no_grad():
+        assert torch.equal(third(X).logits, want)
+
+
+def test_converted_per_layer_export_the_record_cannot_describe_is_refused(tmp_path):
+    """gradnas again on a per-layer export replaces layer classes: save_pretrained refuses
+    before writing anything, and the route it names (mm.save / mm.restore) works."""
+    model = mm.convert(_llama(32), ("gradnas", {"hf.attention": None}))
+    for i, hp in enumerate(gradnas_hparams(model).values()):
+        hp.keep(list(range(hp.n_units // (2 + i))))
+    model = mm.export(model).eval()
+    model.save_pretrained(tmp_path / "export")
+    model = mm.convert(model, ("gradnas", {"hf.attention": None}))
+    _perturb(model, "gradnas")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"converted again \(\['gradnas'\]\).*mm\.save.*"
+                       r"mm\.restore"):
+        model.save_pretrained(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    assert [s.mode for s in mm.mode_history(model)] == ["gradnas"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with pytest.warns(UserWarning, match="restore this checkpoint into the exported"):
+        mm.save(model, tmp_path / "state")
+    export = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export",
+                                                               trust_remote_code=True).eval()
+    again = mm.restore(export, tmp_path / "state")
+    with torch.no_grad():
+        assert torch.equal(again(X).logits, model(X).logits)
