@@ -74,6 +74,10 @@ def reload_check(model, rows) -> dict:
     import torch
     import transformers
 
+    # the GGUF load marks the (dequantised, fp32) model as quantized, which blocks saving
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
     with tempfile.TemporaryDirectory() as folder:
         try:
             model.save_pretrained(folder)
@@ -87,6 +91,26 @@ def reload_check(model, rows) -> dict:
     return {"reloads": True, "reload_max_abs_logit_diff": float((a - b).abs().max())}
 
 
+def recover(args, dense, cal, eval_rows, full: int) -> None:
+    """Torch-Pruning's result before and after the recovery budget of bench_llm_prune."""
+    from bench_llm_prune import emit, split_tokens
+    from bench_oneshot import perplexity
+
+    import modeopt_masks as mm
+    from modeopt_masks.searchers import count_params
+
+    model = torch_pruning_call(copy.deepcopy(dense), cal, mlp_ratio_for(dense, args.target))
+    before = perplexity(model, eval_rows)
+    train = split_tokens(args.cal + 2, args.recover_steps, args.eval, args.seq)["train"]
+    result = mm.distill(model, dense, [{"input_ids": r[None]} for r in train],
+                        steps=args.recover_steps, lr=1e-4, temperature=1.0, progress=False)
+    emit(args.out, {"method": "torch_pruning_taylor_mlp", "target": args.target,
+                    "params_ratio": count_params(model) / full, "ppl_before": before,
+                    "ppl_after": perplexity(model, eval_rows), "recovery_steps": result.steps,
+                    "recovery_s": result.seconds, "final_kl": result.history[-1]["kl"],
+                    "load": os.getloadavg()[0]})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
@@ -94,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--target", type=float, default=0.8)
+    parser.add_argument("--recover-steps", type=int, default=0,
+                        help="only prune with Torch-Pruning, then distil this many steps on "
+                             "bench_llm_prune's recovery rows (its --rank 2 layout)")
     args = parser.parse_args(argv)
 
     import torch
@@ -113,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     emit(args.out, {"method": "dense", "params": full, "ppl": perplexity(dense, data["eval"]),
                     "cal_tokens": args.cal * args.seq, "eval_tokens": args.eval * args.seq,
                     "load": os.getloadavg()[0]})
+    if args.recover_steps:
+        recover(args, dense, cal, data["eval"], full)
+        return
     plain_model = copy.deepcopy(dense)
     plain_s: list[float] = []
 
