@@ -44,6 +44,22 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 #: gradnas mode rules per method; axes the installed library does not know are skipped
 AXES_CONFIGS: dict[str, dict] = {
     "heads_mlp": {},
+    "hidden": {"axes": ["heads", "mlp", "hidden"]},
+    "depth": {"axes": ["heads", "mlp", "depth"]},
+    "joint": {"axes": ["heads", "mlp", "hidden", "depth"]},
+    "joint_fine": {"axes": ["heads", "mlp", "hidden", "depth"]},
+    "joint_act": {"axes": ["heads", "mlp", "hidden", "depth"],
+                  "hf.hidden": {"score": "activation"}, "hf.depth": {"score": "influence"}},
+}
+
+#: candidate ratios of the outer axes (``axis_ratios``), kept few so the search is cheap;
+#: ``hidden`` and ``depth`` force one smaller size of their axis (heads+MLP fill the rest)
+AXIS_RATIOS: dict[str, dict[str, list[float]]] = {
+    "hidden": {"hidden": [0.9]},
+    "depth": {"depth": [0.9]},
+    "joint": {"hidden": [1.0, 0.9, 0.8], "depth": [1.0, 0.9]},
+    "joint_fine": {"hidden": [1.0, 0.97, 0.94], "depth": [1.0, 0.97, 0.94]},
+    "joint_act": {"hidden": [1.0, 0.9, 0.8], "depth": [1.0, 0.9]},
 }
 
 
@@ -87,21 +103,25 @@ def random_counterpart(model, seed: int = 0):
     return model
 
 
-def prune_method(base, method: str, target: float, cal_batches):
+def prune_method(base, method: str, target: float, cal_batches, rank_batches=None):
     """A pruned, exported copy of ``base``; the seconds of the prune call and its result."""
     import modeopt_masks as mm
     from modeopt_masks.pruning import prune
 
     model = copy.deepcopy(base)
     rules = AXES_CONFIGS["heads_mlp" if method == "random" else method]
+    config = {"data_loader": cal_batches, "progress": False}
+    if method in AXIS_RATIOS:  # rank candidates on rows of their own; scoring sees all of cal
+        config.update({"eval_loader": rank_batches, "axis_ratios": AXIS_RATIOS[method]})
     start = time.perf_counter()
     model, result = prune(model, ("gradnas", rules) if rules else "gradnas",
-                          constraints={"params": f"{target:.0%}"},
-                          config={"data_loader": cal_batches, "progress": False})
+                          constraints={"params": f"{target:.0%}"}, config=config)
     seconds = time.perf_counter() - start
     if method == "random":
         random_counterpart(model)
     selection = {k: v for k, v in result.selection.items()}
+    if getattr(result, "candidates", None):
+        selection["candidates"] = result.candidates
     return mm.export(model), seconds, selection
 
 
@@ -114,38 +134,48 @@ def run_methods(args, out) -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    data = split_tokens(args.cal, args.steps * args.batch, args.eval, args.seq)
-    cal = [{"input_ids": r[None], "labels": r[None]} for r in data["cal"]]
+    data = split_tokens(args.cal + args.rank, args.steps * args.batch, args.eval, args.seq)
+    rows = [{"input_ids": r[None], "labels": r[None]} for r in data["cal"]]
+    cal, rank = rows[: args.cal], rows[args.cal:]
     train = [{"input_ids": b["input_ids"]} for b in lm_batches(data["train"], args.batch)]
     dense = load_model()
     full = count_params(dense)
     t0 = time.perf_counter()
     dense_ppl = perplexity(dense, data["eval"])
     emit(out, {"method": "dense", "params": full, "ppl": dense_ppl,
-               "eval_s": time.perf_counter() - t0, "load": os.getloadavg()[0]})
+               "eval_s": time.perf_counter() - t0, "load": os.getloadavg()[0],
+               "cal_tokens": args.cal * args.seq, "rank_tokens": args.rank * args.seq,
+               "eval_tokens": args.eval * args.seq})
+    pruned = []  # every method is pruned (and reported) before any recovery starts
     for target in args.targets:
         for method in args.methods:
             if method not in AXES_CONFIGS and method != "random":
                 emit(out, {"method": method, "target": target, "skipped": "axis not available"})
                 continue
             torch.manual_seed(0)
-            model, prune_s, selection = prune_method(dense, method, target, cal)
+            model, prune_s, selection = prune_method(dense, method, target, cal, rank)
             row = {"method": method, "target": target, "params": count_params(model),
                    "params_ratio": count_params(model) / full, "prune_s": prune_s,
-                   "ppl_before": perplexity(model, data["eval"])}
-            emit(out, {**row, "stage": "pruned", "load": os.getloadavg()[0]})
-            torch.manual_seed(0)
-            result = mm.distill(model, dense, train, steps=args.steps, lr=args.lr,
-                                temperature=args.temperature, progress=False)
-            row.update({"ppl_after": perplexity(model, data["eval"]),
-                        "recovery_steps": result.steps, "recovery_s": result.seconds,
-                        "recovery_tokens": result.steps * args.batch * args.seq,
-                        "final_kl": result.history[-1]["kl"]})
-            row["after_vs_dense"] = row["ppl_after"] / dense_ppl
+                   "ppl_before": perplexity(model, data["eval"]),
+                   "config": {k: getattr(model.config, k) for k in
+                              ("hidden_size", "num_hidden_layers", "intermediate_size",
+                               "num_attention_heads", "num_key_value_heads")}}
             row["before_vs_dense"] = row["ppl_before"] / dense_ppl
-            emit(out, {**row, "stage": "recovered", "selection": selection,
+            emit(out, {**row, "stage": "pruned", "selection": selection,
                        "load": os.getloadavg()[0]})
-            del model
+            pruned.append((row, model))
+    if args.steps == 0:
+        return
+    for row, model in pruned:
+        torch.manual_seed(0)
+        result = mm.distill(model, dense, train, steps=args.steps, lr=args.lr,
+                            temperature=args.temperature, progress=False)
+        row.update({"ppl_after": perplexity(model, data["eval"]),
+                    "recovery_steps": result.steps, "recovery_s": result.seconds,
+                    "recovery_tokens": result.steps * args.batch * args.seq,
+                    "final_kl": result.history[-1]["kl"]})
+        row["after_vs_dense"] = row["ppl_after"] / dense_ppl
+        emit(out, {**row, "stage": "recovered", "load": os.getloadavg()[0]})
 
 
 def run_ratios(args, out) -> None:
@@ -256,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
     parser.add_argument("--cal", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=2,
+                        help="rows after the calibration rows that rank joint candidates")
     parser.add_argument("--eval", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
