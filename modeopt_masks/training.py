@@ -90,6 +90,17 @@ class ExponentialSchedule:
         return temperature
 
 
+def _active_techniques(model: nn.Module) -> tuple[list[Any], int]:
+    """The masks of the model's active masked layers and their number of entries."""
+    techniques = [
+        tech for layer in masked_modules(model).values() if layer.use_masks
+        for _, tech in layer._mask_modules()
+    ]
+    if not techniques:
+        raise ValueError("the model has no active masked layers: convert it with a mask mode first")
+    return techniques, sum(math.prod(t.shape) for t in techniques)
+
+
 def expected_density(model: nn.Module) -> torch.Tensor:
     """Active masks' expected kept fraction: ``sum L0 / number of mask entries`` (differentiable).
 
@@ -112,13 +123,7 @@ def expected_density(model: nn.Module) -> torch.Tensor:
     own = getattr(model, "expected_density", None)
     if callable(own):  # masks that are not per-layer (edge masks) define their own density
         return own()
-    techniques = [
-        tech for layer in masked_modules(model).values() if layer.use_masks
-        for _, tech in layer._mask_modules()
-    ]
-    if not techniques:
-        raise ValueError("the model has no active masked layers: convert it with a mask mode first")
-    total = sum(math.prod(t.shape) for t in techniques)
+    techniques, total = _active_techniques(model)
     l0 = torch.stack([full_value(t.l0()).float() for t in techniques]).sum()
     return l0 / total
 
@@ -148,13 +153,7 @@ def hard_density(model: nn.Module) -> torch.Tensor:
         return own().detach()
     if callable(getattr(model, "expected_density", None)):
         return expected_density(model).detach()
-    techniques = [
-        tech for layer in masked_modules(model).values() if layer.use_masks
-        for _, tech in layer._mask_modules()
-    ]
-    if not techniques:
-        raise ValueError("the model has no active masked layers: convert it with a mask mode first")
-    total = sum(math.prod(t.shape) for t in techniques)
+    techniques, total = _active_techniques(model)
     kept = torch.stack([full_value(t.circuit()).float().sum() for t in techniques]).sum()
     return kept / total
 
