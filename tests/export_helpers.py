@@ -86,13 +86,15 @@ def save_expected(folder: Path, output: torch.Tensor, x: dict[str, torch.Tensor]
               str(Path(folder) / "expected.safetensors"))
 
 
-_RELOAD = textwrap.dedent("""
-    import importlib.abc, json, sys
+#: start of every reload script: this library (and the benchmarks, which import it) cannot
+#: be imported in the subprocess, and the script checks that it really cannot
+BLOCK_LIBRARY = textwrap.dedent("""
+    import importlib.abc, sys
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeopt_masks":
-                raise ImportError("modeopt_masks is blocked in this process")
+            if name.split(".")[0] in ("modeopt_masks", "benchmarks"):
+                raise ImportError(name + " is blocked in this process")
             return None
 
     sys.meta_path.insert(0, Blocker())
@@ -101,6 +103,10 @@ _RELOAD = textwrap.dedent("""
         raise SystemExit("modeopt_masks was importable")
     except ImportError:
         pass
+""")
+
+_RELOAD = BLOCK_LIBRARY + textwrap.dedent("""
+    import json
     import torch, transformers
     from safetensors.torch import load_file
     torch.set_num_threads(1)

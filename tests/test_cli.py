@@ -22,6 +22,11 @@ import torch
 import modeopt_masks as mm
 from modeopt_masks.cli import main
 
+try:  # the reload subprocesses' import blocker, shared with the export tests
+    from .export_helpers import BLOCK_LIBRARY
+except ImportError:
+    from export_helpers import BLOCK_LIBRARY
+
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -65,21 +70,8 @@ def _prune_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
             "--seq-len", "16", "--max-sequences", "8", "--no-progress", "--out", str(out), *extra]
 
 
-_RELOAD = textwrap.dedent("""
-    import hashlib, importlib.abc, json, sys
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeopt_masks":
-                raise ImportError("modeopt_masks is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
-    try:
-        import modeopt_masks  # noqa: F401
-        raise SystemExit("modeopt_masks was importable")
-    except ImportError:
-        pass
+_RELOAD = BLOCK_LIBRARY + textwrap.dedent("""
+    import hashlib, json
     import torch, transformers
     torch.set_num_threads(1)
     folder = sys.argv[1]

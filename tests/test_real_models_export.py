@@ -26,6 +26,11 @@ import torch
 import modeopt_masks as mm
 from modeopt_masks.structured import gradnas_hparams
 
+try:  # the reload subprocesses' import blocker, shared with the export tests
+    from .export_helpers import BLOCK_LIBRARY
+except ImportError:
+    from export_helpers import BLOCK_LIBRARY
+
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -86,16 +91,8 @@ CASES = {
 }
 UNIFORM = [c for c, v in CASES.items() if v[4]]
 
-_RELOAD = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeopt_masks", "benchmarks"):
-                raise ImportError(name + " is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
+_RELOAD = BLOCK_LIBRARY + textwrap.dedent("""
+    import json
     import torch, transformers
     from safetensors.torch import load_file
     torch.set_num_threads(1)
