@@ -381,8 +381,13 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
                                 name, key in config)
         if fields is not None:
             selected[name] = _g_choices(n, fields.get("ratios"), fields.get("divisor", 1))
+    # an exclusion (None) only has to match a layer of its type, searched or not
+    layers = [(n, kind.key) for n, m in _gnet().named_modules()
+              if (kind := mm.layer_kinds.kind_of(m)) is not None]
     for key in G_KEYS:
         for glob, rule in (_g_as_mapping(config.get(key)) or {}).items():
+            if rule is None and any(k == key and fnmatchcase(n, glob) for n, k in layers):
+                continue
             if (rule is not None or glob not in DEFAULT_EXCLUDED_PATTERNS) and not any(
                     k == key and fnmatchcase(name, glob)
                                             for name, k, _ in G_DIMS):
@@ -397,6 +402,8 @@ def _g_expected(config: dict) -> tuple[dict[str, list[int]], str | None]:
 @example(({"nn.Linear": {"*": {"divisor": 16}}, "hf.mlp": {"*": {"ratios": [0.3, 0.7],
                                                                  "divisor": 3}}}, True))
 @example(({"hf.attention": {"ratios": None}}, True))  # found by this test: a rule, not a glob
+@example(({"hf.attention": None, "nn.Linear": {"*": None, "bert.*": None}}, True))  # found too:
+# "bert.*" excludes Linear layers gradnas does not search, which is allowed
 @example(({"hf.attention": None, "hf.mlp": None, "nn.Linear": {"*classifier*": {}, "*": None},
            "nn.Conv1d": None, "nn.Conv2d": {"c2.0": None}}, True))  # all off: a clear error
 def test_random_gradnas_configs_select_exactly_the_ruled_dimensions(case):
