@@ -42,26 +42,52 @@ def test_joint_search_lands_on_target_and_exports_what_it_masks(family):
         assert (masked - exported).abs().max() <= 1e-5
         assert (masked - dense).abs().max() > 1e-3
         tight = [c for c in res.candidates if c.get("tight")]
-        assert tight and min(c["loss"] for c in tight) == next(
-            c["loss"] for c in tight if all(res.selection[k] == c[k] for k in c if k in
-                                            res.selection))
+        key = "kl" if family in DECODERS else "loss"  # "auto": KL where outputs have logits
+        assert tight and all(key in c for c in tight)
+        assert min(c[key] for c in tight) == next(
+            c[key] for c in tight if all(res.selection[k] == c[k] for k in c if k in
+                                         res.selection))
         if kept is not None:
             assert pruned.config.hidden_size == len(kept)
         if family in DECODERS:
             assert_generates_same_with_and_without_cache(pruned)
 
 
-def test_candidates_are_ranked_by_held_out_loss():
+def _best(res, key):
+    return min((c for c in res.candidates if c["feasible"] and c["tight"]), key=lambda c: c[key])
+
+
+def test_candidates_are_ranked_by_kl_to_the_unpruned_model():
     model = _joint_model("llama")
     before = sum(p.numel() for p in model.parameters())
     model = scored("llama", model, {"axes": ALL}, n_batches=2)
-    res, *_ = export_at("llama", model, 0.6, before, axis_ratios=RATIOS)
+    res, *_, pruned, _ratio = export_at("llama", model, 0.6, before, axis_ratios=RATIOS)
     names = [n for n, hp in gradnas_hparams(model).items() if hp.structure.kind in
              ("hidden", "blocks")]
     feasible = [c for c in res.candidates if c["feasible"]]
-    assert len(feasible) > 1 and all("loss" in c for c in feasible)
-    best = min((c for c in feasible if c["tight"]), key=lambda c: c["loss"])
+    assert len(feasible) > 1 and all("kl" in c and "loss" in c for c in feasible)
+    best = _best(res, "kl")
     assert all(res.selection[n] == best[n] for n in names)
+    # the recorded KL is the exported model's divergence from the unpruned one
+    full = _joint_model("llama")
+    kl = []
+    with torch.no_grad():
+        for b in [batch("llama", 50 + i) for i in range(2)]:
+            ref = torch.log_softmax(full(**b).logits, -1)
+            logp = torch.log_softmax(pruned(**b).logits, -1)
+            kl.append(float((ref.exp() * (ref - logp)).sum(-1).mean()))
+    assert abs(sum(kl) / 2 - best["kl"]) < 1e-4
+
+
+def test_rank_by_loss_takes_the_candidate_of_lowest_held_out_loss():
+    model = _joint_model("llama")
+    before = sum(p.numel() for p in model.parameters())
+    model = scored("llama", model, {"axes": ALL}, n_batches=2)
+    res, *_ = export_at("llama", model, 0.6, before, axis_ratios=RATIOS, rank_by="loss")
+    best = _best(res, "loss")
+    assert all(res.selection[n] == best[n] for n in res.selection if n in best)
+    with pytest.raises(ValueError, match="rank_by must be one of"):
+        export_at("llama", model, 0.6, before, axis_ratios=RATIOS, rank_by="ppl")
 
 
 def test_axis_bounds_hold():

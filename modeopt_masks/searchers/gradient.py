@@ -46,7 +46,7 @@ import torch.nn as nn
 from ..structured.hparam import StructuredHParam
 from ..structured.scores import SCORE_TYPES, collect_scores
 from .base import BaseSearcher, SearchResult
-from .joint import joint_select, needs_joint
+from .joint import RANK_BY, joint_select, needs_joint
 
 
 class GradientBinarySearcher(BaseSearcher):
@@ -61,7 +61,8 @@ class GradientBinarySearcher(BaseSearcher):
     or depth axis next to other axes the search is joint ([`modeopt_masks.searchers.joint`][modeopt_masks.searchers.joint]): ``axis_ratios``
     (``{"hidden": [...], "depth": [...]}``, candidate ratios) and ``eval_loader`` (held-out
     calibration batches that rank the candidates; default: the last quarter of
-    ``data_loader``).
+    ``data_loader``) and ``rank_by`` (``"auto"`` | ``"kl"`` | ``"loss"``: KL to the unpruned
+    model's outputs where they have logits, else the loss).
 
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
@@ -83,6 +84,7 @@ class GradientBinarySearcher(BaseSearcher):
         "all_reduce": True,
         "eval_loader": None,
         "axis_ratios": None,
+        "rank_by": "auto",
     }
 
     def sanitize_config(self, config: Any) -> dict[str, Any]:  # noqa: D102
@@ -91,6 +93,8 @@ class GradientBinarySearcher(BaseSearcher):
             raise ValueError(f"normalize must be 'layer' or 'global', got {cfg['normalize']!r}")
         if cfg["score_type"] not in SCORE_TYPES:
             raise ValueError(f"score_type must be one of {SCORE_TYPES}, got {cfg['score_type']!r}")
+        if cfg["rank_by"] not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {cfg['rank_by']!r}")
         it = cfg["iterations"]
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise ValueError(f"iterations must be a positive integer, got {it!r}")

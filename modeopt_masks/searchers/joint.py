@@ -7,15 +7,18 @@ joint search does what Minitron does with its candidate architectures: the
 (``axis_ratios``, default ``1.0, 0.9, ..., 0.5``, within each rule's
 ``min_ratio``); for every combination the *inner* axes (heads, MLP channels)
 are fitted to the target by the usual threshold search on their own scores, and
-each candidate that meets the target is scored by its loss on held-out
-calibration batches (the masked model, no training). The candidate with the
-lowest loss among those that land within 1% under the target wins (a candidate
+each candidate that meets the target is scored on held-out calibration batches
+(the masked model, no training): by default the KL divergence of its outputs from
+the unpruned model's (``rank_by="kl"``; ``"loss"`` takes the task loss instead,
+see [`CandidateRanker`][modeopt_masks.searchers.joint.CandidateRanker] for the
+measurement behind the default). The candidate with the lowest score among those
+that land within 1% under the target wins (a candidate
 whose outer axes alone already undershoot it by more cannot spend the budget);
 every one is listed in ``SearchResult.candidates``.
 
 Without inner axes the last outer axis (hidden size, else depth) is the one
-fitted to the target and the others take the candidates. Cost: one loss
-evaluation per candidate (held-out batches, forward only), on top of one
+fitted to the target and the others take the candidates. Cost: one
+evaluation per candidate plus one of the unpruned model (held-out batches, forward only), on top of one
 scoring pass.
 
 Examples:
@@ -27,7 +30,7 @@ Examples:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -44,6 +47,8 @@ DEFAULT_RATIOS: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 AXIS_NAMES = {"hidden": "hidden", "blocks": "depth"}
 #: a candidate "lands" on the target when it is at most this fraction under it
 TOLERANCE = 0.01
+#: ways to rank candidates ([`CandidateRanker`][modeopt_masks.searchers.joint.CandidateRanker])
+RANK_BY: tuple[str, ...] = ("auto", "kl", "loss")
 
 
 def candidate_counts(choices: Sequence[int], ratios: Sequence[float]) -> list[int]:
@@ -63,24 +68,89 @@ def needs_joint(plan: SearchPlan) -> bool:
     return any(k in OUTER_KINDS for k in kinds) and len(plan.hparams) > 1
 
 
-def mean_loss(model: nn.Module, batches: Sequence[Any], loss_func: Callable[..., Any] | None,
-              collect_func: Callable[[Any], Any] | None) -> float:
-    """Mean loss of ``model`` (eval mode, no grad) over ``batches``."""
-    loss_func = loss_func or default_loss
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was = model.training
-    model.eval()
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
-                inputs = collect_func(batch) if collect_func is not None else batch
-                total += float(loss_func(run_model(model, inputs), batch))
-    finally:
-        model.train(was)
-    return total / max(1, len(batches))
+def _logits(output: Any, explicit: bool) -> torch.Tensor | None:
+    """The output's ``logits`` (HF heads); with ``explicit``, a plain tensor output too."""
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and explicit and isinstance(output, torch.Tensor):
+        logits = output
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+class CandidateRanker:
+    """Scores a candidate subnetwork on held-out batches: KL to the unpruned model, or loss.
+
+    ``rank_by="kl"`` compares the softmax of the candidate's logits with the unpruned
+    model's on the same batches (mean over every position); ``"loss"`` takes the task loss
+    (``loss_func``, default ``output.loss``); ``"auto"`` is KL when the model's output has
+    ``logits``, else loss. KL is the default because it ranks with far fewer tokens: on
+    SmolLM2-135M at 80% params, mean LM loss on 512 held-out tokens put a 29-block
+    candidate first (3.590 vs 3.619), held-out perplexity on 4,096 other tokens says the
+    opposite (20.00 vs 18.36), KL on the same 512 tokens agrees with it (0.518 vs 0.480).
+    The unpruned model's log-probabilities of the batches are kept (batch x positions x
+    classes floats per batch). The model is left in the mode it was in.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.searchers.joint import CandidateRanker
+        >>> net = torch.nn.Linear(3, 4)
+        >>> ranker = CandidateRanker(net, [torch.ones(2, 3)], rank_by="kl")
+        >>> ranker(net)["kl"]
+        0.0
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[Any], rank_by: str = "auto",
+                 loss_func: Callable[..., Any] | None = None,
+                 collect_func: Callable[[Any], Any] | None = None) -> None:
+        if rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+        self.batches, self.loss_func, self.collect_func = list(batches), loss_func, collect_func
+        self.references: list[torch.Tensor] | None = None
+        self.key = "loss"
+        if rank_by != "loss":
+            refs = [_logits(out, rank_by == "kl") for out, _ in self._outputs(model)]
+            if all(r is not None for r in refs) and refs:
+                self.references = [torch.log_softmax(r.float(), -1) for r in refs if r is not None]
+                self.key = "kl"
+            elif rank_by == "kl":
+                raise ValueError("rank_by='kl' needs model outputs with logits (or a tensor)")
+
+    def _outputs(self, model: nn.Module) -> list[tuple[Any, Any]]:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = []
+                for batch in self.batches:
+                    batch = to_device(batch, device)
+                    inputs = self.collect_func(batch) if self.collect_func is not None else batch
+                    out.append((run_model(model, inputs), batch))
+                return out
+        finally:
+            model.train(was)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """``{"kl": ..., "loss": ...}`` of ``model`` as it is now (each where available)."""
+        kl, losses = [], []
+        for i, (out, batch) in enumerate(self._outputs(model)):
+            if self.references is not None:
+                ref = self.references[i]
+                logits = _logits(out, True)
+                assert logits is not None
+                logp = torch.log_softmax(logits.float(), -1)
+                kl.append(float((ref.exp() * (ref - logp)).sum(-1).mean()))
+            if self.loss_func is not None or self.key == "loss":
+                losses.append(float((self.loss_func or default_loss)(out, batch)))
+            elif getattr(out, "loss", None) is not None:
+                losses.append(float(out.loss))
+        n = max(1, len(self.batches))
+        scores = {"loss": sum(losses) / n} if losses else {}
+        if kl:
+            scores["kl"] = sum(kl) / n
+        return scores
 
 
 def joint_select(
@@ -95,6 +165,10 @@ def joint_select(
     if not inner:  # fit the finest outer axis (hidden size) to the target, enumerate the rest
         fitted = next((n for n in outer if hps[n].structure.kind == "hidden"), outer[-1])
         outer = [n for n in outer if n != fitted]
+    for hp in hps.values():  # the reference outputs are the unpruned model's
+        hp.keep(list(range(hp.n_units)))
+    ranker = CandidateRanker(model, eval_batches, cfg.get("rank_by") or "auto",
+                             cfg.get("loss_func"), cfg.get("collect_func"))
     ratios = cfg.get("axis_ratios") or {}
     grids = []
     for n in outer:
@@ -111,14 +185,14 @@ def joint_select(
             continue
         sub_sens = {**sens, **{n: [0.0] for n in fixed}}
         result = select(sub, sub_sens, orders)
-        loss = mean_loss(model, eval_batches, cfg.get("loss_func"), cfg.get("collect_func"))
+        scores = ranker(model)
         # a candidate whose other axes cannot spend the budget (it lands > 1% under the
         # target even with them at full width) only ranks when no candidate lands on it
         tight = all(v["achieved"] >= (1 - TOLERANCE) * v["target"]
                     for v in result.constraints.values())
-        tried.append({**{f"{n}": c for n, c in fixed.items()}, "feasible": True, "loss": loss,
+        tried.append({**{f"{n}": c for n, c in fixed.items()}, "feasible": True, **scores,
                       "tight": tight, **{k: v["ratio"] for k, v in result.constraints.items()}})
-        rank = (not tight, loss)
+        rank = (not tight, scores[ranker.key])
         if best is None or rank < best[0]:
             best = (rank, result)
     if best is None:
