@@ -166,6 +166,27 @@ def gradnas_local(rank: int, world: int) -> dict[str, torch.Tensor]:
     return _gradnas_prune(rank, world, all_reduce=False, suffix=".unsynced")
 
 
+def joint(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The joint search (hidden size, depth, heads, MLP) with a different shard of scoring
+    and ranking batches per rank: scores and candidate KLs are averaged over the ranks, so
+    both choose the candidate one process ranking every batch chooses."""
+    from axes_models import batch, build, loss
+
+    model = build("llama", hidden=32, layers=4, heads=4, kv=2, inter=64)
+    scoring = [batch("llama", i) for i in range(4)]
+    ranking = [batch("llama", 50 + i) for i in range(2)]
+    n, m = len(scoring) // world, len(ranking) // world
+    model, result = mm.prune(model, ("gradnas", {"axes": ["heads", "mlp", "hidden", "depth"]}),
+                             constraints={"params": "60%"}, config={
+        "data_loader": scoring[rank * n: (rank + 1) * n], "progress": False, "loss_func": loss,
+        "eval_loader": ranking[rank * m: (rank + 1) * m],
+        "axis_ratios": {"hidden": [1.0, 0.75, 0.5], "depth": [1.0, 0.75, 0.5]}})
+    out = {f"joint.kept.{k}": torch.tensor(hp.kept) for k, hp in gradnas_hparams(model).items()}
+    out["joint.kl"] = torch.tensor([c["kl"] for c in result.candidates if c["feasible"]],
+                                   dtype=torch.float64)
+    return out
+
+
 class _LossNet(nn.Module):
     """A model that returns an HF-style ``{"loss", "logits"}`` when given labels."""
 
@@ -242,11 +263,12 @@ SCENARIOS = {
     "sampled_draws": sampled_draws,
     "gradnas": gradnas,
     "gradnas_local": gradnas_local,
+    "joint": joint,
     "circuit": circuit,
     "subnetwork_probe": subnetwork_probe,
 }
 #: scenarios whose DDP result must equal a single process on the global batch
-SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude", "gradnas", "circuit",
+SINGLE_PROCESS_EQUAL = ("cs", "cs_frozen_neuron", "hc", "magnitude", "gradnas", "joint", "circuit",
                         "subnetwork_probe")
 if importlib.util.find_spec("accelerate") is not None:
     SCENARIOS["cs_accelerate"] = cs_accelerate

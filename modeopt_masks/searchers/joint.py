@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from ..structured.scores import default_loss, run_model, to_device
@@ -89,7 +90,9 @@ class CandidateRanker:
     candidate first (3.590 vs 3.619), held-out perplexity on 4,096 other tokens says the
     opposite (20.00 vs 18.36), KL on the same 512 tokens agrees with it (0.518 vs 0.480).
     The unpruned model's log-probabilities of the batches are kept (batch x positions x
-    classes floats per batch). The model is left in the mode it was in.
+    classes floats per batch). The model is left in the mode it was in. Under
+    ``torch.distributed`` with ``all_reduce`` each score is averaged over the ranks (each
+    ranking its own batches), so every rank picks the same candidate.
 
     Examples:
         >>> import torch
@@ -102,10 +105,12 @@ class CandidateRanker:
 
     def __init__(self, model: nn.Module, batches: Sequence[Any], rank_by: str = "auto",
                  loss_func: Callable[..., Any] | None = None,
-                 collect_func: Callable[[Any], Any] | None = None) -> None:
+                 collect_func: Callable[[Any], Any] | None = None,
+                 all_reduce: bool = True) -> None:
         if rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         self.batches, self.loss_func, self.collect_func = list(batches), loss_func, collect_func
+        self.all_reduce = all_reduce
         self.references: list[torch.Tensor] | None = None
         self.key = "loss"
         if rank_by != "loss":
@@ -150,6 +155,13 @@ class CandidateRanker:
         scores = {"loss": sum(losses) / n} if losses else {}
         if kl:
             scores["kl"] = sum(kl) / n
+        if self.all_reduce and dist.is_available() and dist.is_initialized():
+            param = next(model.parameters(), None)
+            keys = sorted(scores)
+            both = torch.tensor([scores[k] for k in keys], dtype=torch.float64,
+                                device=param.device if param is not None else None)
+            dist.all_reduce(both)
+            scores = dict(zip(keys, (both / dist.get_world_size()).tolist(), strict=True))
         return scores
 
 
@@ -168,7 +180,8 @@ def joint_select(
     for hp in hps.values():  # the reference outputs are the unpruned model's
         hp.keep(list(range(hp.n_units)))
     ranker = CandidateRanker(model, eval_batches, cfg.get("rank_by") or "auto",
-                             cfg.get("loss_func"), cfg.get("collect_func"))
+                             cfg.get("loss_func"), cfg.get("collect_func"),
+                             cfg.get("all_reduce", True))
     ratios = cfg.get("axis_ratios") or {}
     grids = []
     for n in outer:
