@@ -90,6 +90,31 @@ def test_rank_by_loss_takes_the_candidate_of_lowest_held_out_loss():
         export_at("llama", model, 0.6, before, axis_ratios=RATIOS, rank_by="ppl")
 
 
+def test_rank_steps_rank_candidates_after_a_short_recovery_and_restore_the_weights():
+    model = _joint_model("llama")
+    before = sum(p.numel() for p in model.parameters())
+    model = scored("llama", model, {"axes": ALL}, n_batches=2)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [batch("llama", 50 + i) for i in range(2)]  # distilled on the ranking batches
+    res, dense, masked, exported, *_ = export_at(
+        "llama", model, 0.6, before, axis_ratios=RATIOS, rank_steps=4, rank_lr=1e-3,
+        data_loader=data)
+    feasible = [c for c in res.candidates if c["feasible"]]
+    assert len(feasible) > 1
+    # distillation moved every candidate towards the unpruned model before it was ranked
+    assert all(c["kl"] < c["kl_before_steps"] for c in feasible)
+    best = _best(res, "kl")
+    assert all(res.selection[n] == best[n] for n in res.selection if n in best)
+    # ... and left the weights as they were: the export is the untrained pruned model
+    assert (masked - exported).abs().max() <= 1e-5
+    after = export_at("llama", model, 0.6, before, axis_ratios=RATIOS)[0]
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert after.candidates[0]["kl"] == pytest.approx(
+        feasible[0]["kl_before_steps"], rel=1e-6)
+    with pytest.raises(ValueError, match="rank_steps must be an integer"):
+        export_at("llama", model, 0.6, before, axis_ratios=RATIOS, rank_steps=-1)
+
+
 def test_axis_bounds_hold():
     model = _joint_model("llama")
     before = sum(p.numel() for p in model.parameters())

@@ -62,7 +62,9 @@ class GradientBinarySearcher(BaseSearcher):
     (``{"hidden": [...], "depth": [...]}``, candidate ratios) and ``eval_loader`` (held-out
     calibration batches that rank the candidates; default: the last quarter of
     ``data_loader``) and ``rank_by`` (``"auto"`` | ``"kl"`` | ``"loss"``: KL to the unpruned
-    model's outputs where they have logits, else the loss).
+    model's outputs where they have logits, else the loss), ``rank_steps`` (distillation
+    steps each candidate gets on the scoring batches before it is ranked, weights restored
+    after; default 0) and ``rank_lr`` (their learning rate, default 1e-4).
 
     Examples:
         >>> from modeopt_masks.searchers import GradientBinarySearcher
@@ -85,6 +87,8 @@ class GradientBinarySearcher(BaseSearcher):
         "eval_loader": None,
         "axis_ratios": None,
         "rank_by": "auto",
+        "rank_steps": 0,
+        "rank_lr": 1e-4,
     }
 
     def sanitize_config(self, config: Any) -> dict[str, Any]:  # noqa: D102
@@ -95,6 +99,11 @@ class GradientBinarySearcher(BaseSearcher):
             raise ValueError(f"score_type must be one of {SCORE_TYPES}, got {cfg['score_type']!r}")
         if cfg["rank_by"] not in RANK_BY:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {cfg['rank_by']!r}")
+        steps = cfg["rank_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"rank_steps must be an integer >= 0, got {steps!r}")
+        if not cfg["rank_lr"] > 0:
+            raise ValueError(f"rank_lr must be > 0, got {cfg['rank_lr']!r}")
         it = cfg["iterations"]
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise ValueError(f"iterations must be a positive integer, got {it!r}")
@@ -112,7 +121,7 @@ class GradientBinarySearcher(BaseSearcher):
                                  "next to other axes (the joint search)")
             score_cfg, held_out = _hold_out(cfg)
             sens, orders = self.score(model, plan, score_cfg)
-            return joint_select(self.select, model, plan, sens, orders, held_out, cfg)
+            return joint_select(self.select, model, plan, sens, orders, held_out, score_cfg)
         if steps == 1:
             return self.select(plan, *self.score(model, plan, cfg))
         original, targets = plan.cost_model.original, plan.targets

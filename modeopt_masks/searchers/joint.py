@@ -29,6 +29,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -165,6 +166,41 @@ class CandidateRanker:
         return scores
 
 
+def recovered_scores(model: nn.Module, teacher: nn.Module, ranker: CandidateRanker,
+                     batches: Sequence[Any], steps: int, lr: float) -> dict[str, float]:
+    """The candidate's ranking scores after ``steps`` distillation steps from ``teacher``
+    (Minitron's lightweight retraining before it ranks); the weights are restored after.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.searchers.joint import CandidateRanker, recovered_scores
+        >>> _ = torch.manual_seed(0)
+        >>> teacher, student = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+        >>> x = [torch.randn(8, 3)]
+        >>> ranker = CandidateRanker(teacher, x, rank_by="kl")
+        >>> before = student.weight.clone()
+        >>> recovered_scores(student, teacher, ranker, x, 20, 0.05)["kl"] < ranker(student)["kl"]
+        True
+        >>> torch.equal(student.weight, before)
+        True
+    """
+    from ..recovery import Distiller
+
+    distiller = Distiller(model, teacher, lr=lr)
+    params = distiller.trainable_parameters()
+    saved = [p.detach().clone() for p in params]
+    was = model.training
+    try:
+        for i in range(steps):
+            distiller.step(batches[i % len(batches)])
+        return ranker(model)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+        model.train(was)
+
+
 def joint_select(
     select: Callable[[SearchPlan, dict[str, list[float]], dict[str, torch.Tensor]], SearchResult],
     model: nn.Module, plan: SearchPlan, sens: dict[str, list[float]],
@@ -182,6 +218,13 @@ def joint_select(
     ranker = CandidateRanker(model, eval_batches, cfg.get("rank_by") or "auto",
                              cfg.get("loss_func"), cfg.get("collect_func"),
                              cfg.get("all_reduce", True))
+    rank_steps = int(cfg.get("rank_steps") or 0)
+    if rank_steps:  # the teacher of the candidates' short recovery: the unpruned model
+        if cfg.get("data_loader") is None:
+            raise ValueError("rank_steps needs config['data_loader'] (the batches the "
+                             "candidates are distilled on)")
+        teacher = copy.deepcopy(model).eval()
+        train_batches = list(cfg["data_loader"])
     ratios = cfg.get("axis_ratios") or {}
     grids = []
     for n in outer:
@@ -199,6 +242,10 @@ def joint_select(
         sub_sens = {**sens, **{n: [0.0] for n in fixed}}
         result = select(sub, sub_sens, orders)
         scores = ranker(model)
+        if rank_steps:
+            scores = {**{f"{k}_before_steps": v for k, v in scores.items()},
+                      **recovered_scores(model, teacher, ranker, train_batches, rank_steps,
+                                         float(cfg.get("rank_lr") or 1e-4))}
         # a candidate whose other axes cannot spend the budget (it lands > 1% under the
         # target even with them at full width) only ranks when no candidate lands on it
         tight = all(v["achieved"] >= (1 - TOLERANCE) * v["target"]
