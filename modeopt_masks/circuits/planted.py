@@ -263,6 +263,12 @@ def recover_planted_weights(n_layer: int = 2, width: int = 32, density: float = 
     ``magnitude``, the ``precision``/``recall``/``faithfulness`` of the library's
     ``magnitude_pruning`` at the planted density (about ``density`` if the task is not
     trivial).
+
+    Examples:
+        >>> from modeopt_masks.circuits.planted import recover_planted_weights
+        >>> r = recover_planted_weights(n_layer=1, steps=2, n_random=1)  # 15% of 32x32 + 128x32
+        >>> r["size"], r["total"]
+        (768, 5120)
     """
     import modeopt_masks as mm
 
