@@ -1,10 +1,13 @@
-"""Edge-mask training step vs a plain training step of the same model (runtime ratio).
+"""Edge- and head-mask training steps vs a plain training step of the same model (runtime ratios).
 
 Workload: 4-layer GPT-2 and Llama (GQA 8 query / 2 KV heads), hidden 256, batch 8 x 64,
-one thread. Candidate: a step of edge-mask training (all edges gated, base frozen, Adam
-on the gates); baseline: a full fine-tuning step of the plain model (Adam on all
-weights). Interleaved A B A B, median ratio. Also the eval forward with hard gates vs the
-plain eval forward.
+one thread. Candidates: a step of edge-mask training (all edges gated, base frozen, Adam
+on the gates) and a step of head-mask training (``hard_concrete`` with
+``mask_unit="head"`` on every attention output projection, base frozen, Adam on the
+gates, plus the expected density); baseline: a full fine-tuning step of the plain model
+(Adam on all weights). Each ratio is candidate step time / plain step time, interleaved
+A B A B, median over rounds. Also the eval forward with hard edge gates vs the plain eval
+forward.
 
 Run: ``python -m benchmarks.bench_edges [--quick]``.
 """
@@ -17,8 +20,12 @@ import json
 import torch
 import torch.nn.functional as F
 
+import modeopt_masks as mm
 from benchmarks.common import interleaved_ratio
 from modeopt_masks.circuits import EdgeMaskedModel
+from modeopt_masks.heads import head_layouts
+from modeopt_masks.targets import MaskTargets
+from modeopt_masks.training import expected_density
 
 HIDDEN, LAYERS, VOCAB = 256, 4, 1000
 
@@ -69,8 +76,31 @@ def measure(family: str, quick: bool) -> dict:
         loss.backward()
         opt_edges.step()
 
+    heads = build(family, quick).eval()
+    heads.config.use_cache = False
+    method, spec = MaskTargets(mask_method="hard_concrete", target_layers=list(head_layouts(heads)),
+                               mask_hparams={"mask_unit": "head"}).mode_spec(heads)
+    heads = mm.convert(heads, (method, spec))
+    for p in heads.parameters():
+        p.requires_grad_(False)
+    head_gates = [tech.log_alpha for layer in mm.masked_modules(heads).values()
+                  for _, tech in layer._mask_modules()]
+    for p in head_gates:
+        p.requires_grad_(True)
+    heads.train()
+    opt_heads = torch.optim.Adam(head_gates, lr=0.1)
+
+    def head_step():
+        out = heads(ids).logits
+        loss = F.cross_entropy(out[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        loss = loss + expected_density(heads)
+        opt_heads.zero_grad()
+        loss.backward()
+        opt_heads.step()
+
     rounds = 2 if quick else 5
     train = interleaved_ratio(edge_step, plain_step, rounds=rounds)
+    head_train = interleaved_ratio(head_step, plain_step, rounds=rounds)
     plain.eval()
     edges.eval()
 
@@ -83,7 +113,8 @@ def measure(family: str, quick: bool) -> dict:
             edges(ids)
 
     ev = interleaved_ratio(edge_eval, plain_eval, rounds=rounds)
-    return {"family": family, "edges": edges.num_edges, "train_step": train, "eval_forward": ev}
+    return {"family": family, "edges": edges.num_edges, "train_step": train,
+            "head_mask_train_step": head_train, "eval_forward": ev}
 
 
 def main() -> None:
