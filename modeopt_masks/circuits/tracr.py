@@ -292,6 +292,16 @@ def circuit_objective(edges: EdgeMaskedModel, loss_fn: Callable[[EdgeMaskedModel
     ``l0_lambda * len(circuit) / num_edges`` (what [`fit_edges`][modeopt_masks.circuits.ground_truth.fit_edges] minimises, with deterministic gates).
 
     The gates are left at ``circuit``.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.circuits import EdgeMaskedModel, TinyTransformer, TinyTransformerConfig
+        >>> from modeopt_masks.circuits.tracr import circuit_objective
+        >>> edges = EdgeMaskedModel(TinyTransformer(TinyTransformerConfig(
+        ...     vocab_size=5, d_model=8, n_layers=1, n_heads=1, d_head=4, d_mlp=0)))
+        >>> zero = lambda e: torch.zeros(())  # a loss no edge changes: only the edge count costs
+        >>> circuit_objective(edges, zero, [("embed", "logits")], l0_lambda=1.0) * edges.num_edges
+        1.0
     """
     edges.eval()
     edges.set_edges(circuit)
@@ -376,6 +386,24 @@ def recover_tracr_edges(
 
     Returns:
         The edge-masked model (gates at the circuit, eval mode) and the circuit.
+
+    Examples:
+        >>> import numpy as np
+        >>> from modeopt_masks.circuits.tracr import TracrFixture, recover_tracr_edges, tiny_from_tracr
+        >>> d, hd = 4, 2  # one head averages "token is 0" (dim 0) into dim 3, the output
+        >>> p = {f"transformer/layer_0/attn/{n}": {"w": np.zeros((d, hd)), "b": np.zeros(hd)}
+        ...      for n in ("query", "key", "value")}
+        >>> p["transformer/layer_0/attn/value"]["w"][0, 0] = 1
+        >>> p["transformer/layer_0/attn/linear"] = {"w": np.eye(hd, d, k=3), "b": np.zeros(d)}
+        >>> p["transformer/layer_0/mlp/linear_1"] = {"w": np.zeros((d, 1)), "b": np.zeros(1)}
+        >>> p["transformer/layer_0/mlp/linear_2"] = {"w": np.zeros((1, d)), "b": np.zeros(d)}
+        >>> p["token_embed"] = {"embeddings": np.eye(3, d)}
+        >>> p["pos_embed"] = {"embeddings": np.zeros((3, d))}
+        >>> net = tiny_from_tracr(p, num_heads=1, unembed=np.eye(d)[3:])
+        >>> ids = [[0, a, b] for a in range(3) for b in range(3)]
+        >>> fx = TracrFixture("mean_of_zeros", net, False, ids, [], {})
+        >>> recover_tracr_edges(fx, steps=30)[1]
+        [('embed', 'a0.h0.v'), ('a0.h0', 'logits')]
     """
     from .ground_truth import fit_edges
 
