@@ -373,8 +373,8 @@ def recover_tracr_edges(
       same objective with deterministic gates (a read whose task gradient is only noise,
       such as ``reverse``'s ``embed -> a3.h0.q``, is otherwise left on by Adam).
     * ``restarts=2``: train that many times (one seed, consecutive random streams) and keep
-      the circuit with the lowest objective ([`circuit_objective`][modeopt_masks.circuits.tracr.circuit_objective]); one run in ten
-      still lost part of ``reverse``'s length path (seed 7 of 0-9), a higher objective.
+      the circuit with the lowest objective ([`circuit_objective`][modeopt_masks.circuits.tracr.circuit_objective]); one run in 20
+      still lost part of ``reverse``'s length path (the first of seed 7), a higher objective.
 
     Args:
         fixture: The compiled program.
