@@ -59,12 +59,16 @@ def fit_edges(
     l0_lambda: float = 0.0,
     controller: DensityController | None = None,
     temperature: tuple[float, float] | None = None,
+    l0_warmup: float = 0.0,
 ) -> list[float]:
     """Train the edge gates for ``steps`` Adam steps on ``loss_fn(edges)`` plus sparsity.
 
     Sparsity is ``l0_lambda * expected edges / num_edges`` or the ``controller``'s
-    penalty. ``temperature=(start, end)`` anneals beta geometrically. Returns the task
-    losses; the base model is left untouched and the gates end in eval (hard) mode.
+    penalty. ``temperature=(start, end)`` anneals beta geometrically. ``l0_warmup``: the
+    fraction of ``steps`` over which ``l0_lambda`` ramps linearly up from 0 (0: constant),
+    so that the gates of a long chain of necessary edges first learn to stay open
+    together before the penalty prunes. Returns the task losses; the base model is left
+    untouched and the gates end in eval (hard) mode.
     """
     edges.train()
     opt = torch.optim.Adam(edges.mask_parameters(), lr=lr)
@@ -74,8 +78,9 @@ def fit_edges(
             t0, t1 = temperature
             edges.set_temperature(t0 * (t1 / t0) ** (step / max(steps - 1, 1)))
         task = loss_fn(edges)
+        ramp = min(1.0, step / (l0_warmup * steps)) if l0_warmup > 0 else 1.0
         loss = task + (controller(edges) if controller is not None
-                       else l0_lambda * edges.expected_density())
+                       else ramp * l0_lambda * edges.expected_density())
         opt.zero_grad()
         loss.backward()
         opt.step()
