@@ -28,7 +28,10 @@ pruning on the same calibration rows), timed alternately with the dense model, o
 a forward over the first ``--latency-rows`` evaluation rows (1 x ``--seq`` each), and a
 greedy ``generate`` of ``--gen-tokens`` new tokens (KV cache on) from the first
 ``--prompt`` tokens of the first evaluation row; each as the median over ``--rounds`` of
-(pruned / dense), next to the params ratio.
+(pruned / dense), next to the params ratio. ``--latency-from`` takes each export's unit
+counts from the pruned rows of earlier runs (first units kept, no scoring pass: latency
+depends only on the shapes) where that rebuilds the recorded params count exactly; a
+record with dropped blocks does not say which went, so those methods are pruned again.
 
 Run: ``python benchmarks/bench_llm_prune.py --out /tmp/llm_prune.jsonl [--steps 100]
 [--batch 1] [--seq 256] [--targets 0.8 0.6] [--methods heads_mlp random] [--ratios |
@@ -273,6 +276,12 @@ def run_latency(args, out) -> None:
     prompt = data["eval"][:1, : args.prompt]
     dense = load_model()
     full = count_params(dense)
+    shapes_of = {}  # (method, target) -> selection of a pruned row of an earlier run
+    for path in args.latency_from or []:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            if row.get("stage") == "pruned" and row["method"] in args.methods:
+                shapes_of[row["method"], row["target"]] = (row["selection"], row["params"])
 
     def forward(model):
         def go():
@@ -299,13 +308,23 @@ def run_latency(args, out) -> None:
                 model = torch_pruning_call(copy.deepcopy(dense), cal, mlp_ratio_for(dense, target))
                 selection: dict = {"intermediate_size": model.config.intermediate_size}
             else:
-                model, _, selection = prune_method(dense, method, target, cal, rank)
+                model = None
+                if (method, target) in shapes_of:  # the record does not say which blocks went:
+                    selection, params = shapes_of[method, target]  # depth falls back below
+                    model = shaped_export(dense, method, selection)
+                    if count_params(model) != params:
+                        model = None
+                if model is None:
+                    model, _, selection = prune_method(dense, method, target, cal, rank)
+                    shapes_of.pop((method, target), None)
             model.eval()
             fwd = interleaved_ratio(forward(model), forward(dense), rounds=args.rounds,
                                     per_round=1)
             gen = interleaved_ratio(generate(model), generate(dense), rounds=args.rounds,
                                     per_round=1)
             emit(out, {"method": method, "target": target, "params": count_params(model),
+                       "shapes_from": "earlier run" if (method, target) in shapes_of else
+                       "pruned here",
                        "params_ratio": count_params(model) / full,
                        "forward_vs_dense": fwd["ratio"], "forward_s": fwd["candidate_s"],
                        "dense_forward_s": fwd["baseline_s"],
@@ -316,6 +335,24 @@ def run_latency(args, out) -> None:
                                   ("hidden_size", "num_hidden_layers", "intermediate_size")},
                        "selection": selection, "load": os.getloadavg()[0]})
             del model
+
+
+def shaped_export(base, method: str, selection: dict):
+    """An export of ``base`` with the unit counts of ``selection`` (``{hparam name: kept}``,
+    a pruned row's record), keeping each hparam's first units: the shapes of that method's
+    export without its scoring pass, which is all a latency figure depends on."""
+    import modeopt_masks as mm
+    from modeopt_masks.structured import gradnas_hparams
+
+    rules = AXES_CONFIGS["heads_mlp" if method == "random" else method]
+    model = mm.convert(copy.deepcopy(base), ("gradnas", rules) if rules else "gradnas")
+    hparams = gradnas_hparams(model)
+    missing = sorted(set(hparams) - set(selection))
+    if missing:
+        raise ValueError(f"selection has no count for {missing[:3]} (method {method!r})")
+    for name, hp in hparams.items():
+        hp.keep(list(range(selection[name])))
+    return mm.export(model)
 
 
 def peak_memory(kind: str, n_cal: str, seq: str) -> dict:
@@ -374,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="evaluation rows in one timed forward call")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens for generate")
     parser.add_argument("--gen-tokens", type=int, default=32, help="tokens generate produces")
+    parser.add_argument("--latency-from", nargs="+", default=None,
+                        help="jsonl files of earlier runs: take each method's shapes from its "
+                             "pruned row instead of pruning again")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     run = run_ratios if args.ratios else run_latency if args.latency else run_methods
