@@ -22,9 +22,20 @@ calibration rows vs plain forward+backward over the same rows; the whole ``prune
 same optimiser and rows); peak RSS of scoring vs plain forward+backward, each in a fresh
 process.
 
+Latency (``--latency``): every method's exported model at every target (no recovery: it
+does not change the shapes), plus ``torch_pruning`` (``peer_torch_pruning``'s Taylor MLP
+pruning on the same calibration rows), timed alternately with the dense model, one thread:
+a forward over the first ``--latency-rows`` evaluation rows (1 x ``--seq`` each), and a
+greedy ``generate`` of ``--gen-tokens`` new tokens (KV cache on) from the first
+``--prompt`` tokens of the first evaluation row; each as the median over ``--rounds`` of
+(pruned / dense), next to the params ratio. ``--latency-from`` takes each export's unit
+counts from the pruned rows of earlier runs (first units kept, no scoring pass: latency
+depends only on the shapes) where that rebuilds the recorded params count exactly; a
+record with dropped blocks does not say which went, so those methods are pruned again.
+
 Run: ``python benchmarks/bench_llm_prune.py --out /tmp/llm_prune.jsonl [--steps 100]
-[--batch 1] [--seq 256] [--targets 0.8 0.6] [--methods heads_mlp random] [--ratios]``;
-one JSON object per line as each figure is ready.
+[--batch 1] [--seq 256] [--targets 0.8 0.6] [--methods heads_mlp random] [--ratios |
+--latency]``; one JSON object per line as each figure is ready.
 """
 
 from __future__ import annotations
@@ -202,7 +213,7 @@ def run_ratios(args, out) -> None:
     scored = mm.convert(copy.deepcopy(base), "gradnas")
     scores = interleaved_ratio(lambda: collect_scores(scored, cal, progress=False), plain,
                                rounds=args.rounds, per_round=1)
-    emit(out, {"ratio": "scores_vs_fwd_bwd", **scores, "tokens": len(cal) * args.seq,
+    emit(out, {"figure": "scores_vs_fwd_bwd", **scores, "tokens": len(cal) * args.seq,
                "load": os.getloadavg()[0]})
 
     fresh = [copy.deepcopy(base) for _ in range(args.rounds + 2)]
@@ -213,7 +224,7 @@ def run_ratios(args, out) -> None:
               config={"data_loader": cal, "progress": False})
 
     prune_ratio = interleaved_ratio(prune_call, plain, rounds=args.rounds, per_round=1)
-    emit(out, {"ratio": "prune_call_vs_fwd_bwd", **prune_ratio, "target": 0.8,
+    emit(out, {"figure": "prune_call_vs_fwd_bwd", **prune_ratio, "target": 0.8,
                "load": os.getloadavg()[0]})
 
     train = [{"input_ids": b["input_ids"]} for b in lm_batches(data["train"], args.batch)]
@@ -237,15 +248,111 @@ def run_ratios(args, out) -> None:
         counter["f"] += 1
 
     rec = interleaved_ratio(recovery_step, finetune_step, rounds=args.rounds, per_round=1)
-    emit(out, {"ratio": "recovery_step_vs_finetune_step", **rec,
+    emit(out, {"figure": "recovery_step_vs_finetune_step", **rec,
                "recovery_steps_per_s": 1 / rec["candidate_s"],
                "finetune_steps_per_s": 1 / rec["baseline_s"],
                "tokens_per_step": args.batch * args.seq, "load": os.getloadavg()[0]})
     mem = {kind: run_isolated("benchmarks.bench_llm_prune", "peak_memory", kind, str(args.cal),
                               str(args.seq)) for kind in ("plain", "scores")}
-    emit(out, {"ratio": "peak_rss_scores_vs_fwd_bwd",
+    emit(out, {"figure": "peak_rss_scores_vs_fwd_bwd",
                "ratio_value": mem["scores"]["peak_extra_mb"] / mem["plain"]["peak_extra_mb"],
                **{f"{k}_peak_extra_mb": v["peak_extra_mb"] for k, v in mem.items()}})
+
+
+def run_latency(args, out) -> None:
+    """Forward and ``generate`` latency of each exported model relative to dense."""
+    import torch
+    from bench_oneshot import load_model
+    from peer_torch_pruning import mlp_ratio_for, torch_pruning_call
+
+    from benchmarks.common import interleaved_ratio
+    from modeopt_masks.searchers import count_params
+
+    torch.set_num_threads(1)
+    data = split_tokens(args.cal + args.rank, 0, args.eval, args.seq)
+    rows = [{"input_ids": r[None], "labels": r[None]} for r in data["cal"]]
+    cal, rank = rows[: args.cal], rows[args.cal:]
+    timed_rows = data["eval"][: args.latency_rows]
+    prompt = data["eval"][:1, : args.prompt]
+    dense = load_model()
+    full = count_params(dense)
+    shapes_of = {}  # (method, target) -> selection of a pruned row of an earlier run
+    for path in args.latency_from or []:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            if row.get("stage") == "pruned" and row["method"] in args.methods:
+                shapes_of[row["method"], row["target"]] = (row["selection"], row["params"])
+
+    def forward(model):
+        def go():
+            with torch.no_grad():
+                for r in timed_rows:
+                    model(input_ids=r[None])
+        return go
+
+    def generate(model):
+        def go():
+            with torch.no_grad():
+                return model.generate(prompt, max_new_tokens=args.gen_tokens,
+                                      min_new_tokens=args.gen_tokens, do_sample=False,
+                                      use_cache=True, pad_token_id=0)
+        return go
+
+    emit(out, {"method": "dense", "params": full, "latency_rows": args.latency_rows,
+               "seq": args.seq, "prompt": args.prompt, "gen_tokens": args.gen_tokens,
+               "rounds": args.rounds, "load": os.getloadavg()[0]})
+    for target in args.targets:
+        for method in args.methods:
+            torch.manual_seed(0)
+            if method == "torch_pruning":
+                model = torch_pruning_call(copy.deepcopy(dense), cal, mlp_ratio_for(dense, target))
+                selection: dict = {"intermediate_size": model.config.intermediate_size}
+            else:
+                model = None
+                if (method, target) in shapes_of:  # the record does not say which blocks went:
+                    selection, params = shapes_of[method, target]  # depth falls back below
+                    model = shaped_export(dense, method, selection)
+                    if count_params(model) != params:
+                        model = None
+                if model is None:
+                    model, _, selection = prune_method(dense, method, target, cal, rank)
+                    shapes_of.pop((method, target), None)
+            model.eval()
+            fwd = interleaved_ratio(forward(model), forward(dense), rounds=args.rounds,
+                                    per_round=1)
+            gen = interleaved_ratio(generate(model), generate(dense), rounds=args.rounds,
+                                    per_round=1)
+            emit(out, {"method": method, "target": target, "params": count_params(model),
+                       "shapes_from": "earlier run" if (method, target) in shapes_of else
+                       "pruned here",
+                       "params_ratio": count_params(model) / full,
+                       "forward_vs_dense": fwd["ratio"], "forward_s": fwd["candidate_s"],
+                       "dense_forward_s": fwd["baseline_s"],
+                       "generate_vs_dense": gen["ratio"], "generate_s": gen["candidate_s"],
+                       "dense_generate_s": gen["baseline_s"],
+                       "generated_tokens": int(generate(model)().shape[1] - prompt.shape[1]),
+                       "config": {k: getattr(model.config, k) for k in
+                                  ("hidden_size", "num_hidden_layers", "intermediate_size")},
+                       "selection": selection, "load": os.getloadavg()[0]})
+            del model
+
+
+def shaped_export(base, method: str, selection: dict):
+    """An export of ``base`` with the unit counts of ``selection`` (``{hparam name: kept}``,
+    a pruned row's record), keeping each hparam's first units: the shapes of that method's
+    export without its scoring pass, which is all a latency figure depends on."""
+    import modeopt_masks as mm
+    from modeopt_masks.structured import gradnas_hparams
+
+    rules = AXES_CONFIGS["heads_mlp" if method == "random" else method]
+    model = mm.convert(copy.deepcopy(base), ("gradnas", rules) if rules else "gradnas")
+    hparams = gradnas_hparams(model)
+    missing = sorted(set(hparams) - set(selection))
+    if missing:
+        raise ValueError(f"selection has no count for {missing[:3]} (method {method!r})")
+    for name, hp in hparams.items():
+        hp.keep(list(range(selection[name])))
+    return mm.export(model)
 
 
 def peak_memory(kind: str, n_cal: str, seq: str) -> dict:
@@ -298,9 +405,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6])
     parser.add_argument("--methods", nargs="+", default=["heads_mlp", "random"])
     parser.add_argument("--ratios", action="store_true", help="time ratios instead of methods")
+    parser.add_argument("--latency", action="store_true",
+                        help="time the exported models against dense instead of recovering")
+    parser.add_argument("--latency-rows", type=int, default=2,
+                        help="evaluation rows in one timed forward call")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens for generate")
+    parser.add_argument("--gen-tokens", type=int, default=32, help="tokens generate produces")
+    parser.add_argument("--latency-from", nargs="+", default=None,
+                        help="jsonl files of earlier runs: take each method's shapes from its "
+                             "pruned row instead of pruning again")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    (run_ratios if args.ratios else run_methods)(args, args.out)
+    run = run_ratios if args.ratios else run_latency if args.latency else run_methods
+    run(args, args.out)
 
 
 if __name__ == "__main__":
