@@ -106,6 +106,13 @@ def main() -> None:
                     for s in rand]
     scores = edge_attribution_patching(edges, lambda out: induction_loss(out, ids, copy), (ids,))
     eap = top_edges(scores, len(found))
+    # EAP against a corrupted run (same token statistics, no repeat), top 20% of the edges
+    corrupt = torch.randint(0, VOCAB, ids.shape, generator=gen)
+    patched = edge_attribution_patching(edges, lambda out: induction_loss(out, ids, copy), (ids,),
+                                        corrupt_args=(corrupt,))
+    small = top_edges(patched, int(0.2 * edges.num_edges))
+    small_rand = [evaluate_with_edges(edges, [e for e in every if e not in set(s)], acc, ids)
+                  for s in random_edge_sets(edges, len(small), 10, seed=0)]
     result = {
         "full_accuracy": full_acc,
         "chance": 1 / VOCAB,
@@ -124,6 +131,16 @@ def main() -> None:
         "random_ablated_accuracy_median": statistics.median(rand_ablated),
         "eap_topk_precision_recall_vs_textbook": precision_recall(eap, truth),
         "eap_topk_alone_accuracy": evaluate_with_edges(edges, eap, acc, ids),
+        "eap_20pct": {
+            "edges": len(small),
+            "contains_prev_to_induction_key": (f"a0.h{prev}", f"a1.h{ind}.k") in set(small),
+            "precision_recall_vs_textbook": precision_recall(small, truth),
+            "alone_accuracy": evaluate_with_edges(edges, small, acc, ids),
+            "ablated_accuracy": evaluate_with_edges(
+                edges, [e for e in every if e not in set(small)], acc, ids),
+            "random_ablated_accuracy_median": statistics.median(small_rand),
+            "random_ablated_accuracy_min": min(small_rand),
+        },
         "mask_training_seconds": round(seconds, 1),
         "circuit": found,
     }
