@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .layer_kinds import kind_of
-from .structured.scores import run_model, to_device
+from .structured.scores import model_device, run_model, to_device
 
 
 # -- layers as matrices ------------------------------------------------------------------
@@ -193,8 +193,7 @@ def calibration_inputs(
     desc: str = "calibration",
 ) -> Iterator[Any]:
     """The model inputs of each batch (``collect_func(batch)``, on the model's device)."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
     total = max_iter_data_loader
     if total is None and hasattr(data_loader, "__len__"):
         total = len(data_loader)  # type: ignore[arg-type]

@@ -61,22 +61,31 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .masking import MaskTechnique, hard_masks
-from .structured.scores import run_model, to_device
+from .structured.scores import model_device, output_logits, run_model, to_device
 
 #: the loss parts a step reports, in this order
 LOSS_PARTS = ("loss", "kl", "hidden", "lm")
 
 
 def _logits(output: Any, who: str) -> torch.Tensor:
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if logits is None and isinstance(output, torch.Tensor):
-        logits = output
+    logits = output_logits(output)
     if logits is None:
         raise ValueError(f"distillation: the {who}'s output has no logits (a `.logits` field or a "
                          f"tensor output), got {type(output).__name__}")
     return logits
+
+
+def per_token_kl(log_student: torch.Tensor, log_teacher: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher || student)`` per position from log-probabilities over the last dim.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.recovery import per_token_kl
+        >>> p = torch.log_softmax(torch.randn(2, 5), -1)
+        >>> per_token_kl(p, p).abs().max() < 1e-6
+        tensor(True)
+    """
+    return F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1)
 
 
 def _hidden_states(output: Any, who: str) -> Sequence[torch.Tensor]:
@@ -210,9 +219,8 @@ class DistillationLoss(nn.Module):
     def _kl(self, student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor | None
             ) -> torch.Tensor:
         t = self.temperature
-        log_s = F.log_softmax(student.float() / t, dim=-1)
-        log_t = F.log_softmax(teacher.float() / t, dim=-1)
-        per_token = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
+        per_token = per_token_kl(F.log_softmax(student.float() / t, dim=-1),
+                                 F.log_softmax(teacher.float() / t, dim=-1))
         if weights is None:
             return per_token.mean() * t * t
         return (per_token * weights).sum() / weights.sum().clamp_min(1.0) * t * t
@@ -297,11 +305,6 @@ def _inputs(batch: Any, keep_labels: bool, hidden: bool, collect_func: Callable[
     return batch
 
 
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 class Distiller:
     """Distil ``student`` from ``teacher`` step by step: ``step(batch)`` trains on one batch.
 
@@ -371,7 +374,7 @@ class Distiller:
                       for m in (student, teacher)]
             s_width, t_width = widths
             if isinstance(s_width, int) and isinstance(t_width, int):
-                self.criterion.ensure_projection(s_width, t_width, device=_device(student))
+                self.criterion.ensure_projection(s_width, t_width, device=model_device(student))
         self.lr = lr
         self.max_grad_norm = max_grad_norm
         self.train_masks = train_masks
@@ -408,7 +411,7 @@ class Distiller:
         self.teacher.eval()
         try:
             with torch.no_grad():
-                batch = to_device(batch, _device(self.teacher))
+                batch = to_device(batch, model_device(self.teacher))
                 inputs = _inputs(batch, False, self.criterion.needs_hidden, self.collect_func)
                 return run_model(self.teacher, inputs)
         finally:
@@ -417,12 +420,12 @@ class Distiller:
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         """The loss parts on ``batch`` with the student's graph (call ``.backward()`` yourself)."""
         teacher_out = self.teacher_output(batch)
-        batch = to_device(batch, _device(self.student))
+        batch = to_device(batch, model_device(self.student))
         inputs = _inputs(batch, self.criterion.lm_weight > 0, self.criterion.needs_hidden,
                          self.collect_func)
         with self._student_context():
             student_out = run_model(self.student, inputs)
-        return self.criterion(student_out, to_device(teacher_out, _device(self.student)), batch)
+        return self.criterion(student_out, to_device(teacher_out, model_device(self.student)), batch)
 
     def step(self, batch: Any) -> dict[str, float]:
         """One optimiser step on ``batch`` (student in train mode); the loss parts as floats."""
@@ -477,10 +480,10 @@ def kl_to_teacher(student: nn.Module, teacher: nn.Module, batches: Iterable[Any]
             m.eval()
         with torch.no_grad():
             for batch in batches:
-                outs = [run_model(m, _inputs(to_device(batch, _device(m)), False, False,
+                outs = [run_model(m, _inputs(to_device(batch, model_device(m)), False, False,
                                              collect_func)) for m in (student, teacher)]
-                total += float(criterion(outs[0], to_device(outs[1], _device(student)),
-                                         to_device(batch, _device(student)))["kl"])
+                total += float(criterion(outs[0], to_device(outs[1], model_device(student)),
+                                         to_device(batch, model_device(student)))["kl"])
                 count += 1
     finally:
         for m, was in modes:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..structured.scores import default_loss, run_model, to_device
+from ..recovery import Distiller, per_token_kl
+from ..structured.scores import default_loss, model_device, output_logits, run_model, to_device
 from .base import SearchPlan, SearchResult
 
 #: hparam kinds the joint search enumerates (the others are fitted to the target)
@@ -68,16 +69,6 @@ def needs_joint(plan: SearchPlan) -> bool:
     """Whether ``plan`` has an outer axis next to any other hparam (one threshold would do)."""
     kinds = [hp.structure.kind for hp in plan.hparams.values()]
     return any(k in OUTER_KINDS for k in kinds) and len(plan.hparams) > 1
-
-
-def _logits(output: Any, explicit: bool) -> torch.Tensor | None:
-    """The output's ``logits`` (HF heads); with ``explicit``, a plain tensor output too."""
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if logits is None and explicit and isinstance(output, torch.Tensor):
-        logits = output
-    return logits if isinstance(logits, torch.Tensor) else None
 
 
 class CandidateRanker:
@@ -115,7 +106,7 @@ class CandidateRanker:
         self.references: list[torch.Tensor] | None = None
         self.key = "loss"
         if rank_by != "loss":
-            refs = [_logits(out, rank_by == "kl") for out, _ in self._outputs(model)]
+            refs = [output_logits(out, tensor_ok=rank_by == "kl") for out, _ in self._outputs(model)]
             if all(r is not None for r in refs) and refs:
                 self.references = [torch.log_softmax(r.float(), -1) for r in refs if r is not None]
                 self.key = "kl"
@@ -123,8 +114,7 @@ class CandidateRanker:
                 raise ValueError("rank_by='kl' needs model outputs with logits (or a tensor)")
 
     def _outputs(self, model: nn.Module) -> list[tuple[Any, Any]]:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = model_device(model)
         was = model.training
         model.eval()
         try:
@@ -143,11 +133,10 @@ class CandidateRanker:
         kl, losses = [], []
         for i, (out, batch) in enumerate(self._outputs(model)):
             if self.references is not None:
-                ref = self.references[i]
-                logits = _logits(out, True)
+                logits = output_logits(out)
                 assert logits is not None
                 logp = torch.log_softmax(logits.float(), -1)
-                kl.append(float((ref.exp() * (ref - logp)).sum(-1).mean()))
+                kl.append(float(per_token_kl(logp, self.references[i]).mean()))
             if self.loss_func is not None or self.key == "loss":
                 losses.append(float((self.loss_func or default_loss)(out, batch)))
             elif getattr(out, "loss", None) is not None:
@@ -157,10 +146,9 @@ class CandidateRanker:
         if kl:
             scores["kl"] = sum(kl) / n
         if self.all_reduce and dist.is_available() and dist.is_initialized():
-            param = next(model.parameters(), None)
             keys = sorted(scores)
             both = torch.tensor([scores[k] for k in keys], dtype=torch.float64,
-                                device=param.device if param is not None else None)
+                                device=model_device(model))
             dist.all_reduce(both)
             scores = dict(zip(keys, (both / dist.get_world_size()).tolist(), strict=True))
         return scores
@@ -184,8 +172,6 @@ def recovered_scores(model: nn.Module, teacher: nn.Module, ranker: CandidateRank
         >>> torch.equal(student.weight, before)
         True
     """
-    from ..recovery import Distiller
-
     distiller = Distiller(model, teacher, lr=lr)
     params = distiller.trainable_parameters()
     saved = [p.detach().clone() for p in params]
@@ -215,17 +201,16 @@ def joint_select(
         outer = [n for n in outer if n != fitted]
     for hp in hps.values():  # the reference outputs are the unpruned model's
         hp.keep(list(range(hp.n_units)))
-    ranker = CandidateRanker(model, eval_batches, cfg.get("rank_by") or "auto",
-                             cfg.get("loss_func"), cfg.get("collect_func"),
-                             cfg.get("all_reduce", True))
-    rank_steps = int(cfg.get("rank_steps") or 0)
+    ranker = CandidateRanker(model, eval_batches, cfg["rank_by"], cfg["loss_func"],
+                             cfg["collect_func"], cfg["all_reduce"])
+    rank_steps = cfg["rank_steps"]
     if rank_steps:  # the teacher of the candidates' short recovery: the unpruned model
-        if cfg.get("data_loader") is None:
+        if cfg["data_loader"] is None:
             raise ValueError("rank_steps needs config['data_loader'] (the batches the "
                              "candidates are distilled on)")
         teacher = copy.deepcopy(model).eval()
         train_batches = list(cfg["data_loader"])
-    ratios = cfg.get("axis_ratios") or {}
+    ratios = cfg["axis_ratios"] or {}
     grids = []
     for n in outer:
         axis = AXIS_NAMES[hps[n].structure.kind]
@@ -245,7 +230,7 @@ def joint_select(
         if rank_steps:
             scores = {**{f"{k}_before_steps": v for k, v in scores.items()},
                       **recovered_scores(model, teacher, ranker, train_batches, rank_steps,
-                                         float(cfg.get("rank_lr") or 1e-4))}
+                                         cfg["rank_lr"])}
         # a candidate whose other axes cannot spend the budget (it lands > 1% under the
         # target even with them at full width) only ranks when no candidate lands on it
         tight = all(v["achieved"] >= (1 - TOLERANCE) * v["target"]

@@ -73,6 +73,37 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.structured.scores import model_device
+        >>> model_device(torch.nn.Linear(2, 2)).type, model_device(torch.nn.ReLU()).type
+        ('cpu', 'cpu')
+    """
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def output_logits(output: Any, tensor_ok: bool = True) -> torch.Tensor | None:
+    """``output.logits`` (HF heads, or a ``"logits"`` key); a plain tensor output itself when
+    ``tensor_ok``; else ``None``.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.structured.scores import output_logits
+        >>> output_logits({"logits": torch.zeros(1)}).shape, output_logits(torch.ones(2), False)
+        (torch.Size([1]), None)
+    """
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and tensor_ok and isinstance(output, torch.Tensor):
+        logits = output
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
 def run_model(model: nn.Module, inputs: Any) -> Any:
     """Call ``model`` on ``inputs``: ``**dict``, ``*tuple/list``, or a single argument."""
     if isinstance(inputs, Mapping):
@@ -150,8 +181,7 @@ def collect_scores(
         return _activation_scores(model, hps, data_loader, collect_func, max_iter_data_loader,
                                   progress, all_reduce, group)
     loss_func = loss_func or default_loss
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
     modules: list[Any] = [hp.module for hp in hps.values()]
     masks = []
     for m in modules:
@@ -245,8 +275,7 @@ def _activation_scores(model: nn.Module, hps: dict[str, Any], data_loader: Itera
                        collect_func: Callable[[Any], Any] | None, max_iter: int | None,
                        progress: bool, all_reduce: bool, group: Any) -> dict[str, torch.Tensor]:
     """``score_type="activation"``: forward passes only, a pre-hook on every masked consumer."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
     sums = [torch.zeros(hp.n_units, dtype=torch.float64, device=device) for hp in hps.values()]
 
     def hook_for(acc: torch.Tensor, hp: Any) -> Callable[..., None]:
