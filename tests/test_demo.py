@@ -10,12 +10,16 @@ import importlib.util
 import json
 import math
 import os
-import re
 
 import pytest
 import torch
 
 from modeopt_masks.cli import build_parser, main
+
+try:  # the tiny Llama, shared with the CLI tests
+    from .export_helpers import pydoc_text, tiny_word_llama
+except ImportError:
+    from export_helpers import pydoc_text, tiny_word_llama
 from modeopt_masks.demo import (
     ablation_bars,
     head_grid,
@@ -173,24 +177,9 @@ def test_quick_demo_report_is_consistent(tmp_path):
 def tiny_llama():
     """A tiny random LlamaForCausalLM (GQA: 8 heads, 2 KV groups) and a WordLevel tokenizer
     over pydoc_data.topics' most common words."""
-    tokenizers = pytest.importorskip("tokenizers")
-    import pydoc_data.topics
-
-    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)[:6])
-    words = collections.Counter(re.findall(r"\w+|[^\w\s]", text))
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]",
-                                         *[w for w, _ in words.most_common(200)]])}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                pad_token="[PAD]", eos_token="[EOS]")
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
-        initializer_range=0.2,  # peaked outputs, so pruning changes them measurably
-        pad_token_id=1, eos_token_id=2, bos_token_id=2))
-    return model, fast
+    pytest.importorskip("tokenizers")
+    # peaked outputs (initializer_range 0.2), so pruning changes them measurably
+    return tiny_word_llama(pydoc_text(), 200, initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")
