@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -172,8 +172,11 @@ def induction_head(net: TinyTransformer, ids: torch.Tensor) -> tuple[int, float]
     return int(scores.argmax()), float(scores.max())
 
 
+_T = TypeVar("_T")
+
+
 def evaluate_with_edges(edges: EdgeMaskedModel, keep: Iterable[Edge],
-                        metric: Callable[[Any], float], *args: Any) -> float:
+                        metric: Callable[[Any], _T], *args: Any) -> _T:
     """``metric(output)`` with exactly ``keep`` switched on (the gates are restored after)."""
     saved = [p.detach().clone() for p in edges.mask_parameters()]
     try:

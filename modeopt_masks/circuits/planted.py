@@ -28,7 +28,7 @@ from ..masking import MaskTechnique
 from ..modes.hard_concrete import HardConcreteMask
 from ..training import DensityController
 from .edges import EdgeMaskedModel
-from .ground_truth import fit_edges, precision_recall
+from .ground_truth import evaluate_with_edges, fit_edges, precision_recall
 
 Unit = tuple[str, str]
 
@@ -172,14 +172,7 @@ def _edges(model: nn.Module, ids: torch.Tensor, full: torch.Tensor, heads: int, 
     planted = planted_edges(edges, heads, rng)
 
     def logits_with(keep: list[Unit]) -> torch.Tensor:
-        saved = [p.detach().clone() for p in edges.mask_parameters()]
-        edges.eval()
-        edges.set_edges(keep)
-        with torch.no_grad():
-            out = edges(ids).logits
-            for p, s in zip(edges.mask_parameters(), saved, strict=True):
-                p.copy_(s)
-        return out
+        return evaluate_with_edges(edges, keep, lambda out: out.logits, ids)
 
     teacher = logits_with(planted)
     scale = teacher.var()
