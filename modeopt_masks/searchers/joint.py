@@ -8,18 +8,19 @@ joint search does what Minitron does with its candidate architectures: the
 ``min_ratio``); for every combination the *inner* axes (heads, MLP channels)
 are fitted to the target by the usual threshold search on their own scores, and
 each candidate that meets the target is scored on held-out calibration batches
-(the masked model, no training): by default the KL divergence of its outputs from
-the unpruned model's (``rank_by="kl"``; ``"loss"`` takes the task loss instead,
-see [`CandidateRanker`][modeopt_masks.searchers.joint.CandidateRanker] for the
+(the masked model, no training): by default (``rank_by="auto"``) the KL divergence
+of its outputs from the unpruned model's where they have logits, else the task loss
+(``"kl"`` and ``"loss"`` force one; see
+[`CandidateRanker`][modeopt_masks.searchers.joint.CandidateRanker] for the
 measurement behind the default). The candidate with the lowest score among those
 that land within 1% under the target wins (a candidate
 whose outer axes alone already undershoot it by more cannot spend the budget);
 every one is listed in ``SearchResult.candidates``.
 
 Without inner axes the last outer axis (hidden size, else depth) is the one
-fitted to the target and the others take the candidates. Cost: one
-evaluation per candidate plus one of the unpruned model (held-out batches, forward only), on top of one
-scoring pass.
+fitted to the target and the others take the candidates. Cost: one evaluation
+per candidate plus one of the unpruned model (held-out batches, forward only), on
+top of one scoring pass.
 
 Examples:
     >>> from modeopt_masks.searchers.joint import candidate_counts
