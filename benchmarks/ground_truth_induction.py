@@ -1,14 +1,18 @@
 """Induction ground truth: a 2-layer attention-only model, its edge circuit and ablations.
 
-Trains the model (or loads ``tests/fixtures/induction_tiny.pt``; ``--write-fixture``
-rewrites it), finds the previous-token and induction heads from attention patterns,
-learns edge masks on the copying loss (hard concrete + L0) and reports:
-recovered circuit size (fraction of edges), whether it contains both heads and the
-edge between them, precision/recall against the textbook circuit, the copying accuracy
-of the circuit alone (faithfulness) and with the circuit ablated, and the same for 10
-random same-size edge sets. Also EAP's top-k edges (k = circuit size) for comparison.
+Trains the model (``train_induction_model``: 8 heads per layer, with a concave penalty on
+the heads' output norms so that one previous-token head and one induction head do the
+work) or loads ``tests/fixtures/induction_tiny.pt`` (``--write-fixture`` rewrites it;
+``--train`` trains afresh with ``--seed`` and ``--head-sparsity``, 0 for the plain model
+that spreads induction over every layer-1 head). Finds the two heads from attention
+patterns, learns edge masks on the copying loss (hard concrete + L0) and reports:
+circuit size (fraction of edges), whether it holds the K-composition edge (previous-token
+head -> induction head's key), precision/recall against the textbook circuit, copying
+accuracy of the circuit alone (faithfulness) and with the circuit ablated, and the same
+for 10 random same-size edge sets; EAP's top-k edges (k = circuit size) for comparison.
 
     OMP_NUM_THREADS=1 python benchmarks/ground_truth_induction.py
+    OMP_NUM_THREADS=1 python benchmarks/ground_truth_induction.py --train --seed 1
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import time
 
 import torch
 
-from modeopt_masks.circuits import EdgeMaskedModel, TinyTransformer, TinyTransformerConfig
+from modeopt_masks.circuits import EdgeMaskedModel, TinyTransformer
 from modeopt_masks.circuits.eap import edge_attribution_patching, top_edges
 from modeopt_masks.circuits.ground_truth import (
     copying_accuracy,
     evaluate_with_edges,
     fit_edges,
+    head_output_norms,
     induction_batch,
     induction_head,
     induction_loss,
@@ -37,18 +42,7 @@ from modeopt_masks.circuits.ground_truth import (
 )
 
 FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "induction_tiny.pt"
-VOCAB, HALF, HEADS, D_MODEL = 24, 8, 4, 32
-
-
-def config() -> TinyTransformerConfig:
-    return TinyTransformerConfig(vocab_size=VOCAB, d_model=D_MODEL, n_layers=2, n_heads=HEADS,
-                                 d_head=D_MODEL // HEADS, d_mlp=0, max_len=2 * HALF, norm=False)
-
-
-def load_model() -> TinyTransformer:
-    net = TinyTransformer(config())
-    net.load_state_dict(torch.load(FIXTURE, weights_only=True))
-    return net.eval()
+VOCAB, HALF, HEADS, D_MODEL, D_HEAD = 24, 8, 8, 64, 16
 
 
 def textbook_circuit(prev: int, ind: int) -> list[tuple[str, str]]:
@@ -58,25 +52,66 @@ def textbook_circuit(prev: int, ind: int) -> list[tuple[str, str]]:
             (f"a1.h{ind}", "logits")]
 
 
+def ablation_report(edges: EdgeMaskedModel, circuit: list[tuple[str, str]], ids: torch.Tensor,
+                    copy: torch.Tensor, truth: list[tuple[str, str]], k_comp: tuple[str, str]) -> dict:
+    """Size, K-composition, P/R, alone / ablated accuracy of ``circuit`` and of 10 random same-size sets."""
+
+    def acc(out: torch.Tensor) -> float:
+        return copying_accuracy(out, ids, copy)
+
+    every = edges.all_edges()
+
+    def ablated(keep: list[tuple[str, str]]) -> float:
+        return evaluate_with_edges(edges, [e for e in every if e not in set(keep)], acc, ids)
+
+    rand = random_edge_sets(edges, len(circuit), 10, seed=0)
+    rand_ablated = [ablated(s) for s in rand]
+    return {
+        "edges": len(circuit),
+        "fraction": round(len(circuit) / edges.num_edges, 4),
+        "contains_k_composition": k_comp in set(circuit),
+        "precision_recall_vs_textbook": [round(x, 3) for x in precision_recall(circuit, truth)],
+        "missed_textbook_edges": [e for e in truth if e not in set(circuit)],
+        "alone_accuracy": round(evaluate_with_edges(edges, circuit, acc, ids), 3),
+        "ablated_accuracy": round(ablated(circuit), 3),
+        "random_alone_accuracy_median": round(statistics.median(
+            evaluate_with_edges(edges, s, acc, ids) for s in rand), 3),
+        "random_ablated_accuracy": [round(x, 3) for x in rand_ablated],
+        "random_ablated_accuracy_median": round(statistics.median(rand_ablated), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--write-fixture", action="store_true")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--train", action="store_true", help="train afresh instead of loading the fixture")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head-sparsity", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=300, help="edge-mask training steps")
     parser.add_argument("--l0-lambda", type=float, default=1.0)
+    parser.add_argument("--mask-seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.write_fixture or not FIXTURE.exists():
+    result: dict = {}
+    if args.train or args.write_fixture or not FIXTURE.exists():
         start = time.perf_counter()
-        net, acc = train_induction_model(VOCAB, HALF, HEADS, D_MODEL, steps=800, batch=32)
-        print(f"trained in {time.perf_counter() - start:.1f}s, copying accuracy {acc:.3f}")
-        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), FIXTURE)
-    net = load_model()
+        net, train_acc = train_induction_model(VOCAB, HALF, HEADS, D_MODEL, seed=args.seed, d_head=D_HEAD,
+                                               head_sparsity=args.head_sparsity)
+        result["model_training_seconds"] = round(time.perf_counter() - start, 1)
+        result["model"] = {"seed": args.seed, "head_sparsity": args.head_sparsity,
+                           "training_accuracy": round(train_acc, 3)}
+        if args.write_fixture:
+            FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+            net.save(FIXTURE)
+    else:
+        net = TinyTransformer.load(FIXTURE)
+        result["model"] = "tests/fixtures/induction_tiny.pt"
     gen = torch.Generator().manual_seed(123)
-    ids, copy = induction_batch(128, HALF, VOCAB, gen)
+    ids, copy = induction_batch(256, HALF, VOCAB, gen)
     a = torch.randint(0, VOCAB, (64, HALF), generator=gen)
     prev, prev_score = previous_token_head(net, torch.cat([a, a], 1))
     ind, ind_score = induction_head(net, torch.cat([a, a], 1))
+    norms = head_output_norms(net, ids)
     with torch.no_grad():
         full_acc = copying_accuracy(net(ids), ids, copy)
 
@@ -88,62 +123,33 @@ def main() -> None:
         x, c = train[next(step) % len(train)]
         return induction_loss(e(x), x, c)
 
+    torch.manual_seed(args.mask_seed)  # the gates' noise: the same whether trained here or loaded
     start = time.perf_counter()
     fit_edges(edges, loss, args.steps, lr=0.1, l0_lambda=args.l0_lambda)
     seconds = time.perf_counter() - start
     found = edges.edge_list()
     truth = textbook_circuit(prev, ind)
+    k_comp = (f"a0.h{prev}", f"a1.h{ind}.k")
 
-    def acc(out: torch.Tensor) -> float:
-        return copying_accuracy(out, ids, copy)
-
-    every = edges.all_edges()
-    alone = evaluate_with_edges(edges, found, acc, ids)
-    ablated = evaluate_with_edges(edges, [e for e in every if e not in set(found)], acc, ids)
-    rand = random_edge_sets(edges, len(found), 10, seed=0)
-    rand_alone = [evaluate_with_edges(edges, s, acc, ids) for s in rand]
-    rand_ablated = [evaluate_with_edges(edges, [e for e in every if e not in set(s)], acc, ids)
-                    for s in rand]
     scores = edge_attribution_patching(edges, lambda out: induction_loss(out, ids, copy), (ids,))
-    eap = top_edges(scores, len(found))
-    # EAP against a corrupted run (same token statistics, no repeat), top 20% of the edges
-    corrupt = torch.randint(0, VOCAB, ids.shape, generator=gen)
+    corrupt = torch.randint(0, VOCAB, ids.shape, generator=gen)  # same token statistics, no repeat
     patched = edge_attribution_patching(edges, lambda out: induction_loss(out, ids, copy), (ids,),
                                         corrupt_args=(corrupt,))
-    small = top_edges(patched, int(0.2 * edges.num_edges))
-    small_rand = [evaluate_with_edges(edges, [e for e in every if e not in set(s)], acc, ids)
-                  for s in random_edge_sets(edges, len(small), 10, seed=0)]
-    result = {
-        "full_accuracy": full_acc,
-        "chance": 1 / VOCAB,
+    result.update({
+        "full_accuracy": round(full_acc, 3),
+        "chance": round(1 / VOCAB, 3),
+        "head_output_rms": [[round(float(x), 2) for x in row] for row in norms],
+        "heads_in_use_per_layer": [int((row > 0.1 * row.max()).sum()) for row in norms],
         "prev_token_head": [prev, round(prev_score, 3)],
         "induction_head": [ind, round(ind_score, 3)],
         "edges_total": edges.num_edges,
-        "circuit_edges": len(found),
-        "circuit_fraction": round(len(found) / edges.num_edges, 4),
-        "contains_prev_and_induction": (f"a0.h{prev}", f"a1.h{ind}.k") in set(found)
-        and any(w == f"a1.h{ind}" for w, _ in found),
-        "precision_recall_vs_textbook": precision_recall(found, truth),
-        "circuit_alone_accuracy": alone,
-        "circuit_ablated_accuracy": ablated,
-        "random_alone_accuracy_median": statistics.median(rand_alone),
-        "random_ablated_accuracy": [round(x, 3) for x in rand_ablated],
-        "random_ablated_accuracy_median": statistics.median(rand_ablated),
-        "eap_topk_precision_recall_vs_textbook": precision_recall(eap, truth),
-        "eap_topk_alone_accuracy": evaluate_with_edges(edges, eap, acc, ids),
-        "eap_20pct": {
-            "edges": len(small),
-            "contains_prev_to_induction_key": (f"a0.h{prev}", f"a1.h{ind}.k") in set(small),
-            "precision_recall_vs_textbook": precision_recall(small, truth),
-            "alone_accuracy": evaluate_with_edges(edges, small, acc, ids),
-            "ablated_accuracy": evaluate_with_edges(
-                edges, [e for e in every if e not in set(small)], acc, ids),
-            "random_ablated_accuracy_median": statistics.median(small_rand),
-            "random_ablated_accuracy_min": min(small_rand),
-        },
+        "hard_concrete": ablation_report(edges, found, ids, copy, truth, k_comp),
         "mask_training_seconds": round(seconds, 1),
+        "eap_topk": ablation_report(edges, top_edges(scores, len(found)), ids, copy, truth, k_comp),
+        "eap_corrupted_topk": ablation_report(edges, top_edges(patched, len(found)), ids, copy,
+                                              truth, k_comp),
         "circuit": found,
-    }
+    })
     print(json.dumps(result, indent=1))
 
 

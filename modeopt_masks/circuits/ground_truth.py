@@ -4,7 +4,7 @@
 * [`precision_recall`][modeopt_masks.circuits.ground_truth.precision_recall]: of a recovered edge set against the true one.
 * [`random_edge_sets`][modeopt_masks.circuits.ground_truth.random_edge_sets]: same-size random subnetworks (the usual baseline).
 * [`induction_batch`][modeopt_masks.circuits.ground_truth.induction_batch], [`train_induction_model`][modeopt_masks.circuits.ground_truth.train_induction_model], [`previous_token_head`][modeopt_masks.circuits.ground_truth.previous_token_head],
-  [`induction_head`][modeopt_masks.circuits.ground_truth.induction_head]: the 2-layer attention-only induction model.
+  [`induction_head`][modeopt_masks.circuits.ground_truth.induction_head], [`head_output_norms`][modeopt_masks.circuits.ground_truth.head_output_norms]: the 2-layer attention-only induction model.
 
 Examples:
     >>> from modeopt_masks.circuits.ground_truth import precision_recall
@@ -123,27 +123,93 @@ def induction_loss(logits: torch.Tensor, ids: torch.Tensor, copy: torch.Tensor) 
 
 
 def train_induction_model(
-    vocab: int = 24, half: int = 8, n_heads: int = 4, d_model: int = 32, steps: int = 600,
-    batch: int = 64, seed: int = 0,
+    vocab: int = 24, half: int = 8, n_heads: int = 8, d_model: int = 64, steps: int = 1500,
+    batch: int = 64, seed: int = 0, head_sparsity: float = 0.1, d_head: int | None = None,
 ) -> tuple[TinyTransformer, float]:
-    """A 2-layer attention-only transformer trained to copy the repeated half; (model, accuracy)."""
+    """A 2-layer attention-only transformer trained to copy the repeated half; (model, accuracy).
+
+    ``head_sparsity`` weighs a penalty ``sum_h ||o_h||^(1/2)`` on every head's output
+    ``o_h = z_h W_O[h]`` (root mean square over batch and positions). Being concave, it
+    prefers one head doing a job to several sharing it, so the model ends with one
+    previous-token head and one induction head and the other heads silent: a circuit with
+    a known answer. Without it (``0``) every layer-1 head becomes an induction head. The
+    penalty is off for the first quarter of ``steps`` (so that induction forms at all) and
+    ramps up linearly over the second. ``d_head`` defaults to ``d_model // n_heads``.
+
+    Examples:
+        >>> from modeopt_masks.circuits.ground_truth import train_induction_model
+        >>> net, acc = train_induction_model(steps=2)
+        >>> net.config.n_heads, 0.0 <= acc <= 1.0
+        (8, True)
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    d_head = d_head or d_model // n_heads
     net = TinyTransformer(TinyTransformerConfig(
         vocab_size=vocab, d_model=d_model, n_layers=2, n_heads=n_heads,
-        d_head=d_model // n_heads, d_mlp=0, max_len=2 * half, norm=False))
+        d_head=d_head, d_mlp=0, max_len=2 * half, norm=False))
+    head_sq_norms: list[torch.Tensor] = []
+
+    hooks = _record_head_sq_norms(net, head_sq_norms)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(steps):
-        ids, copy = induction_batch(batch, half, vocab, gen)
-        loss = induction_loss(net(ids), ids, copy)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    try:
+        for step in range(steps):
+            ids, copy = induction_batch(batch, half, vocab, gen)
+            head_sq_norms.clear()
+            loss = induction_loss(net(ids), ids, copy)
+            ramp = min(1.0, max(0.0, (step - steps / 4) / (steps / 4)))
+            if head_sparsity and ramp:
+                # the eps keeps the gradient of x^(1/4) finite at a silent head
+                loss = loss + ramp * head_sparsity * sum(
+                    (x + 1e-6).pow(0.25).sum() for x in head_sq_norms)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for hook in hooks:
+            hook.remove()
     net.eval()
     with torch.no_grad():
         ids, copy = induction_batch(256, half, vocab, gen)
         acc = copying_accuracy(net(ids), ids, copy)
     return net, acc
+
+
+def head_output_norms(net: TinyTransformer, ids: torch.Tensor) -> torch.Tensor:
+    """RMS norm of every head's output ``z_h W_O[h]`` on ``ids``: ``[n_layers, n_heads]``.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.circuits import TinyTransformer, TinyTransformerConfig
+        >>> from modeopt_masks.circuits.ground_truth import head_output_norms
+        >>> net = TinyTransformer(TinyTransformerConfig(vocab_size=5, d_model=8, n_layers=2,
+        ...                                              n_heads=2, d_head=4))
+        >>> tuple(head_output_norms(net, torch.tensor([[1, 2, 3]])).shape)
+        (2, 2)
+    """
+    rows: list[torch.Tensor] = []
+    hooks = _record_head_sq_norms(net, rows)
+    try:
+        with torch.no_grad():
+            net(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(rows).sqrt()
+
+
+def _record_head_sq_norms(
+    net: TinyTransformer, into: list[torch.Tensor]
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that append each layer's per-head mean squared output norm ``[n_heads]`` to ``into``."""
+    d_head = net.config.d_head
+
+    def record(o_proj: torch.nn.Linear, args: tuple[torch.Tensor, ...]) -> None:
+        z = args[0].unflatten(-1, (-1, d_head))
+        w_o = o_proj.weight.unflatten(1, (-1, d_head))
+        into.append(torch.einsum("bthd,mhd->bthm", z, w_o).pow(2).sum(-1).mean((0, 1)))
+
+    return [block.self_attn.o_proj.register_forward_pre_hook(record) for block in net.blocks()]
 
 
 def _pattern_score(net: TinyTransformer, layer: int, ids: torch.Tensor, offset: Callable[[int], int],

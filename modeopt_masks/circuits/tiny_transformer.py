@@ -17,6 +17,8 @@ Examples:
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 from pydantic import Field
@@ -135,6 +137,30 @@ class TinyTransformer(nn.Module):
         self.layers = nn.ModuleList([TinyBlock(cfg) for _ in range(cfg.n_layers)])
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm else nn.Identity()
         self.unembed = nn.Linear(cfg.d_model, cfg.n_out or cfg.vocab_size, bias=cfg.unembed_bias)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the config with the weights, so that ``load`` restates no sizes.
+
+        Examples:
+            >>> import tempfile, torch
+            >>> from modeopt_masks.circuits import TinyTransformer, TinyTransformerConfig
+            >>> net = TinyTransformer(TinyTransformerConfig(vocab_size=5, d_model=8, n_layers=1,
+            ...                                              n_heads=2, d_head=4)).eval()
+            >>> path = tempfile.mkdtemp() + "/tiny.pt"
+            >>> net.save(path)
+            >>> ids = torch.tensor([[1, 2]])
+            >>> torch.equal(TinyTransformer.load(path)(ids), net(ids))
+            True
+        """
+        torch.save({"config": self.config.model_dump(), "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TinyTransformer:
+        """The model ``save`` wrote, in eval mode (weights only: no code is unpickled)."""
+        saved = torch.load(path, weights_only=True)
+        net = cls(TinyTransformerConfig(**saved["config"]))
+        net.load_state_dict(saved["state_dict"])
+        return net.eval()
 
     def blocks(self) -> list[TinyBlock]:
         """The layers, typed."""
