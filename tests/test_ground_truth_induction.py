@@ -74,6 +74,7 @@ def test_hard_concrete_recovers_the_induction_circuit(induction):
         x, c = train[next(step) % len(train)]
         return induction_loss(e(x), x, c)
 
+    torch.manual_seed(0)  # the gates' noise
     fit_edges(edges, loss, 300, lr=0.1, l0_lambda=1.0)
     circuit = edges.edge_list()
     textbook = [("embed", f"a0.h{prev}.q"), ("embed", f"a0.h{prev}.k"), ("embed", f"a0.h{prev}.v"),
