@@ -30,9 +30,12 @@ from modeopt_masks.circuits.eap import edge_attribution_patching, top_edges
 from modeopt_masks.circuits.ground_truth import (
     copying_accuracy,
     evaluate_with_edges,
+    evaluate_without_edges,
     fit_edges,
     head_output_norms,
+    heads_in_use,
     induction_batch,
+    induction_circuit,
     induction_head,
     induction_loss,
     precision_recall,
@@ -45,13 +48,6 @@ FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" 
 VOCAB, HALF, HEADS, D_MODEL, D_HEAD = 24, 8, 8, 64, 16
 
 
-def textbook_circuit(prev: int, ind: int) -> list[tuple[str, str]]:
-    """Previous-token head -> induction head's key; embeddings into both; induction head -> logits."""
-    return [("embed", f"a0.h{prev}.q"), ("embed", f"a0.h{prev}.k"), ("embed", f"a0.h{prev}.v"),
-            (f"a0.h{prev}", f"a1.h{ind}.k"), ("embed", f"a1.h{ind}.q"), ("embed", f"a1.h{ind}.v"),
-            (f"a1.h{ind}", "logits")]
-
-
 def ablation_report(edges: EdgeMaskedModel, circuit: list[tuple[str, str]], ids: torch.Tensor,
                     copy: torch.Tensor, truth: list[tuple[str, str]], k_comp: tuple[str, str]) -> dict:
     """Size, K-composition, P/R, alone / ablated accuracy of ``circuit`` and of 10 random same-size sets."""
@@ -59,21 +55,16 @@ def ablation_report(edges: EdgeMaskedModel, circuit: list[tuple[str, str]], ids:
     def acc(out: torch.Tensor) -> float:
         return copying_accuracy(out, ids, copy)
 
-    every = edges.all_edges()
-
-    def ablated(keep: list[tuple[str, str]]) -> float:
-        return evaluate_with_edges(edges, [e for e in every if e not in set(keep)], acc, ids)
-
     rand = random_edge_sets(edges, len(circuit), 10, seed=0)
-    rand_ablated = [ablated(s) for s in rand]
+    rand_ablated = [evaluate_without_edges(edges, s, acc, ids) for s in rand]
     return {
         "edges": len(circuit),
         "fraction": round(len(circuit) / edges.num_edges, 4),
         "contains_k_composition": k_comp in set(circuit),
         "precision_recall_vs_textbook": [round(x, 3) for x in precision_recall(circuit, truth)],
-        "missed_textbook_edges": [e for e in truth if e not in set(circuit)],
+        "missed_textbook_edges": sorted(set(truth) - set(circuit)),
         "alone_accuracy": round(evaluate_with_edges(edges, circuit, acc, ids), 3),
-        "ablated_accuracy": round(ablated(circuit), 3),
+        "ablated_accuracy": round(evaluate_without_edges(edges, circuit, acc, ids), 3),
         "random_alone_accuracy_median": round(statistics.median(
             evaluate_with_edges(edges, s, acc, ids) for s in rand), 3),
         "random_ablated_accuracy": [round(x, 3) for x in rand_ablated],
@@ -128,7 +119,7 @@ def main() -> None:
     fit_edges(edges, loss, args.steps, lr=0.1, l0_lambda=args.l0_lambda)
     seconds = time.perf_counter() - start
     found = edges.edge_list()
-    truth = textbook_circuit(prev, ind)
+    truth = induction_circuit(prev, ind)
     k_comp = (f"a0.h{prev}", f"a1.h{ind}.k")
 
     scores = edge_attribution_patching(edges, lambda out: induction_loss(out, ids, copy), (ids,))
@@ -139,7 +130,7 @@ def main() -> None:
         "full_accuracy": round(full_acc, 3),
         "chance": round(1 / VOCAB, 3),
         "head_output_rms": [[round(float(x), 2) for x in row] for row in norms],
-        "heads_in_use_per_layer": [int((row > 0.1 * row.max()).sum()) for row in norms],
+        "heads_in_use": heads_in_use(norms),
         "prev_token_head": [prev, round(prev_score, 3)],
         "induction_head": [ind, round(ind_score, 3)],
         "edges_total": edges.num_edges,

@@ -19,9 +19,12 @@ from modeopt_masks.circuits.eap import edge_attribution_patching, top_edges
 from modeopt_masks.circuits.ground_truth import (
     copying_accuracy,
     evaluate_with_edges,
+    evaluate_without_edges,
     fit_edges,
     head_output_norms,
+    heads_in_use,
     induction_batch,
+    induction_circuit,
     induction_head,
     induction_loss,
     precision_recall,
@@ -47,20 +50,11 @@ def induction():
     return net, ids, copy, prev, ind
 
 
-def _ablated(edges, keep, ids, copy):
-    """Copying accuracy with ``keep`` switched off and every other edge on."""
-    off = set(keep)
-    return evaluate_with_edges(edges, [e for e in edges.all_edges() if e not in off],
-                               lambda out: copying_accuracy(out, ids, copy), ids)
-
-
 def test_fixture_has_one_previous_token_head_and_one_induction_head(induction):
     net, ids, copy, prev, ind = induction
     with torch.no_grad():
         assert copying_accuracy(net(ids), ids, copy) > 0.9
-    norms = head_output_norms(net, ids)
-    in_use = [(row > 0.01 * row.max()).nonzero().flatten().tolist() for row in norms]
-    assert in_use == [[prev], [ind]]
+    assert heads_in_use(head_output_norms(net, ids)) == [[prev], [ind]]
 
 
 def test_hard_concrete_recovers_the_induction_circuit(induction):
@@ -77,20 +71,19 @@ def test_hard_concrete_recovers_the_induction_circuit(induction):
     torch.manual_seed(0)  # the gates' noise
     fit_edges(edges, loss, 300, lr=0.1, l0_lambda=1.0)
     circuit = edges.edge_list()
-    textbook = [("embed", f"a0.h{prev}.q"), ("embed", f"a0.h{prev}.k"), ("embed", f"a0.h{prev}.v"),
-                (f"a0.h{prev}", f"a1.h{ind}.k"), ("embed", f"a1.h{ind}.q"),
-                ("embed", f"a1.h{ind}.v"), (f"a1.h{ind}", "logits")]
-    assert precision_recall(circuit, textbook)[1] == 1.0  # holds both heads and the K-composition
+    assert precision_recall(circuit, induction_circuit(prev, ind))[1] == 1.0  # holds both heads and the K-composition
     assert len(circuit) < 0.2 * edges.num_edges
 
-    full = copying_accuracy(net(ids), ids, copy)
-    alone = evaluate_with_edges(edges, circuit, lambda out: copying_accuracy(out, ids, copy), ids)
-    assert alone > full - 0.02  # faithful
-    assert _ablated(edges, circuit, ids, copy) < 2 / VOCAB  # near chance (1/24)
-    random_ablated = [_ablated(edges, s, ids, copy)
+    def acc(out):
+        return copying_accuracy(out, ids, copy)
+
+    full = acc(net(ids))
+    assert evaluate_with_edges(edges, circuit, acc, ids) > full - 0.02  # faithful
+    assert evaluate_without_edges(edges, circuit, acc, ids) < 2 / VOCAB  # near chance (1/24)
+    random_ablated = [evaluate_without_edges(edges, s, acc, ids)
                       for s in random_edge_sets(edges, len(circuit), 10, seed=0)]
     assert statistics.median(random_ablated) > full - 0.05
-    assert sum(acc < 2 / VOCAB for acc in random_ablated) <= 2
+    assert sum(x < 2 / VOCAB for x in random_ablated) <= 2
 
 
 def test_eap_baseline_ranks_the_k_composition_edge_high(induction):
@@ -99,7 +92,8 @@ def test_eap_baseline_ranks_the_k_composition_edge_high(induction):
     scores = edge_attribution_patching(edges, lambda o: induction_loss(o, ids, copy), (ids,))
     circuit = top_edges(scores, 10)
     assert (f"a0.h{prev}", f"a1.h{ind}.k") in circuit
-    assert _ablated(edges, circuit, ids, copy) < 2 / VOCAB
+    assert evaluate_without_edges(edges, circuit, lambda o: copying_accuracy(o, ids, copy),
+                                  ids) < 2 / VOCAB
 
 
 @pytest.mark.slow
@@ -107,6 +101,5 @@ def test_head_sparsity_leaves_one_head_per_layer():
     net, acc = train_induction_model(seed=3, d_head=16)
     gen = torch.Generator().manual_seed(4)
     ids, _ = induction_batch(128, HALF, VOCAB, gen)
-    norms = head_output_norms(net, ids)
     assert acc > 0.9
-    assert [int((row > 0.01 * row.max()).sum()) for row in norms] == [1, 1]
+    assert [len(heads) for heads in heads_in_use(head_output_norms(net, ids))] == [1, 1]

@@ -3,8 +3,10 @@
 * [`fit_edges`][modeopt_masks.circuits.ground_truth.fit_edges]: train edge masks on a loss (L0 penalty or a density controller).
 * [`precision_recall`][modeopt_masks.circuits.ground_truth.precision_recall]: of a recovered edge set against the true one.
 * [`random_edge_sets`][modeopt_masks.circuits.ground_truth.random_edge_sets]: same-size random subnetworks (the usual baseline).
+* [`evaluate_with_edges`][modeopt_masks.circuits.ground_truth.evaluate_with_edges], [`evaluate_without_edges`][modeopt_masks.circuits.ground_truth.evaluate_without_edges]: a metric with only a circuit on, or with it ablated.
 * [`induction_batch`][modeopt_masks.circuits.ground_truth.induction_batch], [`train_induction_model`][modeopt_masks.circuits.ground_truth.train_induction_model], [`previous_token_head`][modeopt_masks.circuits.ground_truth.previous_token_head],
-  [`induction_head`][modeopt_masks.circuits.ground_truth.induction_head], [`head_output_norms`][modeopt_masks.circuits.ground_truth.head_output_norms]: the 2-layer attention-only induction model.
+  [`induction_head`][modeopt_masks.circuits.ground_truth.induction_head], [`head_output_norms`][modeopt_masks.circuits.ground_truth.head_output_norms],
+  [`heads_in_use`][modeopt_masks.circuits.ground_truth.heads_in_use], [`induction_circuit`][modeopt_masks.circuits.ground_truth.induction_circuit]: the 2-layer attention-only induction model.
 
 Examples:
     >>> from modeopt_masks.circuits.ground_truth import precision_recall
@@ -149,8 +151,7 @@ def train_induction_model(
         vocab_size=vocab, d_model=d_model, n_layers=2, n_heads=n_heads,
         d_head=d_head, d_mlp=0, max_len=2 * half, norm=False))
     head_sq_norms: list[torch.Tensor] = []
-
-    hooks = _record_head_sq_norms(net, head_sq_norms)
+    hooks = _record_head_sq_norms(net, head_sq_norms) if head_sparsity else []
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     try:
         for step in range(steps):
@@ -196,6 +197,38 @@ def head_output_norms(net: TinyTransformer, ids: torch.Tensor) -> torch.Tensor:
         for hook in hooks:
             hook.remove()
     return torch.stack(rows).sqrt()
+
+
+def heads_in_use(norms: torch.Tensor, rel: float = 0.01) -> list[list[int]]:
+    """Per layer, the heads whose output norm exceeds ``rel`` times the layer's largest.
+
+    ``norms``: [`head_output_norms`][modeopt_masks.circuits.ground_truth.head_output_norms]'s
+    ``[n_layers, n_heads]``.
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.circuits.ground_truth import heads_in_use
+        >>> heads_in_use(torch.tensor([[1.0, 0.001, 0.0], [0.5, 0.0, 2.0]]))
+        [[0], [0, 2]]
+    """
+    return [(row > rel * row.max()).nonzero().flatten().tolist() for row in norms]
+
+
+def induction_circuit(prev: int, ind: int) -> list[Edge]:
+    """The textbook induction circuit of previous-token head ``prev`` and induction head ``ind``.
+
+    The embedding into the previous-token head's q/k/v, that head into the induction head's
+    key (K-composition), the embedding into the induction head's query and value, and the
+    induction head into the logits: 7 edges.
+
+    Examples:
+        >>> from modeopt_masks.circuits.ground_truth import induction_circuit
+        >>> induction_circuit(0, 6)[3]
+        ('a0.h0', 'a1.h6.k')
+    """
+    return [("embed", f"a0.h{prev}.q"), ("embed", f"a0.h{prev}.k"), ("embed", f"a0.h{prev}.v"),
+            (f"a0.h{prev}", f"a1.h{ind}.k"), ("embed", f"a1.h{ind}.q"), ("embed", f"a1.h{ind}.v"),
+            (f"a1.h{ind}", "logits")]
 
 
 def _record_head_sq_norms(
@@ -254,3 +287,21 @@ def evaluate_with_edges(edges: EdgeMaskedModel, keep: Iterable[Edge],
         with torch.no_grad():
             for p, s in zip(edges.mask_parameters(), saved, strict=True):
                 p.copy_(s)
+
+
+def evaluate_without_edges(edges: EdgeMaskedModel, drop: Iterable[Edge],
+                           metric: Callable[[Any], _T], *args: Any) -> _T:
+    """``metric(output)`` with ``drop`` switched off and every other edge on (an ablation).
+
+    Examples:
+        >>> import torch
+        >>> from modeopt_masks.circuits import EdgeMaskedModel, TinyTransformer, TinyTransformerConfig
+        >>> from modeopt_masks.circuits.ground_truth import evaluate_without_edges
+        >>> net = TinyTransformer(TinyTransformerConfig(vocab_size=5, d_model=8, n_layers=1,
+        ...                                              n_heads=2, d_head=4)).eval()
+        >>> e, ids = EdgeMaskedModel(net), torch.tensor([[1, 2, 3]])
+        >>> torch.allclose(evaluate_without_edges(e, [], lambda out: out, ids), net(ids), atol=1e-5)
+        True
+    """
+    off = set(drop)
+    return evaluate_with_edges(edges, [e for e in edges.all_edges() if e not in off], metric, *args)
