@@ -192,7 +192,10 @@ def test_l0_stats_counts_hard_masks_exactly_beyond_float32_precision():
     # 2**24 + 1 kept entries: a float32 sum would round it to 2**24
     n = 2**24 + 1
     layer = nn.Linear(n, 1, bias=False, device="meta")
-    net = mm.convert(nn.Sequential(layer).to_empty(device="cpu"), "magnitude_pruning")
+    model = nn.Sequential(layer).to_empty(device="cpu")
+    with torch.no_grad():  # to_empty leaves whatever was in memory, NaN bit patterns included
+        model[0].weight.fill_(1.0)
+    net = mm.convert(model, "magnitude_pruning")
     with torch.no_grad():
         net[0].weight_mask.keep.fill_(True)
     assert mm.l0_stats(net)["total_l0"] == n
