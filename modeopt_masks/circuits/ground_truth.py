@@ -138,12 +138,20 @@ def train_induction_model(
     penalty is off for the first quarter of ``steps`` (so that induction forms at all) and
     ramps up linearly over the second. ``d_head`` defaults to ``d_model // n_heads``.
 
+    Raises:
+        ValueError: For a negative ``head_sparsity``, or ``d_model`` not a multiple of
+            ``n_heads`` without a ``d_head``.
+
     Examples:
         >>> from modeopt_masks.circuits.ground_truth import train_induction_model
         >>> net, acc = train_induction_model(steps=2)
         >>> net.config.n_heads, 0.0 <= acc <= 1.0
         (8, True)
     """
+    if head_sparsity < 0:
+        raise ValueError(f"head_sparsity must be >= 0 (0: no penalty), got {head_sparsity}")
+    if d_head is None and d_model % n_heads:
+        raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}: pass d_head")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     d_head = d_head or d_model // n_heads
